@@ -1,0 +1,48 @@
+"""Prune at initialization with SynFlow and friends, and keep the network sparse while it trains."""
+
+from lightning_synflow.masks import BoundMasks, apply_masks, check_masks
+from lightning_synflow.parameters import DEFAULT_PRUNABLE_TYPES, select_prunable
+from lightning_synflow.pruning import compute_masks, compute_scores
+from lightning_synflow.ranking import select_masks, top_k_mask
+from lightning_synflow.report import SparsityReport, TensorSparsity, sparsity_report
+from lightning_synflow.schedules import density_schedule, num_kept, resolve_density
+from lightning_synflow.scorers import (
+    Magnitude,
+    Random,
+    Scorer,
+    ScoringContext,
+    SynFlow,
+    available_scorers,
+    get_scorer,
+    register_scorer,
+)
+from lightning_synflow.callback import PruneAtInit  # noqa: E402  (imports the functional core above)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_PRUNABLE_TYPES",
+    "BoundMasks",
+    "Magnitude",
+    "PruneAtInit",
+    "Random",
+    "Scorer",
+    "ScoringContext",
+    "SparsityReport",
+    "SynFlow",
+    "TensorSparsity",
+    "apply_masks",
+    "available_scorers",
+    "check_masks",
+    "compute_masks",
+    "compute_scores",
+    "density_schedule",
+    "get_scorer",
+    "num_kept",
+    "register_scorer",
+    "resolve_density",
+    "select_masks",
+    "select_prunable",
+    "sparsity_report",
+    "top_k_mask",
+]

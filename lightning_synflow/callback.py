@@ -1,0 +1,242 @@
+"""``PruneAtInit``: the Lightning adapter around the functional core.
+
+It prunes once in ``on_fit_start`` (model on its device, DDP already wrapped and synchronised), keeps
+pruned weights at exactly zero after every optimizer step that really happened, masks gradients so
+optimizer state of pruned weights stays zero, and stores the masks in its own checkpoint state.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional, Union
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lightning_synflow.masks import BoundMasks
+from lightning_synflow.parameters import select_prunable
+from lightning_synflow.pruning import compute_masks
+from lightning_synflow.ranking import SCOPES, Scope
+from lightning_synflow.report import SparsityReport, sparsity_report
+from lightning_synflow.schedules import Schedule, density_schedule, resolve_density
+from lightning_synflow.scorers.base import ExampleInput, Scorer, get_scorer
+
+
+class PruneAtInit(Callback):
+    """Prune the model at the start of ``fit`` and keep it sparse for the whole of training.
+
+    Args:
+        scorer: How weights are ranked: a registered name (``"synflow"``, ``"magnitude"``, ``"random"``, ...)
+            or a :class:`~lightning_synflow.Scorer` instance (from YAML: ``class_path`` and ``init_args``).
+        sparsity: Fraction of the prunable weights to remove, in [0, 1), e.g. 0.99. Give this or ``compression``.
+        compression: Ratio of total to kept prunable weights, >= 1 (the SynFlow paper's 10^x), e.g. 100.
+        iterations: Pruning rounds; default the scorer's own (100 for SynFlow, 1 for magnitude and random).
+        schedule: Density after round t of T: ``"exponential"`` d^(t/T) (the paper's) or ``"linear"``.
+        scope: ``"global"`` ranks all tensors together; ``"layerwise"`` prunes each tensor to the same density.
+        input_shape: Input shape without the batch dimension (e.g. ``[3, 32, 32]``), for scorers that need
+            one (SynFlow) when the LightningModule has no ``example_input_array``. Without either, the
+            shape of the first training batch is used.
+        include_types: Layer types whose ``weight`` is pruned, as class names (e.g. ``["Conv2d"]``); default
+            every Linear, Conv1d/2d/3d and ConvTranspose layer.
+        exclude_types: Layer types never pruned (e.g. ``["Linear"]``).
+        include_names: Glob patterns of further parameter names to prune (e.g. ``["embed.weight"]``).
+        exclude_names: Glob patterns of parameter names never pruned (e.g. ``["fc.*"]`` keeps the classifier dense).
+        log_per_tensor: Also log each tensor's density after pruning.
+        verbose: Print the per-tensor sparsity table after pruning.
+    """
+
+    def __init__(
+        self,
+        scorer: Union[str, Scorer] = "synflow",
+        sparsity: Optional[float] = None,
+        compression: Optional[float] = None,
+        iterations: Optional[int] = None,
+        schedule: Schedule = "exponential",
+        scope: Scope = "global",
+        input_shape: Optional[list[int]] = None,
+        include_types: Optional[list[str]] = None,
+        exclude_types: Optional[list[str]] = None,
+        include_names: Optional[list[str]] = None,
+        exclude_names: Optional[list[str]] = None,
+        log_per_tensor: bool = False,
+        verbose: bool = True,
+    ) -> None:
+        self.scorer = get_scorer(scorer)
+        self.density = resolve_density(sparsity, compression)
+        self.iterations = self.scorer.default_iterations if iterations is None else iterations
+        density_schedule(self.density, self.iterations, schedule)  # validates iterations and schedule
+        if scope not in SCOPES:
+            raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}")
+        if input_shape is not None and (
+            not isinstance(input_shape, (list, tuple))
+            or not input_shape
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in input_shape)
+        ):
+            raise ValueError(f"`input_shape` must be a non-empty list of positive ints without the batch dimension, got {input_shape!r}")
+        self.schedule = schedule
+        self.scope = scope
+        self.input_shape = None if input_shape is None else list(input_shape)
+        self.include_types = include_types
+        self.exclude_types = list(exclude_types or ())
+        self.include_names = list(include_names or ())
+        self.exclude_names = list(exclude_names or ())
+        self.log_per_tensor = log_per_tensor
+        self.verbose = verbose
+        self._masks: Optional[dict[str, Tensor]] = None
+        self._bound: Optional[BoundMasks] = None
+        self._hooks: list[Any] = []
+
+    @property
+    def masks(self) -> Optional[dict[str, Tensor]]:
+        """The masks (``True`` = kept), keyed by the LightningModule's parameter names; ``None`` before pruning."""
+        return self._masks
+
+    # ------------------------------------------------------------------ life cycle
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._masks is None:
+            start = time.perf_counter()
+            masks = self._prune(trainer, pl_module)
+            seconds = time.perf_counter() - start
+        else:  # resumed: the masks came back with the checkpoint and are not scored again
+            masks, seconds = self._masks, None
+        try:
+            bound = BoundMasks(pl_module, masks)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"PruneAtInit: the masks restored from the checkpoint do not fit {type(pl_module).__name__}: {err}") from err
+        bound.apply_()
+        self._masks = dict(zip(bound.names, bound.masks))
+        self._bound = bound
+        self._hooks = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
+        self._report(trainer, sparsity_report(pl_module, self._masks), seconds)
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
+        # After AMP unscaling and before gradient clipping, on real step boundaries only.
+        if self._bound is not None:
+            self._bound.mask_grads_()
+
+    def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        # An optimizer step post-hook: fires only for steps that happened (not for skipped AMP steps).
+        self._bound.apply_()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._bound is not None:
+            self._log(trainer, {"pruning/measured_sparsity": 1.0 - self._bound.measured_density()})
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+        self._bound = None
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._masks is None:
+            return {}
+        return {
+            "masks": {n: m.cpu() for n, m in self._masks.items()},
+            "scorer": self.scorer.name or type(self.scorer).__qualname__,
+            "density": self.density,
+            "iterations": self.iterations,
+            "schedule": self.schedule,
+            "scope": self.scope,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "masks" in state_dict:
+            self._masks = dict(state_dict["masks"])
+
+    # ------------------------------------------------------------------ helpers
+
+    def _prune(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Tensor]:
+        names = select_prunable(
+            pl_module,
+            include_types=self.include_types,
+            exclude_types=self.exclude_types,
+            include_names=self.include_names,
+            exclude_names=self.exclude_names,
+        )
+        if not names:
+            raise ValueError(
+                f"PruneAtInit found no prunable parameters in {type(pl_module).__name__} with"
+                f" include_types={self.include_types}, exclude_types={self.exclude_types},"
+                f" include_names={self.include_names}, exclude_names={self.exclude_names}"
+            )
+        masks = compute_masks(
+            pl_module,
+            self.scorer,
+            compression=1.0 / self.density,
+            iterations=self.iterations,
+            schedule=self.schedule,
+            scope=self.scope,
+            example_input=self._example_input(trainer, pl_module) if self.scorer.needs_input else None,
+            parameters=names,
+            progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
+        )
+        return _broadcast_masks(trainer, masks)
+
+    def _example_input(self, trainer: Trainer, pl_module: LightningModule) -> ExampleInput:
+        """The model's input: ``example_input_array``, else ``input_shape``, else the first training batch."""
+        if pl_module.example_input_array is not None:
+            return pl_module.example_input_array
+        if self.input_shape is not None:
+            return torch.zeros(1, *self.input_shape)
+        trainer.fit_loop.setup_data()  # builds the train dataloader early; Lightning reuses it afterwards
+        loader = trainer.train_dataloader
+        if isinstance(loader, dict):
+            loader = next(iter(loader.values()), None)
+        elif isinstance(loader, (list, tuple)):
+            loader = loader[0] if loader else None
+        batch = None if loader is None else next(iter(loader), None)
+        if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+            batch = batch[0]
+        if not isinstance(batch, Tensor):
+            raise ValueError(
+                f"PruneAtInit(scorer={self.scorer.name!r}) needs the model's input shape: set `example_input_array`"
+                f" on {type(pl_module).__name__}, pass `input_shape=[...]` (without the batch dimension), or train on"
+                f" batches that are tensors or (input, target) pairs"
+            )
+        return batch
+
+    def _report(self, trainer: Trainer, report: SparsityReport, seconds: Optional[float]) -> None:
+        if seconds is None:
+            rank_zero_info(f"PruneAtInit: masks restored from the checkpoint, sparsity {report.sparsity:.4%}")
+            return
+        metrics = {
+            "pruning/sparsity": report.sparsity,
+            "pruning/density": report.density,
+            "pruning/kept": float(report.kept),
+            "pruning/total": float(report.total),
+            "pruning/collapsed": float(len(report.collapsed)),
+            "pruning/time_s": seconds,
+        }
+        if self.log_per_tensor:
+            metrics.update({f"pruning/density/{t.name}": t.density for t in report.tensors})
+        self._log(trainer, metrics)
+        if self.verbose:
+            rank_zero_info(f"PruneAtInit ({self.scorer!r}, {seconds:.2f} s):\n{report}")
+        if report.collapsed:
+            rank_zero_warn(
+                f"PruneAtInit: {len(report.collapsed)} tensor(s) collapsed (no weight kept): {report.collapsed}."
+                " Without a skip connection around them the network is disconnected; lower the sparsity,"
+                " use more iterations, or exclude them."
+            )
+
+    @staticmethod
+    def _log(trainer: Trainer, metrics: dict[str, float]) -> None:
+        # `self.log` is not allowed in on_fit_start; talk to the loggers directly, from rank zero.
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def _broadcast_masks(trainer: Trainer, masks: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rank zero's masks on every rank, so that all ranks prune identically whatever their own scores."""
+    if trainer.world_size == 1:
+        return masks
+    flat = torch.cat([m.reshape(-1) for m in masks.values()]).cpu()
+    flat = trainer.strategy.broadcast(flat, src=0)
+    parts = flat.split([m.numel() for m in masks.values()])
+    return {n: p.view_as(m).to(m.device) for (n, m), p in zip(masks.items(), parts)}

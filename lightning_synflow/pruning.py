@@ -1,0 +1,152 @@
+"""The functional core: score once (:func:`compute_scores`) or prune iteratively (:func:`compute_masks`).
+
+Neither needs Lightning; :class:`~lightning_synflow.PruneAtInit` only adapts them to a Trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from lightning_synflow.masks import check_masks
+from lightning_synflow.model_state import preserved_model_state
+from lightning_synflow.parameters import select_prunable
+from lightning_synflow.ranking import SCOPES, Scope, select_masks
+from lightning_synflow.schedules import Schedule, density_schedule, num_kept, resolve_density
+from lightning_synflow.scorers.base import ExampleInput, Scorer, ScoringContext, get_scorer
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, Tensor):
+        return x.to(device)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_device(v, device) for v in x)
+    return x
+
+
+def _initial_masks(
+    model: nn.Module, parameters: Optional[Sequence[str]], masks: Optional[Mapping[str, Tensor]]
+) -> dict[str, Tensor]:
+    """The masks to start from: the given ones (checked), else all-kept masks over ``parameters``
+    (default: :func:`select_prunable`)."""
+    if masks is not None:
+        check_masks(model, masks)
+        return dict(masks)
+    names = select_prunable(model) if parameters is None else list(parameters)
+    if not names:
+        raise ValueError(
+            f"no prunable parameters found in {type(model).__name__}: by default the weights of Linear and"
+            f" Conv/ConvTranspose layers are pruned; pass `parameters` (names) to choose others"
+        )
+    params = dict(model.named_parameters())
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise ValueError(f"`parameters` names tensors that {type(model).__name__} does not have: {unknown}")
+    return {n: torch.ones_like(params[n], dtype=torch.bool) for n in names}
+
+
+def _score(model: nn.Module, scorer: Scorer, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:
+    with preserved_model_state(model):
+        scores = scorer.score(model, masks, context)
+    missing = [n for n in masks if n not in scores]
+    if missing:
+        raise ValueError(f"scorer {scorer!r} returned no scores for {missing}")
+    bad = [n for n in masks if not torch.isfinite(scores[n]).all()]
+    if bad:
+        raise FloatingPointError(f"scorer {scorer!r} produced non-finite scores for {bad}")
+    return {n: scores[n] for n in masks}
+
+
+def _context(
+    model: nn.Module, scorer: Scorer, example_input: Optional[ExampleInput], dataloader: Optional[Iterable[Any]]
+) -> ScoringContext:
+    if scorer.needs_input and example_input is None:
+        raise ValueError(f"scorer {scorer!r} needs `example_input`: any tensor of the model's input shape")
+    device = next(model.parameters()).device
+    return ScoringContext(example_input=_to_device(example_input, device), dataloader=dataloader)
+
+
+def compute_scores(
+    model: nn.Module,
+    scorer: Union[str, Scorer] = "synflow",
+    *,
+    masks: Optional[Mapping[str, Tensor]] = None,
+    example_input: Optional[ExampleInput] = None,
+    dataloader: Optional[Iterable[Any]] = None,
+    parameters: Optional[Sequence[str]] = None,
+) -> dict[str, Tensor]:
+    """One scoring pass: a score per weight of each prunable tensor (higher = keep).
+
+    Args:
+        model: The network; returned exactly as it came (values, dtypes, modes, ``requires_grad``).
+        scorer: A registered name (see :func:`available_scorers`) or a :class:`Scorer` instance.
+        masks: Current masks (``True`` = kept); pruned weights score 0 where the scorer defines it so.
+            Their keys are the prunable tensors. Default: nothing pruned yet.
+        example_input: A tensor of the model's input shape (any batch size), for data-free scorers.
+        dataloader: Batches for data-driven scorers.
+        parameters: Names of the prunable tensors when ``masks`` is not given; default
+            :func:`select_prunable`.
+
+    Returns:
+        ``dict[name, Tensor]`` keyed as ``model.named_parameters()``, prunable tensors only.
+    """
+    scorer = get_scorer(scorer)
+    start = _initial_masks(model, parameters, masks)
+    return _score(model, scorer, start, _context(model, scorer, example_input, dataloader))
+
+
+def compute_masks(
+    model: nn.Module,
+    scorer: Union[str, Scorer] = "synflow",
+    *,
+    sparsity: Optional[float] = None,
+    compression: Optional[float] = None,
+    iterations: Optional[int] = None,
+    schedule: Schedule = "exponential",
+    scope: Scope = "global",
+    example_input: Optional[ExampleInput] = None,
+    dataloader: Optional[Iterable[Any]] = None,
+    parameters: Optional[Sequence[str]] = None,
+    masks: Optional[Mapping[str, Tensor]] = None,
+    progress: bool = False,
+) -> dict[str, Tensor]:
+    """Prune iteratively (SynFlow's Algorithm 1) and return the masks; the model is not changed.
+
+    At step ``t`` of ``T`` the network, masked as it stands, is scored and the highest scores are kept
+    at density ``d ** (t / T)`` (``schedule="exponential"``) or ``1 - (1 - d) * t / T`` (``"linear"``).
+    Exactly ``round(d * N)`` weights survive (``scope="global"``), or ``round(d * n_l)`` per tensor
+    (``"layerwise"``); ties go to the earlier tensor and lower index. For monotone scorers a pruned
+    weight never returns.
+
+    Args:
+        sparsity: Fraction of weights removed, in [0, 1). Give this or ``compression``.
+        compression: total / kept, >= 1 (the SynFlow paper's 10^x).
+        iterations: Pruning rounds ``T``; default the scorer's (100 for SynFlow, 1 for magnitude/random).
+        masks: Masks to continue from (their keys are the prunable tensors).
+        progress: Show a progress bar over the iterations.
+
+    Other arguments as in :func:`compute_scores`. Returns ``dict[name, BoolTensor]``.
+    """
+    density = resolve_density(sparsity, compression)
+    scorer = get_scorer(scorer)
+    if scope not in SCOPES:
+        raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}")
+    steps = density_schedule(density, scorer.default_iterations if iterations is None else iterations, schedule)
+    current = _initial_masks(model, parameters, masks)
+    total = sum(m.numel() for m in current.values())
+    if scope == "global" and num_kept(density, total) == 0:
+        raise ValueError(
+            f"sparsity {1 - density!r} keeps 0 of the {total} prunable weights; allowed: a sparsity below {1 - 0.5 / total}"
+        )
+    kept = sum(int(m.sum()) for m in current.values())
+    if scorer.monotone and kept < num_kept(density, total):
+        raise ValueError(f"the given `masks` keep {kept} weights, fewer than the {num_kept(density, total)} requested")
+    context = _context(model, scorer, example_input, dataloader)
+    for d in tqdm(steps, desc=f"pruning ({scorer.name or type(scorer).__name__})", disable=not progress, leave=False):
+        scores = _score(model, scorer, current, context)
+        current = select_masks(scores, d, scope=scope, candidates=current if scorer.monotone else None)
+    return current

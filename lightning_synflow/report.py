@@ -1,0 +1,95 @@
+"""A per-tensor and global account of what pruning kept, printable as a table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from lightning_synflow.masks import check_masks
+
+
+@dataclass(frozen=True)
+class TensorSparsity:
+    """What the mask keeps of one tensor."""
+
+    name: str
+    layer: str
+    shape: tuple[int, ...]
+    kept: int
+    total: int
+
+    @property
+    def density(self) -> float:
+        return self.kept / self.total
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.density
+
+    @property
+    def collapsed(self) -> bool:
+        """No weight left: without a skip connection around it the network is disconnected."""
+        return self.kept == 0
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    """Per-tensor rows and global totals; ``str(report)`` is a table."""
+
+    tensors: tuple[TensorSparsity, ...]
+
+    @property
+    def kept(self) -> int:
+        return sum(t.kept for t in self.tensors)
+
+    @property
+    def total(self) -> int:
+        return sum(t.total for t in self.tensors)
+
+    @property
+    def density(self) -> float:
+        return self.kept / self.total if self.total else 1.0
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.density
+
+    @property
+    def compression(self) -> float:
+        """total / kept, the SynFlow paper's 10^x (``inf`` when nothing is kept)."""
+        return self.total / self.kept if self.kept else float("inf")
+
+    @property
+    def collapsed(self) -> list[str]:
+        """Names of the tensors with zero weights kept."""
+        return [t.name for t in self.tensors if t.collapsed]
+
+    def __str__(self) -> str:
+        header = ("tensor", "layer", "shape", "kept", "total", "density")
+        rows = [
+            (t.name, t.layer, "x".join(map(str, t.shape)), f"{t.kept:,}", f"{t.total:,}", f"{t.density:.4%}"
+             + ("  COLLAPSED" if t.collapsed else ""))
+            for t in self.tensors
+        ]
+        rows.append(("total", "", "", f"{self.kept:,}", f"{self.total:,}", f"{self.density:.4%}"))
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        fmt = lambda r: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+        rule = "-" * len(fmt(header))
+        lines = [fmt(header), rule, *map(fmt, rows[:-1]), rule, fmt(rows[-1])]
+        summary = f"sparsity {self.sparsity:.4%} (compression {self.compression:.4g}x)"
+        if self.collapsed:
+            summary += f"; {len(self.collapsed)} collapsed tensor(s): {', '.join(self.collapsed)}"
+        return "\n".join([*lines, summary])
+
+
+def sparsity_report(model: nn.Module, masks: Mapping[str, Tensor]) -> SparsityReport:
+    """Kept/total/density per masked tensor and globally, and which tensors collapsed."""
+    check_masks(model, masks)
+    modules = dict(model.named_modules())
+    rows = []
+    for name, mask in masks.items():
+        owner = modules.get(name.rpartition(".")[0], model)
+        rows.append(TensorSparsity(name, type(owner).__name__, tuple(mask.shape), int(mask.sum()), mask.numel()))
+    return SparsityReport(tuple(rows))

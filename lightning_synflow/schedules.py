@@ -1,0 +1,54 @@
+"""Sparsity schedules: the density to reach after each pruning iteration.
+
+SynFlow's Algorithm 1 prunes to ``d ** (t / T)`` at step ``t`` of ``T`` (exponential), so that each
+step removes the same small fraction of what is left; that is what prevents layer collapse.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional
+
+Schedule = Literal["exponential", "linear"]
+SCHEDULES: tuple[str, ...] = ("exponential", "linear")
+
+
+def resolve_density(sparsity: Optional[float] = None, compression: Optional[float] = None) -> float:
+    """The final density (fraction kept) from exactly one of ``sparsity`` (fraction removed, in
+    [0, 1)) or ``compression`` (total / kept, >= 1; the SynFlow paper's 10^x)."""
+    if (sparsity is None) == (compression is None):
+        raise ValueError(
+            f"give exactly one of `sparsity` (fraction removed, in [0, 1)) or `compression` (total/kept, >= 1);"
+            f" got sparsity={sparsity!r}, compression={compression!r}"
+        )
+    if sparsity is not None:
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"`sparsity` must be a number in [0, 1) (the fraction of weights removed), got {sparsity!r}")
+        return 1.0 - float(sparsity)
+    if (
+        isinstance(compression, bool)
+        or not isinstance(compression, (int, float))
+        or not math.isfinite(compression)
+        or compression < 1.0
+    ):
+        raise ValueError(f"`compression` must be a finite number >= 1 (total/kept weights), got {compression!r}")
+    return 1.0 / float(compression)
+
+
+def density_schedule(final_density: float, iterations: int, schedule: Schedule = "exponential") -> list[float]:
+    """Densities ``d_1 .. d_T`` after each of ``iterations`` steps; the last is exactly ``final_density``."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {schedule!r}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"`iterations` must be a positive integer, got {iterations!r}")
+    if not 0.0 < final_density <= 1.0:
+        raise ValueError(f"the final density must be in (0, 1], got {final_density!r}")
+    steps = range(1, iterations + 1)
+    if schedule == "exponential":
+        return [final_density ** (t / iterations) for t in steps]
+    return [1.0 - (1.0 - final_density) * t / iterations for t in steps]
+
+
+def num_kept(density: float, total: int) -> int:
+    """Weights kept out of ``total`` at ``density``: round half up, so the count never depends on ties."""
+    return min(total, math.floor(density * total + 0.5))

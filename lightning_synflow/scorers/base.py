@@ -1,0 +1,87 @@
+"""The scorer interface and the registry that lets a YAML file pick a scorer by name.
+
+A scorer maps a model and its current masks to one score per prunable weight; higher means keep.
+Built-in scorers are registered by name (``"synflow"``); a user's own scorer subclasses
+:class:`Scorer` and is passed as an instance, or from YAML as ``{class_path: ..., init_args: ...}``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
+
+from torch import Tensor, nn
+
+ExampleInput = Union[Tensor, tuple[Tensor, ...]]
+
+
+@dataclass(frozen=True)
+class ScoringContext:
+    """What a scorer may draw on besides the model: an example input (its shape, for data-free
+    scorers) and a dataloader (for data-driven ones). Both are on the model's device when scoring."""
+
+    example_input: Optional[ExampleInput] = None
+    dataloader: Optional[Iterable[Any]] = None
+
+
+class Scorer(ABC):
+    """Base class of pruning scorers.
+
+    Subclasses implement :meth:`score` and may override the class attributes below. ``score`` is called
+    through :func:`~lightning_synflow.compute_scores`, which restores the model's train/eval modes,
+    ``requires_grad`` flags and gradients afterwards; a scorer must not change parameter or buffer
+    values (score on copies, e.g. with ``torch.func.functional_call``).
+    """
+
+    #: Registered name, set by :func:`register_scorer`.
+    name: ClassVar[str] = ""
+    #: Pruning iterations :func:`~lightning_synflow.compute_masks` uses when none is given.
+    default_iterations: ClassVar[int] = 1
+    #: Pruned weights stay pruned. ``False`` lets every weight compete again at each iteration.
+    monotone: ClassVar[bool] = True
+    #: Needs ``context.example_input`` (the model's input shape).
+    needs_input: ClassVar[bool] = False
+
+    @abstractmethod
+    def score(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:
+        """One score per weight of every tensor named in ``masks``, shaped like it, on the network as
+        currently masked (``masks[name]`` is ``True`` where a weight is kept)."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+_REGISTRY: dict[str, type[Scorer]] = {}
+S = TypeVar("S", bound=type[Scorer])
+
+
+def register_scorer(name: str) -> Callable[[S], S]:
+    """Class decorator registering a :class:`Scorer` subclass under ``name``."""
+
+    def decorate(cls: S) -> S:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"a scorer named {name!r} is already registered ({_REGISTRY[name].__qualname__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def available_scorers() -> list[str]:
+    """Registered scorer names."""
+    return sorted(_REGISTRY)
+
+
+def get_scorer(scorer: Union[str, Scorer]) -> Scorer:
+    """A scorer instance from a registered name, or the instance itself."""
+    if isinstance(scorer, Scorer):
+        return scorer
+    if isinstance(scorer, str) and scorer in _REGISTRY:
+        return _REGISTRY[scorer]()
+    raise ValueError(
+        f"`scorer` must be one of {available_scorers()} or a lightning_synflow.Scorer instance, got {scorer!r}"
+    )
