@@ -46,7 +46,7 @@ def density_schedule(final_density: float, iterations: int, schedule: Schedule =
     steps = range(1, iterations + 1)
     if schedule == "exponential":
         return [final_density ** (t / iterations) for t in steps]
-    return [1.0 - (1.0 - final_density) * t / iterations for t in steps]
+    return [final_density + (1.0 - final_density) * (iterations - t) / iterations for t in steps]
 
 
 def num_kept(density: float, total: int) -> int:

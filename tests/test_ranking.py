@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from lightning_synflow import num_kept, select_masks, top_k_mask
+
+
+def brute_force_top_k(scores: torch.Tensor, k: int, candidates=None) -> torch.Tensor:
+    """Independent reference: sort by (-score, index) and keep the first k candidates."""
+    flat = scores.flatten().tolist()
+    cand = [True] * len(flat) if candidates is None else candidates.flatten().tolist()
+    order = sorted((i for i in range(len(flat)) if cand[i]), key=lambda i: (-flat[i], i))
+    keep = torch.zeros(len(flat), dtype=torch.bool)
+    keep[order[:k]] = True
+    return keep.view_as(scores)
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, 50, 93, 99, 100])
+def test_top_k_matches_brute_force_with_many_ties(k):
+    g = torch.Generator().manual_seed(k)
+    scores = torch.randint(0, 5, (10, 10), generator=g).double()
+    assert torch.equal(top_k_mask(scores, k), brute_force_top_k(scores, k))
+    assert int(top_k_mask(scores, k).sum()) == k
+
+
+@pytest.mark.parametrize("k", [0, 3, 30, 59])
+def test_top_k_only_keeps_candidates(k):
+    g = torch.Generator().manual_seed(k)
+    scores = torch.randint(0, 3, (120,), generator=g).float()
+    cand = torch.rand(120, generator=g) < 0.5
+    k = min(k, int(cand.sum()))
+    keep = top_k_mask(scores, k, cand)
+    assert torch.equal(keep, brute_force_top_k(scores, k, cand))
+    assert not (keep & ~cand).any()
+
+
+def test_all_zero_scores_still_keep_exactly_k_rather_than_emptying_the_network():
+    # The reference code prunes every score <= the k-th value: with ties at zero nothing survives.
+    scores = torch.zeros(1000)
+    scores[:3] = 1.0
+    keep = top_k_mask(scores, 10)
+    assert int(keep.sum()) == 10
+    assert keep[:10].all()
+
+
+def test_top_k_rejects_impossible_counts():
+    with pytest.raises(ValueError, match="cannot keep 5 of 4 candidate weights"):
+        top_k_mask(torch.ones(4), 5)
+
+
+def test_global_scope_ranks_across_tensors_with_exact_total():
+    scores = {"a": torch.arange(6.0).view(2, 3), "b": torch.arange(10.0, 14.0)}
+    masks = select_masks(scores, 0.5)
+    assert sum(int(m.sum()) for m in masks.values()) == num_kept(0.5, 10) == 5
+    assert masks["b"].all() and int(masks["a"].sum()) == 1 and masks["a"][1, 2]
+    assert masks["a"].shape == (2, 3)
+
+
+def test_global_ties_go_to_the_earlier_tensor():
+    masks = select_masks({"a": torch.ones(4), "b": torch.ones(4)}, 0.5)
+    assert masks["a"].all() and not masks["b"].any()
+
+
+def test_layerwise_scope_keeps_each_tensor_at_the_density():
+    g = torch.Generator().manual_seed(0)
+    scores = {"a": torch.rand(100, generator=g), "b": torch.rand(7, 3, generator=g), "c": torch.rand(5, generator=g)}
+    masks = select_masks(scores, 0.3, scope="layerwise")
+    assert {n: int(m.sum()) for n, m in masks.items()} == {"a": 30, "b": 6, "c": 2}
+
+
+def test_candidates_restrict_the_ranking_per_tensor():
+    scores = {"a": torch.tensor([5.0, 4.0, 3.0, 2.0])}
+    cand = {"a": torch.tensor([False, True, True, True])}
+    assert select_masks(scores, 0.5, candidates=cand)["a"].tolist() == [False, True, True, False]
+
+
+def test_unknown_scope_is_rejected():
+    with pytest.raises(ValueError, match=r"`scope` must be one of \('global', 'layerwise'\), got 'local'"):
+        select_masks({"a": torch.ones(2)}, 0.5, scope="local")

@@ -1,0 +1,166 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_synflow import Scorer, SynFlow, compute_masks, compute_scores, select_prunable
+from synflow_reference import reference_masks, reference_scores
+
+from conftest import BiasFreeCNN, TinyCNN
+
+
+def test_scores_equal_an_independent_computation_up_to_one_exact_power_of_two(tiny_cnn, image_batch):
+    g = torch.Generator().manual_seed(0)
+    masks = {n: torch.rand(p.shape, generator=g) < 0.7 for n, p in tiny_cnn.named_parameters() if n in select_prunable(tiny_cnn)}
+    tiny_cnn.bn1.running_mean.normal_()  # abs() of buffers matters only when they are not zero
+    ours = compute_scores(tiny_cnn, "synflow", masks=masks, example_input=image_batch)
+    ref, R = reference_scores(tiny_cnn, masks, image_batch.shape[1:])
+    scale = 2.0 ** -math.frexp(R)[1]
+    for n in masks:
+        assert ours[n].dtype == torch.float64
+        assert torch.equal(ours[n], ref[n] * scale)
+        assert (ours[n][~masks[n]] == 0).all()  # masked weights score 0
+        assert (ours[n][masks[n]] > 0).any()
+
+
+def test_conservation_law_per_neuron_and_per_layer():
+    torch.manual_seed(0)
+    net = BiasFreeCNN()
+    s = compute_scores(net, "synflow", example_input=torch.zeros(1, 3, 8, 8))
+    pairs = [
+        (s["c1.weight"].sum((1, 2, 3)), s["c2.weight"].sum((0, 2, 3))),
+        (s["c2.weight"].sum((1, 2, 3)), s["c3.weight"].sum((0, 2, 3))),
+        (s["c3.weight"].sum((1, 2, 3)), s["fc.weight"].view(3, 4, 36).sum((0, 2))),
+    ]
+    for incoming, outgoing in pairs:  # each neuron (channel): score flowing in == score flowing out
+        torch.testing.assert_close(incoming, outgoing, rtol=1e-5, atol=0)
+    totals = torch.stack([v.sum() for v in s.values()])  # every layer carries the same total R
+    torch.testing.assert_close(totals, totals[0].expand(4), rtol=1e-5, atol=0)
+
+
+def test_model_comes_back_exactly_as_it_came():
+    torch.manual_seed(0)
+    net = TinyCNN().train()
+    net.conv1.half().float()  # values representable in both dtypes
+    net.fc.to(torch.float64)
+    net.bn1.eval()
+    net.conv2.weight.requires_grad_(False)
+    net.fc.weight.grad = torch.full_like(net.fc.weight, 3.0)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    modes = [m.training for m in net.modules()]
+    compute_masks(net, "synflow", sparsity=0.9, iterations=3, example_input=torch.randn(1, 3, 8, 8))
+    for k, v in net.state_dict().items():
+        assert v.dtype == state[k].dtype and torch.equal(v, state[k]), k
+    assert [m.training for m in net.modules()] == modes
+    assert [p.requires_grad for p in net.parameters()] == [True, True, True, True, False, True, True]
+    assert torch.equal(net.fc.weight.grad, torch.full_like(net.fc.weight, 3.0))
+    assert net.conv1.weight.grad is None
+
+
+class Exploding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        raise RuntimeError("boom")
+
+
+def test_model_modes_are_restored_when_scoring_raises():
+    net = Exploding().train()
+    with pytest.raises(RuntimeError, match="boom"):
+        compute_scores(net, "synflow", example_input=torch.ones(1, 3))
+    assert net.training and net.fc.training
+
+
+def test_scoring_runs_in_float64_whatever_the_model_dtype(image_batch):
+    torch.manual_seed(0)
+    net = TinyCNN().to(torch.bfloat16)
+    masks = compute_masks(net, "synflow", sparsity=0.8, iterations=5, example_input=image_batch.bfloat16())
+    scores = compute_scores(net, "synflow", masks=masks, example_input=image_batch)
+    assert all(s.dtype == torch.float64 and torch.isfinite(s).all() for s in scores.values())
+    assert sum(int(m.sum()) for m in masks.values()) == round(0.2 * sum(m.numel() for m in masks.values()))
+    assert all(p.dtype == torch.bfloat16 for p in net.parameters())
+
+
+def test_float32_option_matches_float64_on_a_shallow_net(image_batch):
+    torch.manual_seed(0)
+    net = BiasFreeCNN()
+    x = torch.zeros(1, 3, 8, 8)
+    a = compute_masks(net, SynFlow("float32"), sparsity=0.9, iterations=10, example_input=x)
+    b = compute_masks(net, SynFlow("float64"), sparsity=0.9, iterations=10, example_input=x)
+    agree = sum(int((a[n] == b[n]).sum()) for n in a) / sum(a[n].numel() for n in a)
+    assert agree > 0.999  # float32 rounding may swap near-equal neighbours at the threshold
+
+
+def test_synflow_needs_an_input_shape(tiny_cnn):
+    with pytest.raises(ValueError, match=r"needs `example_input`: any tensor of the model's input shape"):
+        compute_masks(tiny_cnn, "synflow", sparsity=0.5)
+
+
+def test_unknown_dtype_is_rejected():
+    with pytest.raises(ValueError, match=r"SynFlow `dtype` must be one of \['float32', 'float64'\], got 'float16'"):
+        SynFlow("float16")
+
+
+def _deep_models():
+    torchvision = pytest.importorskip("torchvision")
+    from lightning_synflow import models
+
+    return {
+        "cifar_resnet56": (lambda: models.resnet56(), (3, 32, 32)),
+        "cifar_resnet110": (lambda: models.resnet110(), (3, 32, 32)),
+        "torchvision_resnet152": (lambda: torchvision.models.resnet152(), (3, 32, 32)),
+        "torchvision_vgg19": (lambda: torchvision.models.vgg19(), (3, 32, 32)),
+    }
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet56", "cifar_resnet110", "torchvision_resnet152", "torchvision_vgg19"])
+def test_deep_networks_get_exact_finite_non_degenerate_masks_equal_to_float64(name):
+    build, shape = _deep_models()[name]
+    torch.manual_seed(0)
+    net = build()
+    names = select_prunable(net)
+    x = torch.zeros(1, *shape)
+    # float32 cannot represent the flow of the deeper nets (R up to ~1e220): a naive float32 pass overflows
+    # or loses the ranking, which is why scoring is float64 with exact power-of-two scaling.
+    _, R32 = reference_scores(net, {n: torch.ones_like(p, dtype=torch.bool) for n, p in net.named_parameters() if n in names}, shape, torch.float32)
+    _, R64 = reference_scores(net, {n: torch.ones_like(p, dtype=torch.bool) for n, p in net.named_parameters() if n in names}, shape)
+    assert math.isfinite(R64)
+    if name != "torchvision_vgg19":
+        assert not math.isfinite(R32) or R64 > 1e60
+
+    ours = compute_masks(net, "synflow", compression=100, iterations=3, example_input=x)
+    scores = compute_scores(net, "synflow", masks=ours, example_input=x)
+    total = sum(m.numel() for m in ours.values())
+    assert sum(int(m.sum()) for m in ours.values()) == round(total / 100)
+    assert all(torch.isfinite(s).all() and s.abs().max() <= 1 for s in scores.values())
+    alive = [n for n in names if ours[n].any()]
+    assert len(alive) >= 0.9 * len(names)
+    assert all(int((scores[n] > 0).sum()) > 0 for n in alive)  # kept weights carry flow, not a tie-break at 0
+    assert list(ours) == names
+    ref = reference_masks(net, names, 0.01, 3, shape)
+    for n in names:
+        assert torch.equal(ours[n], ref[n]), n
+
+
+def test_float32_falls_back_to_float64_when_the_flow_overflows():
+    from lightning_synflow import models
+
+    torch.manual_seed(0)
+    net = models.resnet110()
+    x = torch.zeros(1, 3, 32, 32)
+    a = compute_masks(net, SynFlow("float32"), compression=10, iterations=1, example_input=x)
+    b = compute_masks(net, SynFlow("float64"), compression=10, iterations=1, example_input=x)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+class NaNScorer(Scorer):
+    def score(self, model, masks, context):
+        return {n: torch.full(m.shape, float("nan")) for n, m in masks.items()}
+
+
+def test_non_finite_scores_are_an_error_naming_the_tensors(tiny_cnn):
+    with pytest.raises(FloatingPointError, match=r"produced non-finite scores for \['conv1.weight', 'conv2.weight', 'fc.weight'\]"):
+        compute_masks(tiny_cnn, NaNScorer(), sparsity=0.5)
