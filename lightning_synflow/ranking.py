@@ -33,12 +33,15 @@ def top_k_mask(scores: Tensor, k: int, candidates: Optional[Tensor] = None) -> T
         return keep.view_as(scores)
     if k == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    # The k-th largest value, found from whichever side of the ranking is smaller.
+    # The k-th largest value: a partial top-k when one side of the ranking is small (the usual case late
+    # in iterative pruning), a linear-time selection otherwise (top-k slows down badly for large k).
     dropped = n - k
-    if k <= dropped:
+    if k <= n // 64:
         threshold = values.topk(k, sorted=False).values.min()
-    else:
+    elif dropped < n // 64:
         threshold = values.topk(dropped + 1, largest=False, sorted=False).values.max()
+    else:
+        threshold = values.kthvalue(dropped + 1).values
     keep = flat > threshold
     if cand is not None:
         keep &= cand
