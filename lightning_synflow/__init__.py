@@ -1,5 +1,6 @@
 """Prune at initialization with SynFlow and friends, and keep the network sparse while it trains."""
 
+from lightning_synflow.ablations import reinitialize, shuffle_masks
 from lightning_synflow.masks import BoundMasks, apply_masks, check_masks
 from lightning_synflow.parameters import DEFAULT_PRUNABLE_TYPES, select_prunable
 from lightning_synflow.pruning import compute_masks, compute_scores
@@ -7,12 +8,15 @@ from lightning_synflow.ranking import select_masks, top_k_mask
 from lightning_synflow.report import SparsityReport, TensorSparsity, sparsity_report
 from lightning_synflow.schedules import density_schedule, num_kept, resolve_density
 from lightning_synflow.scorers import (
+    SNIP,
+    LossFn,
     Magnitude,
     Random,
     Scorer,
     ScoringContext,
     SynFlow,
     available_scorers,
+    cross_entropy_loss,
     get_scorer,
     register_scorer,
 )
@@ -22,7 +26,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_PRUNABLE_TYPES",
+    "SNIP",
     "BoundMasks",
+    "LossFn",
     "Magnitude",
     "PruneAtInit",
     "Random",
@@ -36,13 +42,16 @@ __all__ = [
     "check_masks",
     "compute_masks",
     "compute_scores",
+    "cross_entropy_loss",
     "density_schedule",
     "get_scorer",
     "num_kept",
     "register_scorer",
+    "reinitialize",
     "resolve_density",
     "select_masks",
     "select_prunable",
+    "shuffle_masks",
     "sparsity_report",
     "top_k_mask",
 ]

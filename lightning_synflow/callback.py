@@ -8,6 +8,9 @@ optimizer state of pruned weights stays zero, and stores the masks in its own ch
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from itertools import islice
 from typing import Any, Optional, Union
 
 import torch
@@ -16,6 +19,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lightning_synflow.ablations import reinitialize
 from lightning_synflow.masks import BoundMasks
 from lightning_synflow.parameters import select_prunable
 from lightning_synflow.pruning import compute_masks
@@ -42,8 +46,13 @@ class PruneAtInit(Callback):
         include_types: Layer types whose ``weight`` is pruned, as class names (e.g. ``["Conv2d"]``); default
             every Linear, Conv1d/2d/3d and ConvTranspose layer.
         exclude_types: Layer types never pruned (e.g. ``["Linear"]``).
+        num_batches: Training batches data-driven scorers (SNIP, GraSP, ...) draw, per rank; default the
+            scorer's own. Their loss is the LightningModule's own ``training_step`` loss.
         include_names: Glob patterns of further parameter names to prune (e.g. ``["embed.weight"]``).
         exclude_names: Glob patterns of parameter names never pruned (e.g. ``["fc.*"]`` keeps the classifier dense).
+        invert: Ablation: keep the lowest-scoring weights instead of the highest.
+        shuffle: Ablation: move each tensor's kept positions to random places in it (same per-layer counts).
+        reinit: Ablation: draw fresh initial weights after pruning, keeping the masks.
         log_per_tensor: Also log each tensor's density after pruning.
         verbose: Print the per-tensor sparsity table after pruning.
     """
@@ -57,10 +66,14 @@ class PruneAtInit(Callback):
         schedule: Schedule = "exponential",
         scope: Scope = "global",
         input_shape: Optional[list[int]] = None,
+        num_batches: Optional[int] = None,
         include_types: Optional[list[str]] = None,
         exclude_types: Optional[list[str]] = None,
         include_names: Optional[list[str]] = None,
         exclude_names: Optional[list[str]] = None,
+        invert: bool = False,
+        shuffle: bool = False,
+        reinit: bool = False,
         log_per_tensor: bool = False,
         verbose: bool = True,
     ) -> None:
@@ -76,6 +89,12 @@ class PruneAtInit(Callback):
             or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in input_shape)
         ):
             raise ValueError(f"`input_shape` must be a non-empty list of positive ints without the batch dimension, got {input_shape!r}")
+        if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1):
+            raise ValueError(f"`num_batches` must be a positive integer, got {num_batches!r}")
+        self.num_batches = num_batches
+        self.invert = invert
+        self.shuffle = shuffle
+        self.reinit = reinit
         self.schedule = schedule
         self.scope = scope
         self.input_shape = None if input_shape is None else list(input_shape)
@@ -164,6 +183,12 @@ class PruneAtInit(Callback):
                 f" include_types={self.include_types}, exclude_types={self.exclude_types},"
                 f" include_names={self.include_names}, exclude_names={self.exclude_names}"
             )
+        if self.scorer.needs_data and not pl_module.automatic_optimization:
+            raise ValueError(
+                f"PruneAtInit(scorer={self.scorer!r}) scores with the loss `training_step` returns, which"
+                f" {type(pl_module).__name__} does not under manual optimization; use a data-free scorer"
+            )
+        num_batches = self.scorer.default_num_batches if self.num_batches is None else self.num_batches
         masks = compute_masks(
             pl_module,
             self.scorer,
@@ -172,10 +197,23 @@ class PruneAtInit(Callback):
             schedule=self.schedule,
             scope=self.scope,
             example_input=self._example_input(trainer, pl_module) if self.scorer.needs_input else None,
+            dataloader=_training_batches(trainer, num_batches) if self.scorer.needs_data else None,
+            loss_fn=_training_step_loss,
+            num_batches=num_batches,
+            all_reduce=(lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None,
             parameters=names,
+            invert=self.invert,
+            shuffle=self.shuffle,
             progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
         )
-        return _broadcast_masks(trainer, masks)
+        masks = _broadcast_masks(trainer, masks)
+        if self.reinit:  # the same fresh weights on every rank: draw them from rank 0's seed
+            seed = trainer.strategy.broadcast(int(torch.randint(2**31 - 1, ())), src=0)
+            cuda = [pl_module.device.index] if pl_module.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(seed)
+                reinitialize(pl_module)
+        return masks
 
     def _example_input(self, trainer: Trainer, pl_module: LightningModule) -> ExampleInput:
         """The model's input: ``example_input_array``, else ``input_shape``, else the first training batch."""
@@ -183,13 +221,8 @@ class PruneAtInit(Callback):
             return pl_module.example_input_array
         if self.input_shape is not None:
             return torch.zeros(1, *self.input_shape)
-        trainer.fit_loop.setup_data()  # builds the train dataloader early; Lightning reuses it afterwards
-        loader = trainer.train_dataloader
-        if isinstance(loader, dict):
-            loader = next(iter(loader.values()), None)
-        elif isinstance(loader, (list, tuple)):
-            loader = loader[0] if loader else None
-        batch = None if loader is None else next(iter(loader), None)
+        batches = _training_batches(trainer, 1)
+        batch = batches[0] if batches else None
         if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
             batch = batch[0]
         if not isinstance(batch, Tensor):
@@ -230,6 +263,43 @@ class PruneAtInit(Callback):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def _training_batches(trainer: Trainer, n: int) -> list[Any]:
+    """The first ``n`` batches of the Trainer's own training data (with its distributed sampler), on the
+    model's device through the module's batch-transfer hooks."""
+    trainer.fit_loop.setup_data()  # builds the train dataloader early; Lightning reuses it afterwards
+    loader = trainer.train_dataloader
+    if isinstance(loader, Mapping):
+        loader = next(iter(loader.values()), None)
+    elif isinstance(loader, (list, tuple)):
+        loader = loader[0] if loader else None
+    if loader is None:
+        return []
+    return [trainer.strategy.batch_to_device(b) for b in islice(iter(loader), n)]
+
+
+@contextmanager
+def _silenced_logging(module: LightningModule) -> Iterator[None]:
+    """``self.log`` raises outside the training loop; scoring calls ``training_step`` from ``on_fit_start``."""
+    module.log = module.log_dict = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        del module.log, module.log_dict
+
+
+def _training_step_loss(module: LightningModule, batch: Any) -> Tensor:
+    """The loss the LightningModule trains on, so data-driven scorers work for any task."""
+    with _silenced_logging(module):
+        out = module.training_step(batch, 0)
+    loss = out.get("loss") if isinstance(out, Mapping) else out
+    if not isinstance(loss, Tensor):
+        raise TypeError(
+            f"{type(module).__name__}.training_step must return the loss (a tensor, or a dict with 'loss') for"
+            f" data-driven scoring, got {type(out).__name__}"
+        )
+    return loss
 
 
 def _broadcast_masks(trainer: Trainer, masks: dict[str, Tensor]) -> dict[str, Tensor]:

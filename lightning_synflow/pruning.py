@@ -6,18 +6,27 @@ Neither needs Lightning; :class:`~lightning_synflow.PruneAtInit` only adapts the
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Optional, Union
+from itertools import islice
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from lightning_synflow.ablations import shuffle_masks
 from lightning_synflow.masks import check_masks
 from lightning_synflow.model_state import preserved_model_state
 from lightning_synflow.parameters import select_prunable
-from lightning_synflow.ranking import SCOPES, Scope, select_masks
+from lightning_synflow.ranking import SCOPES, Scope
 from lightning_synflow.schedules import Schedule, density_schedule, num_kept, resolve_density
-from lightning_synflow.scorers.base import ExampleInput, Scorer, ScoringContext, get_scorer
+from lightning_synflow.scorers.base import (
+    ExampleInput,
+    LossFn,
+    Scorer,
+    ScoringContext,
+    cross_entropy_loss,
+    get_scorer,
+)
 
 
 def _to_device(x: Any, device: torch.device) -> Any:
@@ -25,6 +34,8 @@ def _to_device(x: Any, device: torch.device) -> Any:
         return x.to(device)
     if isinstance(x, (tuple, list)):
         return type(x)(_to_device(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
     return x
 
 
@@ -62,12 +73,34 @@ def _score(model: nn.Module, scorer: Scorer, masks: Mapping[str, Tensor], contex
 
 
 def _context(
-    model: nn.Module, scorer: Scorer, example_input: Optional[ExampleInput], dataloader: Optional[Iterable[Any]]
+    model: nn.Module,
+    scorer: Scorer,
+    example_input: Optional[ExampleInput],
+    dataloader: Optional[Iterable[Any]],
+    loss_fn: Optional[LossFn],
+    num_batches: Optional[int],
+    all_reduce: Optional[Callable[[Tensor], Tensor]],
 ) -> ScoringContext:
+    """Check that the scorer gets what it needs, and fetch its batches once (the same in every round)."""
+    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1):
+        raise ValueError(f"`num_batches` must be a positive integer, got {num_batches!r}")
     if scorer.needs_input and example_input is None:
         raise ValueError(f"scorer {scorer!r} needs `example_input`: any tensor of the model's input shape")
+    if scorer.needs_data and dataloader is None:
+        raise ValueError(f"scorer {scorer!r} needs data: pass `dataloader` (batches of (input, target) by default)")
     device = next(model.parameters()).device
-    return ScoringContext(example_input=_to_device(example_input, device), dataloader=dataloader)
+    batches: list[Any] = []
+    if scorer.needs_data:
+        n = scorer.default_num_batches if num_batches is None else num_batches
+        batches = [_to_device(b, device) for b in islice(dataloader, n)]
+        if not batches:
+            raise ValueError(f"scorer {scorer!r} needs data, but `dataloader` yielded no batch")
+    return ScoringContext(
+        example_input=_to_device(example_input, device),
+        batches=batches,
+        loss_fn=cross_entropy_loss if loss_fn is None else loss_fn,
+        all_reduce=all_reduce or (lambda t: t),
+    )
 
 
 def compute_scores(
@@ -77,6 +110,9 @@ def compute_scores(
     masks: Optional[Mapping[str, Tensor]] = None,
     example_input: Optional[ExampleInput] = None,
     dataloader: Optional[Iterable[Any]] = None,
+    loss_fn: Optional[LossFn] = None,
+    num_batches: Optional[int] = None,
+    all_reduce: Optional[Callable[[Tensor], Tensor]] = None,
     parameters: Optional[Sequence[str]] = None,
 ) -> dict[str, Tensor]:
     """One scoring pass: a score per weight of each prunable tensor (higher = keep).
@@ -87,7 +123,13 @@ def compute_scores(
         masks: Current masks (``True`` = kept); pruned weights score 0 where the scorer defines it so.
             Their keys are the prunable tensors. Default: nothing pruned yet.
         example_input: A tensor of the model's input shape (any batch size), for data-free scorers.
-        dataloader: Batches for data-driven scorers.
+        dataloader: Batches for data-driven scorers; the first ``num_batches`` are moved to the model's
+            device and used in every round.
+        loss_fn: ``loss_fn(model, batch) -> scalar`` for data-driven scorers; default cross-entropy of
+            ``model(x)`` against ``y`` for ``(x, y)`` batches.
+        num_batches: Batches drawn from ``dataloader``; default the scorer's own (1 for SNIP).
+        all_reduce: Sums a tensor over processes (e.g. ``torch.distributed.all_reduce`` wrapped to return
+            it), so that each process scores its own shard and all rank the same totals.
         parameters: Names of the prunable tensors when ``masks`` is not given; default
             :func:`select_prunable`.
 
@@ -96,7 +138,8 @@ def compute_scores(
     """
     scorer = get_scorer(scorer)
     start = _initial_masks(model, parameters, masks)
-    return _score(model, scorer, start, _context(model, scorer, example_input, dataloader))
+    context = _context(model, scorer, example_input, dataloader, loss_fn, num_batches, all_reduce)
+    return _score(model, scorer, start, context)
 
 
 def compute_masks(
@@ -110,8 +153,13 @@ def compute_masks(
     scope: Scope = "global",
     example_input: Optional[ExampleInput] = None,
     dataloader: Optional[Iterable[Any]] = None,
+    loss_fn: Optional[LossFn] = None,
+    num_batches: Optional[int] = None,
+    all_reduce: Optional[Callable[[Tensor], Tensor]] = None,
     parameters: Optional[Sequence[str]] = None,
     masks: Optional[Mapping[str, Tensor]] = None,
+    invert: bool = False,
+    shuffle: bool = False,
     progress: bool = False,
 ) -> dict[str, Tensor]:
     """Prune iteratively (SynFlow's Algorithm 1) and return the masks; the model is not changed.
@@ -127,6 +175,9 @@ def compute_masks(
         compression: total / kept, >= 1 (the SynFlow paper's 10^x).
         iterations: Pruning rounds ``T``; default the scorer's (100 for SynFlow, 1 for magnitude/random).
         masks: Masks to continue from (their keys are the prunable tensors).
+        invert: Ablation: keep the *lowest* scores instead (the ranking negated, ties as before).
+        shuffle: Ablation: finally move each tensor's kept positions to random places in that tensor
+            (per-tensor counts kept; torch's global generator).
         progress: Show a progress bar over the iterations.
 
     Other arguments as in :func:`compute_scores`. Returns ``dict[name, BoolTensor]``.
@@ -145,8 +196,10 @@ def compute_masks(
     kept = sum(int(m.sum()) for m in current.values())
     if scorer.monotone and kept < num_kept(density, total):
         raise ValueError(f"the given `masks` keep {kept} weights, fewer than the {num_kept(density, total)} requested")
-    context = _context(model, scorer, example_input, dataloader)
+    context = _context(model, scorer, example_input, dataloader, loss_fn, num_batches, all_reduce)
     for d in tqdm(steps, desc=f"pruning ({scorer.name or type(scorer).__name__})", disable=not progress, leave=False):
         scores = _score(model, scorer, current, context)
-        current = select_masks(scores, d, scope=scope, candidates=current if scorer.monotone else None)
-    return current
+        if invert:
+            scores = {n: -s for n, s in scores.items()}
+        current = scorer.allocate(scores, d, scope, current if scorer.monotone else None)
+    return shuffle_masks(current) if shuffle else current

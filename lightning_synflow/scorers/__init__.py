@@ -1,22 +1,28 @@
-"""Scorers by name: ``"synflow"``, ``"magnitude"``, ``"random"``; a user's own by subclassing :class:`Scorer`."""
+"""Scorers by name (``"synflow"``, ``"snip"``, ...); a user's own by subclassing :class:`Scorer`."""
 
 from lightning_synflow.scorers.base import (
+    LossFn,
     Scorer,
     ScoringContext,
     available_scorers,
+    cross_entropy_loss,
     get_scorer,
     register_scorer,
 )
 from lightning_synflow.scorers.baselines import Magnitude, Random
+from lightning_synflow.scorers.snip import SNIP
 from lightning_synflow.scorers.synflow import SynFlow
 
 __all__ = [
+    "SNIP",
+    "LossFn",
     "Magnitude",
     "Random",
     "Scorer",
     "ScoringContext",
     "SynFlow",
     "available_scorers",
+    "cross_entropy_loss",
     "get_scorer",
     "register_scorer",
 ]

@@ -8,22 +8,54 @@ Built-in scorers are registered by name (``"synflow"``); a user's own scorer sub
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
 
+import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
+
+from lightning_synflow.ranking import Scope, select_masks
 
 ExampleInput = Union[Tensor, tuple[Tensor, ...]]
+#: ``loss_fn(model, batch) -> scalar``: the loss data-driven scorers differentiate.
+LossFn = Callable[[nn.Module, Any], Tensor]
+
+
+def cross_entropy_loss(model: nn.Module, batch: Any) -> Tensor:
+    """The default loss of the functional API: cross-entropy of ``model(x)`` (logits) against ``y`` for
+    ``(x, y)`` batches."""
+    x, y = batch[0], batch[1]
+    return F.cross_entropy(model(x), y)
+
+
+def _no_reduction(t: Tensor) -> Tensor:
+    return t
 
 
 @dataclass(frozen=True)
 class ScoringContext:
-    """What a scorer may draw on besides the model: an example input (its shape, for data-free
-    scorers) and a dataloader (for data-driven ones). Both are on the model's device when scoring."""
+    """What a scorer may draw on besides the model, all on the model's device.
+
+    Attributes:
+        example_input: A tensor of the model's input shape, for data-free scorers.
+        batches: The batches data-driven scorers use, the same ones in every pruning round.
+        loss_fn: ``loss_fn(model, batch)``, differentiated by data-driven scorers.
+        all_reduce: Sums a tensor over all processes (identity in a single process). Scorers sum their
+            per-batch gradients or scores locally and reduce once, so every rank ranks the same totals.
+    """
 
     example_input: Optional[ExampleInput] = None
-    dataloader: Optional[Iterable[Any]] = None
+    batches: Sequence[Any] = ()
+    loss_fn: LossFn = cross_entropy_loss
+    all_reduce: Callable[[Tensor], Tensor] = _no_reduction
+
+    def reduce(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``all_reduce`` of a dict of tensors in one collective (flattened and concatenated)."""
+        names = list(tensors)
+        flat = self.all_reduce(torch.cat([tensors[n].reshape(-1) for n in names]))
+        return {n: p.view_as(tensors[n]) for n, p in zip(names, flat.split([tensors[n].numel() for n in names]))}
 
 
 class Scorer(ABC):
@@ -43,11 +75,22 @@ class Scorer(ABC):
     monotone: ClassVar[bool] = True
     #: Needs ``context.example_input`` (the model's input shape).
     needs_input: ClassVar[bool] = False
+    #: Needs ``context.batches`` (labelled data and a loss).
+    needs_data: ClassVar[bool] = False
+    #: Batches drawn for scoring when the caller does not say.
+    default_num_batches: ClassVar[int] = 1
 
     @abstractmethod
     def score(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:
         """One score per weight of every tensor named in ``masks``, shaped like it, on the network as
         currently masked (``masks[name]`` is ``True`` where a weight is kept)."""
+
+    def allocate(
+        self, scores: Mapping[str, Tensor], density: float, scope: Scope, candidates: Optional[Mapping[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """Masks from scores at ``density``; the default keeps the highest scores (exact count). Scorers
+        that prescribe per-layer densities themselves (ERK, uniform) override this."""
+        return select_masks(scores, density, scope=scope, candidates=candidates)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

@@ -8,12 +8,19 @@ import os
 import sys
 
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from lightning_helpers import MLP  # noqa: E402
 
 from lightning_synflow import PruneAtInit  # noqa: E402
+
+
+class CaptureWeights(Callback):
+    """Keeps the weights as PruneAtInit (the next callback) sees them: after DDP's broadcast, before pruning."""
+
+    def on_fit_start(self, trainer, pl_module):
+        self.state = {k: v.clone() for k, v in pl_module.state_dict().items()}
 
 
 def main(out_dir: str, scorer: str, input_from: str) -> None:
@@ -25,11 +32,11 @@ def main(out_dir: str, scorer: str, input_from: str) -> None:
     pruner = PruneAtInit(scorer=scorer, sparsity=0.9, iterations=10)
     trainer = Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_steps=4, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[pruner],
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[capture := CaptureWeights(), pruner],
     )
     trainer.fit(model)
     torch.save(
-        {"masks": pruner.masks, "state": model.state_dict(), "init": init},
+        {"masks": pruner.masks, "state": model.state_dict(), "init": init, "pruned_from": capture.state},
         os.path.join(out_dir, f"rank{trainer.global_rank}.pt"),
     )
 
