@@ -18,7 +18,7 @@ from lightning_synflow.masks import check_masks
 from lightning_synflow.model_state import preserved_model_state
 from lightning_synflow.parameters import select_prunable
 from lightning_synflow.ranking import SCOPES, Scope
-from lightning_synflow.schedules import Schedule, density_schedule, num_kept, resolve_density
+from lightning_synflow.schedules import Schedule, num_kept, resolve_density
 from lightning_synflow.scorers.base import (
     ExampleInput,
     LossFn,
@@ -186,7 +186,7 @@ def compute_masks(
     scorer = get_scorer(scorer)
     if scope not in SCOPES:
         raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}")
-    steps = density_schedule(density, scorer.default_iterations if iterations is None else iterations, schedule)
+    steps = scorer.densities(density, scorer.default_iterations if iterations is None else iterations, schedule)
     current = _initial_masks(model, parameters, masks)
     total = sum(m.numel() for m in current.values())
     if scope == "global" and num_kept(density, total) == 0:

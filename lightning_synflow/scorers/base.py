@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lightning_synflow.ranking import Scope, select_masks
+from lightning_synflow.schedules import Schedule, density_schedule
 
 ExampleInput = Union[Tensor, tuple[Tensor, ...]]
 #: ``loss_fn(model, batch) -> scalar``: the loss data-driven scorers differentiate.
@@ -84,6 +85,11 @@ class Scorer(ABC):
     def score(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:
         """One score per weight of every tensor named in ``masks``, shaped like it, on the network as
         currently masked (``masks[name]`` is ``True`` where a weight is kept)."""
+
+    def densities(self, final_density: float, iterations: int, schedule: Schedule) -> list[float]:
+        """The density after each pruning round; the default is the Trainer-wide schedule (exponential or
+        linear). Scorers with a schedule of their own (SNIP-it) override this."""
+        return density_schedule(final_density, iterations, schedule)
 
     def allocate(
         self, scores: Mapping[str, Tensor], density: float, scope: Scope, candidates: Optional[Mapping[str, Tensor]]
