@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_synflow.ablations import reinitialize
-from lightning_synflow.masks import BoundMasks
+from lightning_synflow.masks import BoundMasks, check_masks
 from lightning_synflow.parameters import select_prunable
 from lightning_synflow.pruning import compute_masks
 from lightning_synflow.ranking import SCOPES, Scope
@@ -120,12 +120,13 @@ class PruneAtInit(Callback):
             start = time.perf_counter()
             masks = self._prune(trainer, pl_module)
             seconds = time.perf_counter() - start
-        else:  # resumed: the masks came back with the checkpoint and are not scored again
+        else:  # resumed (or fit again): the masks we hold are not scored again
             masks, seconds = self._masks, None
-        try:
-            bound = BoundMasks(pl_module, masks)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"PruneAtInit: the masks restored from the checkpoint do not fit {type(pl_module).__name__}: {err}") from err
+            try:
+                check_masks(pl_module, masks)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"PruneAtInit: the masks restored from the checkpoint do not fit {type(pl_module).__name__}: {err}") from err
+        bound = BoundMasks(pl_module, masks)
         bound.apply_()
         self._masks = dict(zip(bound.names, bound.masks))
         self._bound = bound
@@ -235,7 +236,7 @@ class PruneAtInit(Callback):
 
     def _report(self, trainer: Trainer, report: SparsityReport, seconds: Optional[float]) -> None:
         if seconds is None:
-            rank_zero_info(f"PruneAtInit: masks restored from the checkpoint, sparsity {report.sparsity:.4%}")
+            rank_zero_info(f"PruneAtInit: kept the masks it holds (restored, not re-scored), sparsity {report.sparsity:.4%}")
             return
         metrics = {
             "pruning/sparsity": report.sparsity,
