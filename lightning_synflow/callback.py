@@ -27,6 +27,7 @@ from lightning_synflow.ranking import SCOPES, Scope
 from lightning_synflow.report import SparsityReport, sparsity_report
 from lightning_synflow.schedules import Schedule, density_schedule, resolve_density
 from lightning_synflow.scorers.base import ExampleInput, Scorer, get_scorer
+from lightning_synflow.validation import check_positive_int, is_positive_int
 
 
 class PruneAtInit(Callback):
@@ -84,13 +85,11 @@ class PruneAtInit(Callback):
         if scope not in SCOPES:
             raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}")
         if input_shape is not None and (
-            not isinstance(input_shape, (list, tuple))
-            or not input_shape
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in input_shape)
+            not isinstance(input_shape, (list, tuple)) or not input_shape or not all(map(is_positive_int, input_shape))
         ):
             raise ValueError(f"`input_shape` must be a non-empty list of positive ints without the batch dimension, got {input_shape!r}")
-        if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1):
-            raise ValueError(f"`num_batches` must be a positive integer, got {num_batches!r}")
+        if num_batches is not None:
+            check_positive_int("num_batches", num_batches)
         self.num_batches = num_batches
         self.invert = invert
         self.shuffle = shuffle

@@ -27,6 +27,7 @@ from lightning_synflow.scorers.base import (
     cross_entropy_loss,
     get_scorer,
 )
+from lightning_synflow.validation import check_positive_int
 
 
 def _to_device(x: Any, device: torch.device) -> Any:
@@ -82,8 +83,8 @@ def _context(
     all_reduce: Optional[Callable[[Tensor], Tensor]],
 ) -> ScoringContext:
     """Check that the scorer gets what it needs, and fetch its batches once (the same in every round)."""
-    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1):
-        raise ValueError(f"`num_batches` must be a positive integer, got {num_batches!r}")
+    if num_batches is not None:
+        check_positive_int("num_batches", num_batches)
     if scorer.needs_input and example_input is None:
         raise ValueError(f"scorer {scorer!r} needs `example_input`: any tensor of the model's input shape")
     if scorer.needs_data and dataloader is None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Literal, Optional
 
+from lightning_synflow.validation import check_positive_int
+
 Schedule = Literal["exponential", "linear"]
 SCHEDULES: tuple[str, ...] = ("exponential", "linear")
 
@@ -39,8 +41,7 @@ def density_schedule(final_density: float, iterations: int, schedule: Schedule =
     """Densities ``d_1 .. d_T`` after each of ``iterations`` steps; the last is exactly ``final_density``."""
     if schedule not in SCHEDULES:
         raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {schedule!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"`iterations` must be a positive integer, got {iterations!r}")
+    check_positive_int("iterations", iterations)
     if not 0.0 < final_density <= 1.0:
         raise ValueError(f"the final density must be in (0, 1], got {final_density!r}")
     steps = range(1, iterations + 1)
