@@ -1,0 +1,92 @@
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_synflow import compute_masks
+from lightning_synflow.analysis import CriticalRun, critical_compression, default_grid, max_compression_log10
+
+
+def _magnitude_trap():
+    """Layer A: |w| = 1..1000; layer B: 25 weights of 900.5. B's best weight ranks 101st globally, so
+    magnitude pruning empties B once fewer than 101 weights are kept: no collapse iff
+    round(1025 * 10^-x) >= 101, i.e. x <= log10(1025 / 100.5)."""
+    net = nn.Sequential(nn.Linear(40, 25, bias=False), nn.Linear(25, 1, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.arange(1, 1001, dtype=torch.float32).view(25, 40))
+        net[1].weight.fill_(900.5)
+    return net, math.log10(1025 / 100.5)
+
+
+@pytest.mark.parametrize("search", ["bisect", "grid", "full"])
+def test_finds_analytic_collapse_of_magnitude_trap(search):
+    net, x_star = _magnitude_trap()
+    step = 0.01
+    res = critical_compression(net, "magnitude", step=step, search=search)
+    assert res.log10 == pytest.approx(math.floor(x_star / step) * step)
+    grid = default_grid(max_compression_log10(net), step)
+    assert res.grid == tuple(grid)
+    n = len(res.runs[0].points)
+    if search == "bisect":
+        assert n <= math.ceil(math.log2(len(grid) + 1))
+    elif search == "full":
+        assert n == len(grid)
+    for p in res.runs[0].points:  # per-tensor densities at every evaluated x, as compute_masks gives them
+        masks = compute_masks(net, "magnitude", compression=10**p.log10)
+        assert p.kept == {k: int(m.sum()) for k, m in masks.items()}
+        assert p.is_collapsed == (p.log10 > x_star)
+        assert p.collapsed == (["1.weight"] if p.log10 > x_star else [])
+
+
+def _synflow_trap():
+    """Linear(100 -> 10) -> Linear(10 -> 1), constant weights. SynFlow gives every first-layer weight
+    R/1000 and every second-layer weight R/10, so one-shot SynFlow empties the first layer once at most
+    10 weights are kept: no collapse iff round(1010 * 10^-x) >= 11, i.e. x <= log10(1010 / 10.5)."""
+    net = nn.Sequential(nn.Linear(100, 10, bias=False), nn.Linear(10, 1, bias=False))
+    with torch.no_grad():
+        net[0].weight.fill_(0.3)
+        net[1].weight.fill_(2.0)
+    return net, math.log10(1010 / 10.5)
+
+
+def test_one_shot_synflow_collapses_where_predicted_and_iterative_reaches_the_maximum():
+    net, x_star = _synflow_trap()
+    x = torch.zeros(1, 100)
+    one_shot = critical_compression(net, "synflow", iterations=1, step=0.01, example_input=x)
+    assert one_shot.log10 == pytest.approx(math.floor(x_star * 100) / 100)
+    assert one_shot.max_log10 == pytest.approx(math.log10(1010 / 2))
+    iterative = critical_compression(net, "synflow", iterations=100, step=0.01, example_input=x)
+    assert iterative.log10 == pytest.approx(math.floor(iterative.max_log10 * 100) / 100)  # 2.70: no collapse at all
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    critical_compression(net, "synflow", iterations=2, grid=[1.0, 2.0], example_input=x, search="full")
+    assert all(torch.equal(p, before[n]) for n, p in net.named_parameters())  # the model is not changed
+
+
+def test_factory_seeds_several_scorers_and_serialisation():
+    make = lambda: nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 3))  # noqa: E731
+    out = critical_compression(make, ["random", "magnitude"], seeds=[0, 1, 2], step=0.25, search="full")
+    assert set(out) == {"random", "magnitude"}
+    res = out["random"]
+    assert [r.seed for r in res.runs] == [0, 1, 2]
+    assert res.log10 == pytest.approx(sum(r.log10 for r in res.runs) / 3)
+    # the smallest tensor has 60 weights: random pruning cannot keep it alive much beyond 10^1.8
+    assert 0.5 <= res.log10 <= math.log10(660 / 1) and res.max_log10 == pytest.approx(math.log10(660 / 2))
+    again = critical_compression(make, "random", seeds=[0, 1, 2], step=0.25, search="full")
+    assert again.log10_per_run == res.log10_per_run  # seeded: reproducible
+    run = res.runs[1]
+    assert CriticalRun.from_dict(json.loads(json.dumps(run.to_dict()))) == run
+    rows = res.rows()
+    assert {r["tensor"] for r in rows} == {"0.weight", "2.weight"} and all(0 <= r["density"] <= 1 for r in rows)
+    metrics = res.as_metrics()
+    assert metrics["critical_compression/random/log10"] == res.log10
+    assert "synflow" in str(critical_compression(make(), "synflow", example_input=torch.zeros(1, 30), iterations=3, grid=[1.0]))
+
+
+def test_bad_arguments():
+    net, _ = _magnitude_trap()
+    with pytest.raises(ValueError, match="search"):
+        critical_compression(net, "magnitude", search="nope")
+    with pytest.raises(ValueError, match="scorer"):
+        critical_compression(net, [])
