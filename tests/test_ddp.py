@@ -1,4 +1,7 @@
-"""DDP with 2 CPU processes: every rank must end with the same masks, however its init and RNG differ."""
+"""DDP with 2 CPU processes: every rank must end with the same masks, however its init and RNG differ.
+
+All scorers run in one launch (a module fixture); the tests then read what each rank saved.
+"""
 
 import os
 import subprocess
@@ -7,26 +10,36 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_helpers import MLP, random_data
 from lightning_synflow import compute_masks, num_kept
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_prune.py"
+SCORERS = ["synflow", "random", "snip"]
 
 
-def run_ddp(tmp_path, *args):
+def launch(out, scorers, *extra):
     env = {k: v for k, v in os.environ.items() if k != "PL_GLOBAL_SEED"}
     env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), *args], env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), ",".join(scorers), *extra], env=env,
+                          capture_output=True, text=True, timeout=120 + 30 * len(scorers))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
 
-@pytest.mark.parametrize("args", [("synflow",), ("random",), ("synflow", "first-batch"), ("snip",)])
-def test_all_ranks_prune_identically_and_stay_in_sync(tmp_path, args):
-    r0, r1 = run_ddp(tmp_path, *args)
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    launch(out, SCORERS)
+    launch(out, ["synflow"], "first-batch")
+    return lambda scorer, input_from="example": [
+        torch.load(out / f"{scorer}-{input_from}-rank{r}.pt", weights_only=False) for r in (0, 1)
+    ]
+
+
+@pytest.mark.parametrize(("scorer", "input_from"), [(s, "example") for s in SCORERS] + [("synflow", "first-batch")])
+def test_all_ranks_prune_identically_and_stay_in_sync(runs, scorer, input_from):
+    r0, r1 = runs(scorer, input_from)
     assert not torch.equal(r0["init"]["net.0.weight"], r1["init"]["net.0.weight"])  # different random inits
     assert list(r0["masks"]) == list(r1["masks"]) == ["net.0.weight", "net.2.weight", "net.4.weight"]
     for name in r0["masks"]:
@@ -39,8 +52,9 @@ def test_all_ranks_prune_identically_and_stay_in_sync(tmp_path, args):
         assert (r0["state"][name][~mask] == 0).all()
 
 
-def test_data_driven_scores_are_summed_over_ranks_equal_to_one_process_over_the_union(tmp_path):
-    r0, r1 = run_ddp(tmp_path, "snip")
+@pytest.mark.parametrize("scorer", ["snip"])
+def test_data_driven_scores_are_summed_over_ranks_equal_to_one_process_over_the_union(runs, scorer):
+    r0, _ = runs(scorer)
     # Lightning always shuffles training data under DDP with DistributedSampler(seed=PL_GLOBAL_SEED or 0):
     # rebuild each rank's first batch from the same sampler.
     data = random_data()
@@ -48,6 +62,6 @@ def test_data_driven_scores_are_summed_over_ranks_equal_to_one_process_over_the_
     shards = [next(iter(DataLoader(data, batch_size=8, sampler=s))) for s in samplers]
     model = MLP()
     model.load_state_dict(r0["pruned_from"])
-    single = compute_masks(model, "snip", sparsity=0.9, iterations=10, dataloader=shards, num_batches=2)
+    single = compute_masks(model, scorer, sparsity=0.9, iterations=10, dataloader=shards, num_batches=2)
     for name, mask in single.items():
         assert torch.equal(r0["masks"][name], mask), name
