@@ -70,7 +70,14 @@ def rebuild(out: Path) -> None:
     for r in runs:
         by.setdefault(r.scorer, []).append(r)
     grid = tuple(default_grid(runs[0].max_log10))
-    results = {k: CriticalCompressionResult(k, tuple(sorted(v, key=lambda r: r.seed)), grid, "bisect") for k, v in by.items()}
+    raw = json.loads((out / "fig1_runs.json").read_text())
+    searches: dict[str, set] = {}
+    for d in raw:
+        searches.setdefault(d["scorer"], set()).add(d.get("search", "bisect"))
+    results = {
+        k: CriticalCompressionResult(k, tuple(sorted(v, key=lambda r: r.seed)), grid, "+".join(sorted(searches[k])))
+        for k, v in by.items()
+    }
     order = [s for s in ("random", "magnitude", "snip", "grasp", "synflow") if s in results] + [
         s for s in results if s not in PAPER
     ]
@@ -87,17 +94,18 @@ def rebuild(out: Path) -> None:
         w.writeheader()
         w.writerows(rows)
     lines = [
-        "| method | seeds | ours: critical x per seed | ours: mean | paper | CPU time |",
-        "|---|---|---|---|---|---|",
+        "| method | seeds | search | ours: critical x per seed | ours: mean | paper | CPU time |",
+        "|---|---|---|---|---|---|---|",
     ]
     for k in order:
         r = results[k]
         note = " (stand-in data)" if k in DATA_DRIVEN else ""
         lines.append(
-            f"| {k}{note} | {len(r.runs)} | {', '.join(f'{x:.2f}' for x in r.log10_per_run)} | "
+            f"| {k}{note} | {len(r.runs)} | {r.search} ({sum(len(x.points) for x in r.runs)} points) | "
+            f"{', '.join(f'{x:.2f}' for x in r.log10_per_run)} | "
             f"10^{r.log10:.2f} | {'10^%.2f' % PAPER[k] if k in PAPER else '-'} | {r.seconds:.0f} s |"
         )
-    lines.append(f"| max possible (N / L) | | | 10^{runs[0].max_log10:.2f} | 10^{PAPER_MAX:.2f} | |")
+    lines.append(f"| max possible (N / L) | | | | 10^{runs[0].max_log10:.2f} | 10^{PAPER_MAX:.2f} | |")
     (out / "fig1_table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:

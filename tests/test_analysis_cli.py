@@ -1,0 +1,54 @@
+import csv
+import json
+
+import pytest
+
+from lightning_synflow import analyze
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_runs_on_a_tiny_config_and_writes_csv(tmp_path, capsys):
+    out = tmp_path / "run"
+    metrics = analyze.main([
+        "resnet20", "--input-size", "8", "--scorers", "synflow", "random", "--iterations", "2",
+        "--grid", "0.5", "1.0", "1.5", "--search", "full", "--compression", "10",
+        "--jacobian-examples", "2", "--isometry-steps", "3", "--no-figures", "--out", str(out),
+    ])
+    summary = {r["scorer"]: r for r in _read(out / "critical_summary.csv")}
+    assert set(summary) == {"synflow", "random"}
+    long = _read(out / "critical_compression.csv")
+    assert {float(r["log10"]) for r in long} == {0.5, 1.0, 1.5}  # "full": every grid point, per tensor
+    assert {r["tensor"] for r in long} >= {"stem.0.weight", "fc.weight"}
+    sparsity = _read(out / "sparsity.csv")
+    assert {r["scorer"] for r in sparsity} == {"synflow", "random"}
+    assert all(int(r["effective"]) <= int(r["kept"]) <= int(r["total"]) for r in sparsity)
+    assert [r["label"] for r in _read(out / "jacobian.csv")] == [
+        "init", "pruned_synflow", "isometry_synflow", "pruned_random", "isometry_random"
+    ]
+    assert _read(out / "conservation.csv")
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["metrics"] == pytest.approx(metrics)
+    assert "critical_compression/synflow/log10" in metrics and "isometry/random/penalty_after" in metrics
+    assert not list(out.glob("*.png"))
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_figures_for_the_diagnostics(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "d"
+    analyze.main(["resnet20", "--input-size", "8", "--scorers", "magnitude", "--skip-sweep",
+                  "--jacobian-examples", "1", "--out", str(out)])
+    assert not (out / "critical_summary.csv").exists() and (out / "sparsity.csv").exists()
+    for name in ("densities_magnitude", "jacobian_spectra", "conservation"):
+        assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_rejects_unknown_names(tmp_path):
+    with pytest.raises(SystemExit):
+        analyze.main(["resnet20", "--scorers", "nope", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        analyze.main(["not_a_model", "--out", str(tmp_path)])
