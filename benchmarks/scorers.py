@@ -1,0 +1,283 @@
+"""Time and peak memory of every registered scorer: one ``compute_masks`` call at compression 100.
+
+Each (model, scorer) pair runs in a fresh Python process on one thread (``OMP_NUM_THREADS=1``,
+``torch.set_num_threads(1)``), with the scorer's default arguments, iterations and number of batches.
+Data-driven scorers get random CIFAR-shaped batches (N(0, 1) images 3x32x32, uniform labels over 10
+classes) of ``--batch-size`` (128) images, as many batches as the scorer's default ``num_batches``
+except GraSP and GraSP-abs, which get 2 (256 images, the published-code timing's setting); data-free
+scorers that need an input get an all-ones ``1x3x32x32`` tensor. Model and batches are built before the
+measurement.
+
+Time: wall clock of the ``compute_masks`` call (scoring, ranking, every iteration).
+Memory: peak resident set size (RSS) of the process during the call minus its RSS just before it. On
+Linux the kernel's peak counter (``VmHWM``) is reset right before the call (``/proc/self/clear_refs``),
+so the number is the call's own high-water mark and counts everything torch allocates on the CPU
+(tracemalloc would not see torch's allocations). Where that reset is unavailable the lifetime peak
+``getrusage(RUSAGE_SELF).ru_maxrss`` is used instead (the "method" line says which); it can then hide
+a call that peaks below the import-time peak.
+
+Scorer modules present in ``lightning_synflow/scorers/`` are all imported first, so scorers that land
+later are picked up without editing this file.
+
+    OMP_NUM_THREADS=1 python benchmarks/scorers.py                      # every scorer, resnet20 + vgg16_bn
+    OMP_NUM_THREADS=1 python benchmarks/scorers.py --models resnet20 --scorers synflow snip
+    python benchmarks/scorers.py --quick --models resnet20 --scorers magnitude   # smoke test, seconds
+
+Measure on an otherwise idle machine (the header prints the load average); ``--quick`` numbers (at most
+2 iterations, 1 batch of 16) are for checking that the script runs, not for reporting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+DEFAULT_MODELS = ("resnet20", "vgg16_bn")
+COMPRESSION = 100.0
+NUM_CLASSES = 10
+QUICK_ITERATIONS = 2
+QUICK_BATCH_SIZE = 16
+#: Batches where the benchmark departs from the scorer's default: GraSP on 256 images (2 x 128), the
+#: setting of the published-code timing in ALGORITHMS.md (51 s, 3.4 GB on ResNet-18).
+BENCH_NUM_BATCHES = {"grasp": 2, "grasp_abs": 2}
+
+
+# ---------------------------------------------------------------- measured in the child process
+
+
+def _import_scorer_modules() -> dict[str, str]:
+    """Import every module of ``lightning_synflow.scorers`` (registering their scorers); failures by name."""
+    import importlib
+    import pkgutil
+
+    import lightning_synflow.scorers as pkg
+
+    failed = {}
+    for info in pkgutil.iter_modules(pkg.__path__):
+        try:
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
+        except Exception as err:  # a module another developer is still writing must not stop the others
+            failed[info.name] = f"{type(err).__name__}: {err}"
+    return failed
+
+
+def _status_kb(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def _rss_kb() -> int:
+    rss = _status_kb("VmRSS")
+    if rss is not None:
+        return rss
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # no /proc: the best we have
+
+
+def measure(
+    model_name: str, scorer_name: str, quick: bool, batch_size: int, seed: int, num_batches: Optional[int] = None
+) -> dict[str, Any]:
+    """One ``compute_masks`` call on a fresh model; the caller runs this in a fresh process."""
+    import gc
+    import resource
+
+    import torch
+
+    torch.set_num_threads(1)
+    failed = _import_scorer_modules()
+    from lightning_synflow import compute_masks, get_scorer, num_kept
+    from lightning_synflow.models import get_model
+
+    torch.manual_seed(seed)
+    model = get_model(model_name, num_classes=NUM_CLASSES)
+    try:
+        scorer = get_scorer(scorer_name)
+    except ValueError as err:
+        raise ValueError(f"{err} (modules that failed to import: {failed})" if failed else str(err)) from None
+    iterations = min(scorer.default_iterations, QUICK_ITERATIONS) if quick else None
+    if not scorer.needs_data:
+        num_batches = None
+    elif num_batches is None:
+        num_batches = 1 if quick else BENCH_NUM_BATCHES.get(scorer_name, scorer.default_num_batches)
+    batches = None
+    if scorer.needs_data:
+        g = torch.Generator().manual_seed(seed + 1)
+        batches = [
+            (torch.randn(batch_size, 3, 32, 32, generator=g), torch.randint(0, NUM_CLASSES, (batch_size,), generator=g))
+            for _ in range(num_batches)
+        ]
+    example_input = torch.ones(1, 3, 32, 32) if scorer.needs_input else None
+
+    gc.collect()
+    before_kb = _rss_kb()
+    reset = _reset_peak()
+    start = time.perf_counter()
+    masks = compute_masks(
+        model,
+        scorer,
+        compression=COMPRESSION,
+        iterations=iterations,
+        example_input=example_input,
+        dataloader=batches,
+        num_batches=num_batches,
+    )
+    seconds = time.perf_counter() - start
+    peak_kb = _status_kb("VmHWM") if reset else None
+    method = "VmHWM reset before the call"
+    if peak_kb is None:
+        peak_kb, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "lifetime ru_maxrss"
+
+    total = sum(m.numel() for m in masks.values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert kept == num_kept(1 / COMPRESSION, total), (kept, total)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {
+        "model": model_name,
+        "scorer": scorer_name,
+        "iterations": scorer.default_iterations if iterations is None else iterations,
+        "needs_data": scorer.needs_data,
+        "num_batches": num_batches,
+        "batch_size": batch_size if scorer.needs_data else None,
+        "seconds": seconds,
+        "peak_mb": max(0, peak_kb - before_kb) / 1024,
+        "rss_before_mb": before_kb / 1024,
+        "model_mb": params / 2**20,
+        "kept": kept,
+        "total": total,
+        "memory_method": method,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+# ---------------------------------------------------------------- the parent: one child per pair, the table
+
+
+def _list_scorers() -> tuple[list[str], dict[str, str]]:
+    failed = _import_scorer_modules()
+    from lightning_synflow import available_scorers
+
+    return available_scorers(), failed
+
+
+def _run_child(model: str, scorer: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", model, scorer, "--batch-size", str(args.batch_size),
+           "--seed", str(args.seed)]
+    if args.quick:
+        cmd.append("--quick")
+    if args.num_batches is not None:
+        cmd += ["--num-batches", str(args.num_batches)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"model": model, "scorer": scorer, "error": f"timed out after {args.timeout} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"model": model, "scorer": scorer, "error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    ok = [r for r in rows if "error" not in r]
+    method = ok[0]["memory_method"] if ok else "n/a"
+    torch_version = ok[0]["torch"] if ok else "n/a"
+    lines = [
+        f"Compression {COMPRESSION:g} (density 1%), one `compute_masks` call per row, 1 thread, fresh process per row;"
+        f" torch {torch_version}, Python {platform.python_version()}, {platform.processor() or platform.machine()},"
+        f" load average {_load_average()} at the end; peak memory = peak RSS during the call minus RSS before it"
+        f" ({method}).{' QUICK RUN: not for reporting.' if args.quick else ''}",
+        "",
+        "| model | scorer | iterations | data | time (s) | peak memory (MB) |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        if "error" in r:
+            error = r["error"].replace("|", "\\|")
+            lines.append(f"| {r['model']} | {r['scorer']} | | | error: {error} | |")
+            continue
+        data = f"{r['num_batches']} x {r['batch_size']}" if r["needs_data"] else "none"
+        lines.append(
+            f"| {r['model']} | {r['scorer']} | {r['iterations']} | {data} | {r['seconds']:.2f} | {r['peak_mb']:.0f} |"
+        )
+    models = {r["model"]: r["model_mb"] for r in ok}
+    if models:
+        lines += ["", "Parameters: " + ", ".join(f"{m} {mb:.1f} MB" for m, mb in models.items()) + " (float32)."]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="names from lightning_synflow.models.MODELS")
+    parser.add_argument("--scorers", nargs="+", default=None, help="registered scorer names (default: all)")
+    parser.add_argument("--quick", action="store_true", help=f"at most {QUICK_ITERATIONS} iterations, 1 batch of {QUICK_BATCH_SIZE}: a smoke test")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"images per batch (default 128, {QUICK_BATCH_SIZE} with --quick)")
+    parser.add_argument("--num-batches", type=int, default=None, help="batches for data-driven scorers (default: the scorer's own; 2 for GraSP)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per (model, scorer) run")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw rows to this file")
+    parser.add_argument("--child", nargs=2, metavar=("MODEL", "SCORER"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.batch_size is None:
+        args.batch_size = QUICK_BATCH_SIZE if args.quick else 128
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.num_batches is not None and args.num_batches < 1:
+        parser.error(f"--num-batches must be a positive integer, got {args.num_batches}")
+
+    if args.child:
+        print(json.dumps(measure(*args.child, quick=args.quick, batch_size=args.batch_size, seed=args.seed, num_batches=args.num_batches)))
+        return 0
+
+    if args.scorers is None:  # only listing needs the package in this process; the children measure
+        scorers, failed = _list_scorers()
+        for name, err in failed.items():
+            print(f"warning: scorer module {name!r} failed to import and is skipped: {err}", file=sys.stderr)
+    else:
+        scorers = args.scorers
+    rows = []
+    for model in args.models:
+        for scorer in scorers:
+            print(f"{model} / {scorer} ...", end=" ", file=sys.stderr, flush=True)
+            row = _run_child(model, scorer, args)
+            print(row.get("error") or f"{row['seconds']:.2f} s, {row['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+            rows.append(row)
+    print(markdown(rows, args))
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
