@@ -9,6 +9,9 @@ from lightning_synflow.report import SparsityReport, TensorSparsity, sparsity_re
 from lightning_synflow.schedules import density_schedule, num_kept, resolve_density
 from lightning_synflow.scorers import (
     SNIP,
+    GraSP,
+    GraSPAbs,
+    SNIPit,
     LossFn,
     Magnitude,
     Random,
@@ -28,6 +31,9 @@ __all__ = [
     "DEFAULT_PRUNABLE_TYPES",
     "SNIP",
     "BoundMasks",
+    "GraSP",
+    "GraSPAbs",
+    "SNIPit",
     "LossFn",
     "Magnitude",
     "PruneAtInit",
