@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", choices=["bisect", "grid", "full"], default="bisect")
     p.add_argument("--step", type=float, default=0.25, help="grid step in log10 compression")
     p.add_argument("--grid", type=float, nargs="+", default=None, help="explicit exponents x (overrides --step)")
+    p.add_argument("--ignore", nargs="+", default=[], help="glob patterns of tensors whose emptying is not collapse (e.g. '*shortcut*')")
     p.add_argument("--skip-sweep", action="store_true", help="diagnostics only")
     p.add_argument("--compression", type=float, default=100.0, help="compression of the masks the diagnostics use")
     p.add_argument("--jacobian-examples", type=int, default=4, help="Gaussian inputs for the Jacobian spectra (0: skip)")
@@ -137,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
             res = critical_compression(
                 make, name, seeds=args.seeds, grid=args.grid, step=args.step, search=args.search,
                 iterations=args.iterations, example_input=example,
-                dataloader=(lambda n=name: data_for(n, args.seeds[0])), log=log,
+                dataloader=(lambda n=name: data_for(n, args.seeds[0])), log=log, ignore=args.ignore,
             )
             results[name] = res
             metrics.update(res.as_metrics())

@@ -84,6 +84,14 @@ def test_factory_seeds_several_scorers_and_serialisation():
     assert "synflow" in str(critical_compression(make(), "synflow", example_input=torch.zeros(1, 30), iterations=3, grid=[1.0]))
 
 
+def test_ignored_tensors_do_not_count_as_collapse():
+    net, x_star = _magnitude_trap()
+    res = critical_compression(net, "magnitude", step=0.25, search="full", ignore=["1.*"])
+    assert res.log10 == pytest.approx(math.floor(res.max_log10 * 4) / 4)  # only layer B ever empties
+    top = res.runs[0].points[-1]
+    assert top.kept["1.weight"] == 0 and not top.is_collapsed and top.collapsed == []
+
+
 def test_bad_arguments():
     net, _ = _magnitude_trap()
     with pytest.raises(ValueError, match="search"):

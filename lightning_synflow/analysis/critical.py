@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, Optional, Union
 
 import torch
@@ -63,25 +64,29 @@ class SweepPoint:
         """Per-tensor fraction kept."""
         return {n: self.kept[n] / self.total[n] for n in self.kept}
 
+    ignore: tuple[str, ...] = ()
+
     @property
     def collapsed(self) -> list[str]:
-        """Names of the tensors with no weight left."""
-        return [n for n, k in self.kept.items() if k == 0]
+        """Names of the tensors with no weight left (those matching ``ignore`` patterns excepted)."""
+        return [n for n, k in self.kept.items() if k == 0 and not any(fnmatchcase(n, p) for p in self.ignore)]
 
     @property
     def is_collapsed(self) -> bool:
-        return any(k == 0 for k in self.kept.values())
+        return bool(self.collapsed)
 
     @property
     def min_kept(self) -> int:
         return min(self.kept.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"log10": self.log10, "kept": dict(self.kept), "total": dict(self.total), "seconds": self.seconds}
+        return {"log10": self.log10, "kept": dict(self.kept), "total": dict(self.total), "seconds": self.seconds,
+                "ignore": list(self.ignore)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SweepPoint":
-        return cls(float(d["log10"]), dict(d["kept"]), dict(d["total"]), float(d.get("seconds", 0.0)))
+        return cls(float(d["log10"]), dict(d["kept"]), dict(d["total"]), float(d.get("seconds", 0.0)),
+                   tuple(d.get("ignore", ())))
 
 
 @dataclass(frozen=True)
@@ -247,6 +252,7 @@ def _one_run(
     parameters: Optional[Sequence[str]],
     progress: bool,
     log: Optional[Callable[[str], None]],
+    ignore: tuple[str, ...] = (),
 ) -> CriticalRun:
     start = time.perf_counter()
     names = select_prunable(model) if parameters is None else list(parameters)
@@ -280,7 +286,7 @@ def _one_run(
                 parameters=names,
                 progress=progress,
             )
-        p = SweepPoint(x, {n: int(m.sum()) for n, m in masks.items()}, dict(totals), time.perf_counter() - t0)
+        p = SweepPoint(x, {n: int(m.sum()) for n, m in masks.items()}, dict(totals), time.perf_counter() - t0, ignore)
         points[i] = p
         if log is not None:
             state = f"COLLAPSED ({len(p.collapsed)} tensors)" if p.is_collapsed else f"ok (min kept {p.min_kept})"
@@ -309,6 +315,7 @@ def critical_compression(
     parameters: Optional[Sequence[str]] = None,
     progress: bool = False,
     log: Optional[Callable[[str], None]] = None,
+    ignore: Sequence[str] = (),
 ) -> Union[CriticalCompressionResult, dict[str, CriticalCompressionResult]]:
     """Sweep compression ``10^x`` and find the largest ``x`` at which no prunable tensor is emptied.
 
@@ -326,6 +333,9 @@ def critical_compression(
         dataloader: Batches for data-driven scorers, or a zero-argument callable returning them (called
             per seed, after seeding).
         log: Called with one line per evaluated point (e.g. ``print``).
+        ignore: Glob patterns of tensors whose emptying does not count as collapse, e.g. tensors with a
+            skip connection around them (``"*shortcut*"``, or a residual branch): that is the user's call.
+            They are still pruned and reported in the densities.
 
         Other arguments as in :func:`~lightning_synflow.compute_masks`.
 
@@ -364,6 +374,7 @@ def critical_compression(
             run = _one_run(
                 net, s, g, search=search, seed=seed, iterations=iterations, schedule=schedule, scope=scope,
                 example_input=example_input, dataloader=loader, parameters=parameters, progress=progress, log=log,
+                ignore=tuple(ignore),
             )
             results.setdefault(key, []).append(run)
             grids[key] = tuple(g)
