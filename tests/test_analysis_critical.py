@@ -28,6 +28,7 @@ def test_finds_analytic_collapse_of_magnitude_trap(search):
     assert res.log10 == pytest.approx(math.floor(x_star / step) * step)
     grid = default_grid(max_compression_log10(net), step)
     assert res.grid == tuple(grid)
+    assert res.exact_log10 == pytest.approx(x_star)  # off-grid, from the ranks
     n = len(res.runs[0].points)
     if search == "bisect":
         assert n <= math.ceil(math.log2(len(grid) + 1))
@@ -56,8 +57,10 @@ def test_one_shot_synflow_collapses_where_predicted_and_iterative_reaches_the_ma
     x = torch.zeros(1, 100)
     one_shot = critical_compression(net, "synflow", iterations=1, step=0.01, example_input=x)
     assert one_shot.log10 == pytest.approx(math.floor(x_star * 100) / 100)
+    assert one_shot.exact_log10 == pytest.approx(x_star)
     assert one_shot.max_log10 == pytest.approx(math.log10(1010 / 2))
     iterative = critical_compression(net, "synflow", iterations=100, step=0.01, example_input=x)
+    assert iterative.exact_log10 is None
     assert iterative.log10 == pytest.approx(math.floor(iterative.max_log10 * 100) / 100)  # 2.70: no collapse at all
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     critical_compression(net, "synflow", iterations=2, grid=[1.0, 2.0], example_input=x, search="full")
@@ -75,6 +78,8 @@ def test_factory_seeds_several_scorers_and_serialisation():
     assert 0.5 <= res.log10 <= math.log10(660 / 1) and res.max_log10 == pytest.approx(math.log10(660 / 2))
     again = critical_compression(make, "random", seeds=[0, 1, 2], step=0.25, search="full")
     assert again.log10_per_run == res.log10_per_run  # seeded: reproducible
+    for r in res.runs:  # the grid answer is the exact one rounded down to the grid
+        assert r.log10 == pytest.approx(math.floor(r.exact_log10 / 0.25 + 1e-9) * 0.25)
     run = res.runs[1]
     assert CriticalRun.from_dict(json.loads(json.dumps(run.to_dict()))) == run
     rows = res.rows()

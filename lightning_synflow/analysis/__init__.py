@@ -19,6 +19,7 @@ from lightning_synflow.analysis.critical import (
     SweepPoint,
     critical_compression,
     default_grid,
+    exact_one_shot_log10,
     max_compression_log10,
 )
 from lightning_synflow.analysis.effective import EffectiveSparsityReport, effective_masks, effective_sparsity_report
@@ -46,6 +47,7 @@ __all__ = [
     "default_grid",
     "effective_masks",
     "effective_sparsity_report",
+    "exact_one_shot_log10",
     "input_output_jacobians",
     "isometry_penalty",
     "jacobian_singular_values",

@@ -17,7 +17,8 @@ Search strategies (``search=``):
 
 One-shot scorers (``iterations == 1``: magnitude, random, SNIP, GraSP in the paper) are scored once per
 run and only re-ranked at each ``x``: the same masks ``compute_masks(..., iterations=1)`` gives, at the
-cost of one scoring pass for the whole sweep.
+cost of one scoring pass for the whole sweep. For them (global scope) the exact off-grid exponent is also
+reported (``exact_log10``, from the rank of each tensor's best weight; see :func:`exact_one_shot_log10`).
 """
 
 from __future__ import annotations
@@ -99,6 +100,9 @@ class CriticalRun:
     max_log10: float
     points: tuple[SweepPoint, ...]
     seconds: float = 0.0
+    #: One-shot global pruning only: the exact (off-grid) critical exponent, the largest x whose
+    #: ``round(N * 10^-x)`` kept weights still include one of every tensor. ``None`` otherwise.
+    exact_log10: Optional[float] = None
 
     @property
     def compression(self) -> float:
@@ -116,6 +120,7 @@ class CriticalRun:
             "log10": self.log10,
             "max_log10": self.max_log10,
             "seconds": self.seconds,
+            "exact_log10": self.exact_log10,
             "points": [p.to_dict() for p in self.points],
         }
 
@@ -124,6 +129,7 @@ class CriticalRun:
         return cls(
             d["scorer"], d.get("seed"), float(d["log10"]), float(d["max_log10"]),
             tuple(SweepPoint.from_dict(p) for p in d["points"]), float(d.get("seconds", 0.0)),
+            None if d.get("exact_log10") is None else float(d["exact_log10"]),
         )
 
 
@@ -151,6 +157,12 @@ class CriticalCompressionResult:
         return [r.log10 for r in self.runs]
 
     @property
+    def exact_log10(self) -> Optional[float]:
+        """Mean over runs of the exact off-grid exponent (one-shot global pruning only, else ``None``)."""
+        vals = [r.exact_log10 for r in self.runs]
+        return None if any(v is None for v in vals) else sum(vals) / len(vals)
+
+    @property
     def compression(self) -> float:
         return 10.0**self.log10
 
@@ -165,6 +177,8 @@ class CriticalCompressionResult:
 
     def as_metrics(self, prefix: str = "critical_compression") -> dict[str, float]:
         out = {f"{prefix}/{self.scorer}/log10": self.log10, f"{prefix}/max_log10": self.max_log10}
+        if self.exact_log10 is not None:
+            out[f"{prefix}/{self.scorer}/exact_log10"] = self.exact_log10
         for i, r in enumerate(self.runs):
             out[f"{prefix}/{self.scorer}/log10_run{i if r.seed is None else r.seed}"] = r.log10
         return out
@@ -210,6 +224,28 @@ def max_compression_log10(model: nn.Module, parameters: Optional[Sequence[str]] 
     params = dict(model.named_parameters())
     total = sum(params[n].numel() for n in names)
     return math.log10(total / len(names))
+
+
+def exact_one_shot_log10(scores: Mapping[str, Tensor], ignore: Sequence[str] = ()) -> float:
+    """Exact critical exponent of one-shot global pruning with these scores.
+
+    Ranking all weights as :func:`~lightning_synflow.select_masks` does (descending score, ties to the
+    earlier tensor and lower index), tensor ``l`` survives in the top ``k`` iff ``k >= r_l``, the rank of
+    its best weight. With ``k* = max_l r_l`` (tensors matching ``ignore`` excluded), no tensor is empty iff
+    ``round(N * 10^-x) >= k*``, i.e. ``x <= log10(N / (k* - 0.5))``.
+    """
+    names = list(scores)
+    flat = torch.cat([scores[n].detach().reshape(-1).double() for n in names])
+    order = torch.sort(flat, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(1, flat.numel() + 1, device=order.device)
+    k_star, start = 1, 0
+    for n in names:
+        size = scores[n].numel()
+        if size and not any(fnmatchcase(n, p) for p in ignore):
+            k_star = max(k_star, int(ranks[start : start + size].min()))
+        start += size
+    return math.log10(flat.numel() / (k_star - 0.5))
 
 
 def _search_order(n: int, search: str, evaluate: Callable[[int], bool]) -> int:
@@ -296,7 +332,12 @@ def _one_run(
     best = _search_order(len(grid), search, evaluate)
     crit = grid[best] if best >= 0 else 0.0
     ordered = tuple(points[i] for i in sorted(points))
-    return CriticalRun(scorer.name or type(scorer).__name__, seed, crit, max_log10, ordered, time.perf_counter() - start)
+    exact = None
+    if one_shot_scores is not None and scope == "global" and scorer.monotone:
+        exact = min(exact_one_shot_log10(one_shot_scores, ignore), max_log10)
+    return CriticalRun(
+        scorer.name or type(scorer).__name__, seed, crit, max_log10, ordered, time.perf_counter() - start, exact
+    )
 
 
 def critical_compression(
