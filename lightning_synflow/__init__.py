@@ -8,7 +8,10 @@ from lightning_synflow.ranking import select_masks, top_k_mask
 from lightning_synflow.report import SparsityReport, TensorSparsity, sparsity_report
 from lightning_synflow.schedules import density_schedule, num_kept, resolve_density
 from lightning_synflow.scorers import (
+    FORCE,
+    NTKSAP,
     SNIP,
+    IterSNIP,
     GraSP,
     GraSPAbs,
     SNIPit,
@@ -29,8 +32,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_PRUNABLE_TYPES",
+    "FORCE",
+    "NTKSAP",
     "SNIP",
     "BoundMasks",
+    "IterSNIP",
     "GraSP",
     "GraSPAbs",
     "SNIPit",

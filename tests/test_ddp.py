@@ -16,7 +16,7 @@ from lightning_helpers import MLP, random_data
 from lightning_synflow import compute_masks, num_kept
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_prune.py"
-SCORERS = ["synflow", "random", "snip", "grasp", "grasp_abs", "snip_it"]
+SCORERS = ["synflow", "random", "snip", "grasp", "grasp_abs", "snip_it", "iter_snip", "force", "ntksap"]
 
 
 def launch(out, scorers, *extra):
@@ -52,7 +52,7 @@ def test_all_ranks_prune_identically_and_stay_in_sync(runs, scorer, input_from):
         assert (r0["state"][name][~mask] == 0).all()
 
 
-@pytest.mark.parametrize("scorer", ["snip", "grasp", "grasp_abs"])
+@pytest.mark.parametrize("scorer", ["snip", "grasp", "grasp_abs", "iter_snip", "force"])
 def test_data_driven_scores_are_summed_over_ranks_equal_to_one_process_over_the_union(runs, scorer):
     r0, _ = runs(scorer)
     # Lightning always shuffles training data under DDP with DistributedSampler(seed=PL_GLOBAL_SEED or 0):

@@ -10,13 +10,18 @@ from lightning_synflow.scorers.base import (
     register_scorer,
 )
 from lightning_synflow.scorers.baselines import Magnitude, Random
+from lightning_synflow.scorers.force import FORCE, IterSNIP
 from lightning_synflow.scorers.grasp import GraSP, GraSPAbs
+from lightning_synflow.scorers.ntksap import NTKSAP
 from lightning_synflow.scorers.snip import SNIP
 from lightning_synflow.scorers.snip_it import SNIPit
 from lightning_synflow.scorers.synflow import SynFlow
 
 __all__ = [
+    "FORCE",
+    "NTKSAP",
     "SNIP",
+    "IterSNIP",
     "GraSP",
     "GraSPAbs",
     "SNIPit",
