@@ -7,7 +7,9 @@ from lightning_synflow.pruning import compute_masks, compute_scores
 from lightning_synflow.ranking import select_masks, top_k_mask
 from lightning_synflow.report import SparsityReport, TensorSparsity, sparsity_report
 from lightning_synflow.schedules import density_schedule, num_kept, resolve_density
+from lightning_synflow.distributions import erk_densities, kept_counts, uniform_densities
 from lightning_synflow.scorers import (
+    ERK,
     FORCE,
     NTKSAP,
     SNIP,
@@ -21,6 +23,7 @@ from lightning_synflow.scorers import (
     Scorer,
     ScoringContext,
     SynFlow,
+    Uniform,
     available_scorers,
     cross_entropy_loss,
     get_scorer,
@@ -32,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_PRUNABLE_TYPES",
+    "ERK",
     "FORCE",
     "NTKSAP",
     "SNIP",
@@ -49,6 +53,7 @@ __all__ = [
     "SparsityReport",
     "SynFlow",
     "TensorSparsity",
+    "Uniform",
     "apply_masks",
     "available_scorers",
     "check_masks",
@@ -56,7 +61,9 @@ __all__ = [
     "compute_scores",
     "cross_entropy_loss",
     "density_schedule",
+    "erk_densities",
     "get_scorer",
+    "kept_counts",
     "num_kept",
     "register_scorer",
     "reinitialize",
@@ -66,4 +73,5 @@ __all__ = [
     "shuffle_masks",
     "sparsity_report",
     "top_k_mask",
+    "uniform_densities",
 ]

@@ -197,6 +197,8 @@ def compute_masks(
     kept = sum(int(m.sum()) for m in current.values())
     if scorer.monotone and kept < num_kept(density, total):
         raise ValueError(f"the given `masks` keep {kept} weights, fewer than the {num_kept(density, total)} requested")
+    if scorer.monotone:  # continuing from sparser masks: no round may ask for more than is still alive
+        steps = [min(d, kept / total) for d in steps]
     context = _context(model, scorer, example_input, dataloader, loss_fn, num_batches, all_reduce)
     for d in tqdm(steps, desc=f"pruning ({scorer.name or type(scorer).__name__})", disable=not progress, leave=False):
         scores = _score(model, scorer, current, context)

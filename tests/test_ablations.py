@@ -157,13 +157,9 @@ def test_callback_shuffle_and_invert(tmp_path):
     assert sum(counts_of(inverted.masks).values()) == sum(counts_of(plain.masks).values())
 
 
-# ---------------------------------------------------------------- found while testing the ablations
+# ---------------------------------------------------------------- continuing from given masks
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "pruning.compute_masks schedules from density 1 even when `masks` start sparser: an intermediate target"
-    " above the starting density asks a monotone scorer to keep more weights than are alive"
-    " ('cannot keep 805 of 573 candidate weights'). Suggested fix: clamp the steps to the starting density."))
 def test_continuing_from_sparser_masks_over_iterations(tiny_cnn):
     start = compute_masks(tiny_cnn, "magnitude", sparsity=0.6)
     masks = compute_masks(tiny_cnn, "magnitude", sparsity=0.9, iterations=4, masks=start)

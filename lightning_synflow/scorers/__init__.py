@@ -10,6 +10,7 @@ from lightning_synflow.scorers.base import (
     register_scorer,
 )
 from lightning_synflow.scorers.baselines import Magnitude, Random
+from lightning_synflow.scorers.erk import ERK, LayerwiseRandom, Uniform
 from lightning_synflow.scorers.force import FORCE, IterSNIP
 from lightning_synflow.scorers.grasp import GraSP, GraSPAbs
 from lightning_synflow.scorers.ntksap import NTKSAP
@@ -18,6 +19,7 @@ from lightning_synflow.scorers.snip_it import SNIPit
 from lightning_synflow.scorers.synflow import SynFlow
 
 __all__ = [
+    "ERK",
     "FORCE",
     "NTKSAP",
     "SNIP",
@@ -25,12 +27,14 @@ __all__ = [
     "GraSP",
     "GraSPAbs",
     "SNIPit",
+    "LayerwiseRandom",
     "LossFn",
     "Magnitude",
     "Random",
     "Scorer",
     "ScoringContext",
     "SynFlow",
+    "Uniform",
     "available_scorers",
     "cross_entropy_loss",
     "get_scorer",
