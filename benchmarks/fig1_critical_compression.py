@@ -57,8 +57,10 @@ def load_runs(path: Path) -> list[CriticalRun]:
 
 
 def save_run(path: Path, run: CriticalRun, meta: dict) -> None:
-    runs = [r for r in load_runs(path) if not (r.scorer == run.scorer and r.seed == run.seed)]
-    data = [r.to_dict() for r in runs] + [{**run.to_dict(), **meta}]
+    """Replace the (scorer, seed) entry of the JSON file, keeping the others (with their metadata) as they are."""
+    raw = json.loads(path.read_text()) if path.exists() else []
+    data = [d for d in raw if not (d["scorer"] == run.scorer and d.get("seed") == run.seed)]
+    data.append({**run.to_dict(), **meta})
     path.write_text(json.dumps(data, indent=1))
 
 
