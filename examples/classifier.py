@@ -1,4 +1,5 @@
-"""A generic image classifier for the examples, and two small networks for the 8x8 digits data.
+"""A generic image classifier for the examples, two small networks for the 8x8 digits data (the VGG-style
+``ConvNet`` also fits 28x28 images, e.g. ``ConvNet(1, (32, 64, 128))``), and LeNet-5 for 28x28 images.
 
 ``ImageClassifier`` wraps any ``torch.nn.Module`` backbone. From a LightningCLI config the backbone is
 given by ``class_path`` (a module class, or a function returning a module such as
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from lightning.pytorch import LightningModule
@@ -183,3 +184,68 @@ class ConvNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 (LeCun et al. 1998) for 28x28 images such as (Fashion-)MNIST, with ReLU activations:
+    conv 5x5 (padding 2) -> pool -> conv 5x5 -> pool -> three fully connected layers (400-120-84-10 at 28x28).
+
+    With the default widths it has 61,470 prunable weights (the Conv2d and Linear weights: 150, 2,400,
+    48,000, 10,080 and 840) and 236 biases. Weights are initialised like the SynFlow paper's models
+    (Kaiming-normal, fan-in, ReLU gain), biases at zero.
+
+    Pooling is 2x2 *average* pooling by default, as LeCun's subsampling layers were: unlike max-pooling it
+    passes every unit's signal on, so SynFlow's linearised network and the effective-sparsity count (a weight
+    is alive iff it lies on an input-output path) see every path; ``pool="max"`` gives the common modern variant.
+
+    Args:
+        in_channels: Channels of the input images (1 for grayscale).
+        num_classes: Number of output logits.
+        channels: Output channels of the two convolutions.
+        hidden: Widths of the two hidden fully connected layers.
+        input_size: Side of the square input images (28 for MNIST-like data, 32 for CIFAR).
+        pool: ``"avg"`` or ``"max"`` 2x2 pooling after each convolution.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        channels: Sequence[int] = (6, 16),
+        hidden: Sequence[int] = (120, 84),
+        input_size: int = 28,
+        pool: Literal["avg", "max"] = "avg",
+    ) -> None:
+        super().__init__()
+        if pool not in ("avg", "max"):
+            raise ValueError(f"`pool` must be 'avg' or 'max', got {pool!r}")
+        if len(channels) != 2 or len(hidden) != 2:
+            raise ValueError(f"LeNet-5 has two convolutions and two hidden layers: got channels={list(channels)}, hidden={list(hidden)}")
+        side = (input_size // 2 - 4) // 2  # conv1 keeps the size (padding 2), pool halves, conv2 takes 4, pool halves
+        if side < 1:
+            raise ValueError(f"`input_size` must be at least 12, got {input_size}")
+        Pool = nn.AvgPool2d if pool == "avg" else nn.MaxPool2d
+        c1, c2 = int(channels[0]), int(channels[1])
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 5, padding=2),
+            nn.ReLU(),
+            Pool(2),
+            nn.Conv2d(c1, c2, 5),
+            nn.ReLU(),
+            Pool(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(c2 * side * side, int(hidden[0])),
+            nn.ReLU(),
+            nn.Linear(int(hidden[0]), int(hidden[1])),
+            nn.ReLU(),
+            nn.Linear(int(hidden[1]), num_classes),
+        )
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
