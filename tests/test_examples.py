@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from lightning_synflow import PruneAtInit, num_kept
+from lightning_synflow import PruneAtInit, available_scorers, num_kept
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "examples" / "train.py"
@@ -115,7 +115,7 @@ def test_scorer_given_by_class_path(tmp_path):
     "prune_args, messages",
     [
         ({"sparsity": 1.5}, ["`sparsity` must be a number in [0, 1) (the fraction of weights removed), got 1.5"]),
-        ({"scorer": "nope"}, ["`scorer` must be one of ['magnitude', 'random', 'synflow']", "got 'nope'"]),
+        ({"scorer": "nope"}, ["`scorer` must be one of [", *map(repr, available_scorers()), "got 'nope'"]),
         ({"scope": "per-layer"}, ['Parser key "scope"', "Literal['global', 'layerwise']", "per-layer"]),
     ],
     ids=["sparsity", "scorer", "scope"],
