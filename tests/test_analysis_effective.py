@@ -70,3 +70,22 @@ def test_model_is_not_changed_and_batchnorm_statistics_do_not_matter():
     eff = effective_masks(net, masks, example_input=torch.zeros(2, 3, 8, 8))
     assert all(torch.equal(eff[n], masks[n]) for n in masks)  # dense: everything on a path
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items()) and net.training
+
+
+
+def test_maxpool_paths_is_a_superset_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    )
+    from lightning_synflow import compute_masks
+
+    masks = compute_masks(net, "random", compression=8)
+    x = torch.zeros(1, 3, 8, 8)
+    plain = effective_masks(net, masks, example_input=x)
+    with_or = effective_masks(net, masks, example_input=x, maxpool_paths=True)
+    for n in masks:  # OR semantics through the pools can only add paths
+        assert not (plain[n] & ~with_or[n]).any() and not (with_or[n] & ~masks[n]).any()
+    assert isinstance(net[2], nn.MaxPool2d) and isinstance(net[5], nn.MaxPool2d)
