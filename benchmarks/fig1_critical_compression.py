@@ -12,7 +12,7 @@ numbers are therefore not the paper's SNIP/GraSP setting; say so wherever they a
 Each (scorer, seed) run is appended to ``<out>/fig1_runs.json`` as soon as it finishes, so runs can be
 split over several invocations (e.g. the cheap scorers first, SynFlow seeds one at a time). The table
 (``fig1_summary.csv``, ``fig1_table.md``), the long-format per-tensor densities (``fig1_densities.csv``)
-and the figure (``fig1_critical_compression.png``) are rebuilt from that file after every run;
+and the figures (``fig1_critical_compression.png``, ``fig1_sweep_<scorer>.png``) are rebuilt from that file after every run;
 ``--plot-only`` only rebuilds them.
 
     OMP_NUM_THREADS=1 python benchmarks/fig1_critical_compression.py --scorers magnitude random --seeds 0 1 2
@@ -114,7 +114,7 @@ def rebuild(out: Path) -> None:
     (out / "fig1_table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:
-        from lightning_synflow.analysis.figures import plot_critical_compression, save_figure
+        from lightning_synflow.analysis.figures import plot_critical_compression, plot_sweep_densities, save_figure
     except ImportError as e:  # matplotlib missing
         print(f"no figure: {e}", file=sys.stderr)
         return
@@ -122,6 +122,8 @@ def rebuild(out: Path) -> None:
         [results[k] for k in order], reference=PAPER, title="VGG-16-bn, CIFAR-100 head, at init"
     )
     save_figure(fig, out / "fig1_critical_compression.png")
+    for k in order:  # per-layer densities along the sweep, first seed
+        save_figure(plot_sweep_densities(results[k].runs[0]), out / f"fig1_sweep_{k}.png")
 
 
 def main(argv=None) -> None:
