@@ -114,6 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     plots = None
     if not args.no_figures:
         try:
+            import matplotlib  # noqa: F401  (figures import it lazily; fail here, before any work)
+
             from lightning_synflow.analysis import figures as plots
         except ImportError as e:  # matplotlib missing
             print(f"no figures: {e}", file=sys.stderr)

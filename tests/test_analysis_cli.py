@@ -1,5 +1,7 @@
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -52,3 +54,28 @@ def test_cli_rejects_unknown_names(tmp_path):
         analyze.main(["resnet20", "--scorers", "nope", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         analyze.main(["not_a_model", "--out", str(tmp_path)])
+
+
+def test_works_without_matplotlib(tmp_path):
+    """Our analysis code and the CLI import and run with matplotlib unavailable (figures skipped).
+
+    torchmetrics (via lightning) imports matplotlib itself when it is installed, so the core package is
+    imported first; then matplotlib is unloaded and blocked before the analysis modules are imported.
+    """
+    code = (
+        "import sys\n"
+        "import lightning_synflow\n"
+        "for m in [m for m in sys.modules if m == 'matplotlib' or m.startswith('matplotlib.')]: del sys.modules[m]\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'matplotlib': raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import lightning_synflow.analysis, lightning_synflow.analysis.figures\n"
+        "from lightning_synflow import analyze\n"
+        f"analyze.main(['resnet20', '--input-size', '8', '--scorers', 'random', '--skip-sweep', '--jacobian-examples', '0', '--out', {str(tmp_path)!r}])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"OMP_NUM_THREADS": "1", "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert "no figures" in proc.stderr
+    assert (tmp_path / "sparsity.csv").exists() and not list(tmp_path.glob("*.png"))
