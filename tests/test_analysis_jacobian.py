@@ -39,6 +39,8 @@ def test_singular_values_match_explicit_jacobian(make, shape):
     torch.testing.assert_close(sv, ref, rtol=1e-5, atol=1e-6)
     for mode in ("rev", "fwd"):
         torch.testing.assert_close(jacobian_singular_values(model, inputs, mode=mode), ref, rtol=1e-5, atol=1e-6)
+    chunked = jacobian_singular_values(model, inputs, mode="rev", chunk_size=2, example_chunk=3)
+    torch.testing.assert_close(chunked, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_masks_are_applied_on_the_fly_and_stats():
