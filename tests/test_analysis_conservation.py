@@ -1,6 +1,5 @@
 import pytest
 import torch
-from torch import nn
 
 from lightning_synflow import compute_masks, compute_scores
 from lightning_synflow.analysis import conservation
