@@ -118,9 +118,11 @@ def rebuild(out: Path) -> None:
     except ImportError as e:  # matplotlib missing
         print(f"no figure: {e}", file=sys.stderr)
         return
-    fig = plot_critical_compression(
-        [results[k] for k in order], reference=PAPER, title="VGG-16-bn, CIFAR-100 head, at init"
+    stand_in = [k for k in order if k in DATA_DRIVEN]
+    title = "VGG-16-bn, CIFAR-100 head, at init" + (
+        f" ({', '.join(stand_in)}: Gaussian images + random labels as offline stand-in data)" if stand_in else ""
     )
+    fig = plot_critical_compression([results[k] for k in order], reference=PAPER, title=title)
     save_figure(fig, out / "fig1_critical_compression.png")
     for k in order:  # per-layer densities along the sweep, first seed
         save_figure(plot_sweep_densities(results[k].runs[0]), out / f"fig1_sweep_{k}.png")
