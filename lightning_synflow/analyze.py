@@ -225,5 +225,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     return metrics
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (returns nothing, so the exit status is 0 on success)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()
