@@ -54,6 +54,14 @@ class PruneAtInit(Callback):
         invert: Ablation: keep the lowest-scoring weights instead of the highest.
         shuffle: Ablation: move each tensor's kept positions to random places in it (same per-layer counts).
         reinit: Ablation: draw fresh initial weights after pruning, keeping the masks.
+        isometry_steps: After pruning, this many plain-SGD steps towards approximate isometry (Lee et al. 2020):
+            minimise sum_l ||(C*W)^T (C*W) - I||_F with the masks fixed (the paper used 10,000). 0: off.
+        isometry_lr: Learning rate of those steps.
+        log_jacobian: Log the input-output Jacobian's singular values (mean/std/min/max) after init, after
+            pruning and after isometry, on up to 8 examples of the first training batch (Gaussian inputs
+            of the example shape without one); as a histogram too where a TensorBoard logger is attached.
+        log_effective_sparsity: Also log the effective sparsity: kept weights on no input-output path are
+            dead too (needs the input shape, like SynFlow).
         log_per_tensor: Also log each tensor's density after pruning.
         verbose: Print the per-tensor sparsity table after pruning.
     """
@@ -75,6 +83,10 @@ class PruneAtInit(Callback):
         invert: bool = False,
         shuffle: bool = False,
         reinit: bool = False,
+        isometry_steps: int = 0,
+        isometry_lr: float = 0.1,
+        log_jacobian: bool = False,
+        log_effective_sparsity: bool = False,
         log_per_tensor: bool = False,
         verbose: bool = True,
     ) -> None:
@@ -90,6 +102,14 @@ class PruneAtInit(Callback):
             raise ValueError(f"`input_shape` must be a non-empty list of positive ints without the batch dimension, got {input_shape!r}")
         if num_batches is not None:
             check_positive_int("num_batches", num_batches)
+        if isinstance(isometry_steps, bool) or not isinstance(isometry_steps, int) or isometry_steps < 0:
+            raise ValueError(f"`isometry_steps` must be a non-negative integer (0 = off), got {isometry_steps!r}")
+        if isinstance(isometry_lr, bool) or not isinstance(isometry_lr, (int, float)) or not 0 < isometry_lr < float("inf"):
+            raise ValueError(f"`isometry_lr` must be a positive finite number, got {isometry_lr!r}")
+        self.isometry_steps = isometry_steps
+        self.isometry_lr = float(isometry_lr)
+        self.log_jacobian = log_jacobian
+        self.log_effective_sparsity = log_effective_sparsity
         self.num_batches = num_batches
         self.invert = invert
         self.shuffle = shuffle
@@ -115,7 +135,10 @@ class PruneAtInit(Callback):
     # ------------------------------------------------------------------ life cycle
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._masks is None:
+        fresh = self._masks is None
+        if fresh:
+            probe = self._probe_inputs(trainer, pl_module) if self.log_jacobian else None
+            spectra = {} if probe is None else {"init": self._spectrum(trainer, pl_module, probe, "init")}
             start = time.perf_counter()
             masks = self._prune(trainer, pl_module)
             seconds = time.perf_counter() - start
@@ -131,6 +154,8 @@ class PruneAtInit(Callback):
         self._bound = bound
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
         self._report(trainer, sparsity_report(pl_module, self._masks), seconds)
+        if fresh:
+            self._diagnose(trainer, pl_module, probe, spectra)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
         # After AMP unscaling and before gradient clipping, on real step boundaries only.
@@ -257,6 +282,57 @@ class PruneAtInit(Callback):
                 " use more iterations, or exclude them."
             )
 
+    def _diagnose(
+        self, trainer: Trainer, pl_module: LightningModule, probe: Optional[Tensor], spectra: dict[str, Tensor]
+    ) -> None:
+        """The signal-propagation options, after pruning: Jacobian spectra, isometry, effective sparsity."""
+        from lightning_synflow import analysis
+
+        if probe is not None:
+            spectra["pruned"] = self._spectrum(trainer, pl_module, probe, "pruned")
+        if self.isometry_steps:
+            result = analysis.approximate_isometry(pl_module, self._masks, steps=self.isometry_steps, lr=self.isometry_lr)
+            _broadcast_tensors(trainer, self._bound.params)  # bitwise-equal weights on every rank
+            self._log(trainer, result.as_metrics("isometry"))
+            if probe is not None:
+                spectra["isometry"] = self._spectrum(trainer, pl_module, probe, "isometry")
+        if self.log_effective_sparsity:
+            report = analysis.effective_sparsity_report(
+                pl_module, self._masks, example_input=self._example_input(trainer, pl_module)
+            )
+            self._log(trainer, report.as_metrics("pruning/sparsity"))
+        if spectra:
+            self._log_histogram(trainer, spectra)
+
+    def _probe_inputs(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:
+        """Up to 8 inputs of the first training batch, else Gaussian inputs of the example shape."""
+        batches = _training_batches(trainer, 1)
+        batch = batches[0] if batches else None
+        x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+        if not isinstance(x, Tensor):
+            x = torch.randn(8, *self._example_input(trainer, pl_module).shape[1:], device=pl_module.device)
+        return x[:8]
+
+    def _spectrum(self, trainer: Trainer, pl_module: LightningModule, probe: Tensor, stage: str) -> Tensor:
+        """The Jacobian singular values on ``probe``, logged as ``jacobian_sv/<stage>/{mean,std,min,max}``."""
+        from lightning_synflow import analysis
+
+        sv = analysis.jacobian_singular_values(pl_module, probe)
+        self._log(trainer, analysis.singular_value_stats(sv).as_metrics(f"jacobian_sv/{stage}"))
+        return sv
+
+    @staticmethod
+    def _log_histogram(trainer: Trainer, spectra: dict[str, Tensor]) -> None:
+        """The singular-value histograms as an image, for loggers that take figures (TensorBoard)."""
+        loggers = [lg for lg in trainer.loggers if callable(getattr(getattr(lg, "experiment", None), "add_figure", None))]
+        if not trainer.is_global_zero or not loggers:
+            return
+        from lightning_synflow.analysis.figures import plot_singular_values
+
+        figure = plot_singular_values(spectra, title="Jacobian singular values")
+        for logger in loggers:
+            logger.experiment.add_figure("jacobian_singular_values", figure, trainer.global_step)
+
     @staticmethod
     def _log(trainer: Trainer, metrics: dict[str, float]) -> None:
         # `self.log` is not allowed in on_fit_start; talk to the loggers directly, from rank zero.
@@ -300,6 +376,16 @@ def _training_step_loss(module: LightningModule, batch: Any) -> Tensor:
             f" data-driven scoring, got {type(out).__name__}"
         )
     return loss
+
+
+def _broadcast_tensors(trainer: Trainer, tensors: list[Tensor]) -> None:
+    """Overwrite ``tensors`` with rank zero's values (one collective)."""
+    if trainer.world_size == 1:
+        return
+    flat = trainer.strategy.broadcast(torch.cat([t.detach().reshape(-1) for t in tensors]).cpu(), src=0)
+    with torch.no_grad():
+        for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+            t.copy_(part.view_as(t))
 
 
 def _broadcast_masks(trainer: Trainer, masks: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -16,7 +16,7 @@ from lightning_helpers import MLP, random_data
 from lightning_synflow import compute_masks, num_kept
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_prune.py"
-SCORERS = ["synflow", "random", "snip", "grasp", "grasp_abs", "snip_it", "iter_snip", "force", "ntksap", "erk"]
+SCORERS = ["synflow", "random", "snip", "grasp", "grasp_abs", "snip_it", "iter_snip", "force", "ntksap", "erk", "synflow+isometry"]
 
 
 def launch(out, scorers, *extra):

@@ -2,7 +2,7 @@
 
 Launched by tests/test_ddp.py as a subprocess (DDP started inside pytest would re-run pytest). One
 launch runs every scorer in turn, which saves a process start and a process-group set-up per scorer.
-Usage: ddp_prune.py OUT_DIR SCORER[,SCORER...] [first-batch]
+Usage: ddp_prune.py OUT_DIR SCORER[+isometry][,SCORER...] [first-batch]
 """
 
 import os
@@ -28,7 +28,9 @@ def fit(out_dir: str, scorer: str, input_from: str, rank: int) -> None:
     torch.manual_seed(100 + rank)  # ranks start from different random inits, and different RNG streams
     model = MLP(example_input=input_from != "first-batch")
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    capture, pruner = CaptureWeights(), PruneAtInit(scorer=scorer, sparsity=0.9, iterations=10)
+    name, _, option = scorer.partition("+")  # "synflow+isometry": approximate isometry after pruning
+    capture = CaptureWeights()
+    pruner = PruneAtInit(scorer=name, sparsity=0.9, iterations=10, isometry_steps=20 if option == "isometry" else 0)
     trainer = Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_steps=4, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[capture, pruner],
