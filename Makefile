@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test study install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+# The CPU-scale accuracy-vs-sparsity study (about 40 min on 2 cores; resumable): needs Debian's
+# dataset-fashion-mnist (apt-get install dataset-fashion-mnist). Not part of `make test`.
+STUDY := docs/results/fashion_mnist_lenet5
+study: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) examples/sweep.py --preset fashion-mnist --out $(STUDY).csv --jobs 2
+	$(PY) examples/plot_sweep.py $(STUDY).csv --out $(STUDY).png --table $(STUDY).md
 
 clean:
 	rm -rf $(VENV) lightning_logs .pytest_cache
