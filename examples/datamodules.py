@@ -36,7 +36,29 @@ FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
 
 
-class DigitsDataModule(LightningDataModule):
+class _SplitDataModule(LightningDataModule):
+    """Train/validation/test data sets that subclasses fill in ``setup``, served by ``_loader``."""
+
+    batch_size: int
+    num_workers: int
+    train_set: Optional[Dataset] = None
+    val_set: Optional[Dataset] = None
+    test_set: Optional[Dataset] = None
+
+    def _loader(self, dataset: Optional[Dataset], shuffle: bool) -> DataLoader:
+        return _image_loader(dataset, self.batch_size, shuffle, self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+
+class DigitsDataModule(_SplitDataModule):
     """The 1,797 8x8 handwritten digits of scikit-learn's ``load_digits`` (no download needed).
 
     Images are tensors of shape (1, 8, 8) scaled to [0, 1]; the split into train/val/test is a fixed,
@@ -95,17 +117,9 @@ class DigitsDataModule(LightningDataModule):
     def _loader(self, dataset: Optional[Dataset], shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
 
 
-class _CIFARDataModule(LightningDataModule):
+class _CIFARDataModule(_SplitDataModule):
     """CIFAR-10/100 through torchvision (subclasses set the data set class and its statistics)."""
 
     _name = "CIFAR-10"
@@ -183,17 +197,6 @@ class _CIFARDataModule(LightningDataModule):
                 self.train_set = Subset(train, kept)
                 self.val_set = Subset(self._dataset(train=True, augment=False), held_out)
 
-    def _loader(self, dataset: Optional[Dataset], shuffle: bool) -> DataLoader:
-        return _image_loader(dataset, self.batch_size, shuffle, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
 
 
 def _image_loader(dataset: Optional[Dataset], batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
@@ -294,7 +297,7 @@ def read_idx(path: Union[str, os.PathLike]) -> Tensor:
     return torch.from_numpy(values.astype(dtype.newbyteorder("="), copy=True))
 
 
-class FashionMNISTDataModule(LightningDataModule):
+class FashionMNISTDataModule(_SplitDataModule):
     """Fashion-MNIST (Xiao et al. 2017): 60,000 training and 10,000 test 28x28 grayscale images of 10 kinds
     of clothing, read directly from the four gzipped IDX files.
 
@@ -413,17 +416,6 @@ class FashionMNISTDataModule(LightningDataModule):
             self.train_set = TensorDataset(x[kept], y[kept])
             self.val_set = TensorDataset(x[held_out], y[held_out]) if self.val_size else self.test_set
 
-    def _loader(self, dataset: Optional[Dataset], shuffle: bool) -> DataLoader:
-        return _image_loader(dataset, self.batch_size, shuffle, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
 
 
 # ---------------------------------------------------------------------------------------------- Tiny ImageNet
@@ -448,7 +440,7 @@ class _LabelledFiles(Dataset):
         return self.transform(self.loader(path)), target
 
 
-class TinyImageNetDataModule(LightningDataModule):
+class TinyImageNetDataModule(_SplitDataModule):
     """Tiny ImageNet (200 classes, 100,000 training and 10,000 validation images, 3x64x64) from a local folder.
 
     ``data_dir`` is the unzipped ``tiny-imagenet-200`` folder (http://cs231n.stanford.edu/tiny-imagenet-200.zip;
@@ -525,14 +517,5 @@ class TinyImageNetDataModule(LightningDataModule):
         if stage in ("fit", "validate") and self.train_set is None:
             self.train_set = ImageFolder(str(self._folder("train")), transform=self.transforms(True))
 
-    def _loader(self, dataset: Optional[Dataset], shuffle: bool) -> DataLoader:
-        return _image_loader(dataset, self.batch_size, shuffle, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader:  # Tiny ImageNet's labelled validation images are its test set
         return self._loader(self.test_set, shuffle=False)

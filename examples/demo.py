@@ -17,39 +17,17 @@ import statistics
 import sys
 import time
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # classifier.py and datamodules.py sit here
 
 import torch  # noqa: E402
 from lightning.pytorch import Trainer, seed_everything  # noqa: E402
-from lightning.pytorch.loggers import Logger  # noqa: E402
 
 from classifier import MLP, ImageClassifier  # noqa: E402
+from memory_logger import MemoryLogger  # noqa: E402
 from datamodules import DigitsDataModule  # noqa: E402
 from lightning_synflow import PruneAtInit, sparsity_report  # noqa: E402
-
-
-class MemoryLogger(Logger):
-    """Keeps the last value of every logged metric (the pruning time among them) in a dict."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.metrics: dict[str, float] = {}
-
-    @property
-    def name(self) -> str:
-        return "memory"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
-        self.metrics.update({k: float(v) for k, v in metrics.items()})
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
 
 
 def run(method: str, sparsity: float, epochs: int, seed: int) -> dict[str, Any]:

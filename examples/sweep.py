@@ -59,11 +59,11 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
-from lightning.pytorch.loggers import Logger  # noqa: E402
 
 import datamodules  # noqa: E402,F401  (resolvable by class name from the configs)
 import lightning_synflow  # noqa: E402
 from classifier import ImageClassifier  # noqa: E402
+from memory_logger import MemoryLogger  # noqa: E402
 from lightning_synflow import PruneAtInit, select_prunable, sparsity_report  # noqa: E402
 
 # Scorers being added to the package may not be imported by `lightning_synflow` yet: importing their modules
@@ -284,28 +284,6 @@ def names_of(config: dict[str, Any]) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------- one run
-
-
-class MemoryLogger(Logger):
-    """Keeps the last value of every logged metric (the pruning time among them)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.metrics: dict[str, float] = {}
-
-    @property
-    def name(self) -> str:
-        return "memory"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
-        self.metrics.update({k: float(v) for k, v in metrics.items()})
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
 
 
 class SweepProbe(Callback):

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lightning_synflow.models.init import kaiming_init_
+
 __all__ = ["BasicBlock", "CifarResNet", "ResNet18", "resnet18", "resnet20", "resnet32", "resnet56", "resnet110"]
 
 
@@ -100,14 +102,7 @@ class CifarResNet(_ResNetBase):
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * width, num_classes)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_init_(self)
 
 
 class ResNet18(_ResNetBase):

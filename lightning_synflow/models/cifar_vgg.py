@@ -19,6 +19,8 @@ from typing import Union
 import torch
 from torch import nn
 
+from lightning_synflow.models.init import kaiming_init_
+
 __all__ = ["CifarVGG", "PLANS", "MIN_INPUT_SIZE", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
 
 Plan = Sequence[Union[int, str]]
@@ -62,14 +64,7 @@ class CifarVGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
