@@ -93,9 +93,6 @@ class DigitsDataModule(_SplitDataModule):
         self.test_fraction = test_fraction
         self.seed = seed
         self.num_workers = num_workers
-        self.train_set: Optional[Dataset] = None
-        self.val_set: Optional[Dataset] = None
-        self.test_set: Optional[Dataset] = None
 
     def setup(self, stage: str) -> None:
         if self.train_set is not None:
@@ -149,9 +146,6 @@ class _CIFARDataModule(_SplitDataModule):
         self.num_workers = num_workers
         self.val_size = val_size
         self.seed = seed
-        self.train_set: Optional[Dataset] = None
-        self.val_set: Optional[Dataset] = None
-        self.test_set: Optional[Dataset] = None
 
     @classmethod
     def transforms(cls, train: bool):
@@ -358,9 +352,6 @@ class FashionMNISTDataModule(_SplitDataModule):
         self.train_size = train_size
         self.seed = seed
         self.normalize = normalize
-        self.train_set: Optional[Dataset] = None
-        self.val_set: Optional[Dataset] = None
-        self.test_set: Optional[Dataset] = None
 
     def _find(self, stem: str) -> Optional[Path]:
         for folder in (Path(self.data_dir), Path(self.data_dir) / "FashionMNIST" / "raw"):
@@ -467,8 +458,6 @@ class TinyImageNetDataModule(_SplitDataModule):
         self.data_dir = os.path.expanduser(data_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.train_set: Optional[Dataset] = None
-        self.test_set: Optional[Dataset] = None
 
     @staticmethod
     def transforms(train: bool):
