@@ -13,6 +13,19 @@ def random_data(n=64, features=8, classes=4, seed=0):
     return TensorDataset(torch.randn(n, features, generator=g), torch.randint(0, classes, (n,), generator=g))
 
 
+class DriftingSGD(torch.optim.SGD):
+    """SGD that also moves every weight after its step, whatever the gradient: only re-applying the
+    masks after the step can keep pruned weights at zero."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(0.01)
+        return loss
+
+
 class MLP(LightningModule):
     """An MLP whose optimizer, optimization mode and input shape hint the tests choose."""
 
@@ -50,6 +63,8 @@ class MLP(LightningModule):
                 torch.optim.SGD(self.net[0].parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2),
                 torch.optim.Adam([*self.net[2].parameters(), *self.net[4].parameters()], lr=1e-2),
             ]
+        if self.optimizer == "drift":
+            return DriftingSGD(self.parameters(), lr=0.1)
         if self.optimizer == "adamw":
             return torch.optim.AdamW(self.parameters(), lr=1e-2, weight_decay=0.1)
         if self.optimizer == "adam":

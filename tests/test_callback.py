@@ -45,6 +45,7 @@ def assert_kept_weights_trained(model, pruner, initial):
 
 
 @pytest.mark.parametrize(("optimizer", "trainer_kwargs"), [
+    ("drift", {}),  # moves pruned weights regardless of their (masked) gradient
     ("sgd", {}),
     ("adam", {}),
     ("adamw", {}),
