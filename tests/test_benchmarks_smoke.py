@@ -20,3 +20,32 @@ def test_scorer_benchmark_quick(tmp_path):
     (row,) = json.loads(out.read_text())
     assert row["kept"] == round(row["total"] / 100) and row["total"] == 270_896  # ResNet-20 conv + linear weights
     assert row["seconds"] > 0 and row["peak_mb"] >= 0 and row["threads"] == 1
+
+
+MASK_SCRIPT = SCRIPT.with_name("mask_overhead.py")
+
+
+def test_mask_overhead_benchmark_quick(tmp_path):
+    # One thread: on a busy machine, threads fighting other processes for the cores make steps seconds long.
+    out = tmp_path / "mask_overhead.json"
+    proc = subprocess.run(
+        [sys.executable, str(MASK_SCRIPT), "--quick", "--models", "resnet18", "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| model | threads | variant | median step (ms) | mean step (ms) | overhead vs dense |" in proc.stdout
+    for variant in ("dense", "lightning_synflow", "torch.nn.utils.prune"):
+        assert f"| resnet18 | 1 | {variant} |" in proc.stdout
+    assert "| model | threads | mask_grads_ (ms) | apply_ (ms) | both (ms) | % of dense step |" in proc.stdout
+    result = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert set(rows) == {"dense", "lightning_synflow", "torch.nn.utils.prune"}
+    for r in rows.values():
+        assert r["model"] == "resnet18" and r["threads"] == 1 and len(r["step_ms"]) == 2
+        assert r["median_ms"] > 0 and r["mean_ms"] > 0
+    assert "overhead_pct" not in rows["dense"] and "overhead_pct" in rows["lightning_synflow"]
+    (ops,) = result["mask_ops"]
+    assert ops["mask_grads_median_ms"] > 0 and ops["apply_median_ms"] > 0
+    (zero,) = result["zero_check"]
+    assert result["zero_check_passed"] and zero["nonzero"] == {"lightning_synflow": 0, "torch.nn.utils.prune": 0}
+    assert 0.98 < zero["pruned"] / zero["total"] < 1  # 99% pruned, at random
