@@ -3,11 +3,21 @@
 The reference SynFlow code prunes every score ``<=`` the k-th value, so ties prune too much and, at
 extreme compression, a tie at zero empties the network. Here ties are broken by position (earlier
 tensor in the model, then lower flat index), which keeps the count exact and the result reproducible.
+
+How, without sorting: an iterative pruning round changes little (it drops a few percent of the weights
+still alive), yet a k-th value over every score (``torch.kthvalue``, as the reference code does each
+round) costs a linear-time pass with three full copies (values and int64 indices). Here only the side
+that changes is ranked: the ``m = min(k, n - k)`` candidates to drop (or, when that is the larger side,
+the ones to keep) lie below (above) a bracket value estimated from a random sample of the candidates;
+one pass extracts everything beyond the bracket and ``m`` of those are chosen exactly. The sample decides
+only how much is extracted (a bracket that turns out too tight is widened and the pass repeated), never
+which weights are kept, and it draws from a private generator, so torch's global RNG is untouched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Literal, Optional
 
 import torch
@@ -18,40 +28,113 @@ from lightning_synflow.schedules import num_kept
 Scope = Literal["global", "layerwise"]
 SCOPES: tuple[str, ...] = ("global", "layerwise")
 
+#: Sampled scores per selection; the bracket's rank error shrinks as 1/sqrt of this.
+_SAMPLE_SIZE = 1 << 14
+
+
+def top_k_masks(
+    scores: Sequence[Tensor], k: int, candidates: Optional[Sequence[Optional[Tensor]]] = None
+) -> list[Tensor]:
+    """Boolean masks, shaped like each of ``scores``, keeping exactly ``k`` entries in total: the highest
+    scores among ``candidates`` (all entries if None), ties to the earlier tensor, then the lower flat
+    index. Memory beyond the returned masks is proportional to the side that changes, not to the total."""
+    flats = [s.reshape(-1) for s in scores]
+    cands = [None] * len(flats) if candidates is None else [None if c is None else c.reshape(-1) for c in candidates]
+    counts = [f.numel() if c is None else int(torch.count_nonzero(c)) for f, c in zip(flats, cands)]
+    n = sum(counts)
+    if not 0 <= k <= n:
+        raise ValueError(f"cannot keep {k} of {n} candidate weights")
+    drop = n - k
+    if drop <= k:  # drop the `drop` lowest: start from every candidate and clear them
+        keep = [torch.ones_like(f, dtype=torch.bool) if c is None else c.clone() for f, c in zip(flats, cands)]
+        positions = extreme_positions(flats, cands, counts, drop, lowest=True) if drop else []
+        fill = False
+    else:  # keep the `k` highest: start from nothing and set them
+        keep = [torch.zeros_like(f, dtype=torch.bool) for f in flats]
+        positions = extreme_positions(flats, cands, counts, k, lowest=False) if k else []
+        fill = True
+    for mask, pos in zip(keep, positions):
+        if pos.numel():
+            mask[pos] = fill
+    return [mask.view_as(s) for mask, s in zip(keep, scores)]
+
+
+def extreme_positions(
+    flats: list[Tensor], cands: list[Optional[Tensor]], counts: list[int], m: int, *, lowest: bool
+) -> list[Tensor]:
+    """Per tensor, the flat positions of the ``m`` lowest (``lowest``) or highest candidates in the
+    order (score, then position: ties drop the later and keep the earlier weight)."""
+    return choose_extremes(*extract_extremes(flats, cands, counts, m, lowest=lowest), m, lowest=lowest)
+
+
+def extract_extremes(
+    flats: list[Tensor], cands: list[Optional[Tensor]], counts: list[int], m: int, *, lowest: bool
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Scores and flat positions, per tensor, of at least the ``m`` lowest (highest) candidates: every
+    candidate beyond a bracket drawn from a sample. Afterwards ``flats`` are no longer needed."""
+    n = sum(counts)
+    sample = _sample(flats, cands, counts)
+    for margin in (1.25, 2.0, 4.0, 16.0, math.inf):
+        bound = _bracket(sample, m / n, margin, lowest)
+        found = [_beyond(f, c, bound, lowest) for f, c in zip(flats, cands)]
+        if sum(p.numel() for p in found) >= m:
+            break
+    return [f[p] for f, p in zip(flats, found)], found
+
+
+def choose_extremes(values: list[Tensor], positions: list[Tensor], m: int, *, lowest: bool) -> list[Tensor]:
+    """Of the extracted ``values`` (per tensor, at ``positions`` in increasing order), the positions of
+    exactly the ``m`` lowest (highest), ties to the later (earlier) tensor and position."""
+    sizes = [v.numel() for v in values]
+    flat = torch.cat(values)
+    # The m-th value from the chosen end; everything strictly beyond it is chosen, then ties in order.
+    t = flat.kthvalue(m if lowest else flat.numel() - m + 1).values
+    chosen = flat < t if lowest else flat > t
+    need = m - int(torch.count_nonzero(chosen))
+    if need:
+        ties = (flat == t).nonzero().squeeze(1)  # in (tensor, position) order
+        chosen[ties[-need:] if lowest else ties[:need]] = True
+    return [p[c] for p, c in zip(positions, chosen.split(sizes))]
+
+
+def _sample(flats: list[Tensor], cands: list[Optional[Tensor]], counts: list[int]) -> Tensor:
+    """Scores of candidates at random positions, about ``_SAMPLE_SIZE`` of them, from a fixed generator."""
+    g = torch.Generator().manual_seed(0)
+    total = sum(f.numel() for f in flats)
+    parts = []
+    for f, c, count in zip(flats, cands, counts):
+        size = min(f.numel(), math.ceil(_SAMPLE_SIZE * f.numel() / total)) if count else 0
+        if size:
+            at = torch.randint(f.numel(), (size,), generator=g).to(f.device)
+            parts.append(f[at] if c is None else f[at][c[at]])
+    return torch.cat(parts)
+
+
+def _bracket(sample: Tensor, fraction: float, margin: float, lowest: bool) -> Optional[Tensor]:
+    """A score that about ``margin * fraction`` of the candidates lie beyond (below if ``lowest``), with a
+    few standard deviations of sampling error to spare; ``None`` when that is all of them."""
+    expected = fraction * sample.numel()
+    rank = math.ceil(margin * expected + 4 * math.sqrt(expected) + 16)
+    if rank >= sample.numel():
+        return None
+    return sample.kthvalue(rank if lowest else sample.numel() - rank + 1).values
+
+
+def _beyond(flat: Tensor, cand: Optional[Tensor], bound: Optional[Tensor], lowest: bool) -> Tensor:
+    """Flat positions of the candidates at or beyond ``bound`` (all candidates if it is None)."""
+    if bound is None:
+        hit = torch.ones_like(flat, dtype=torch.bool) if cand is None else cand
+    else:
+        hit = flat <= bound if lowest else flat >= bound
+        if cand is not None:
+            hit &= cand
+    return hit.nonzero().squeeze(1)
+
 
 def top_k_mask(scores: Tensor, k: int, candidates: Optional[Tensor] = None) -> Tensor:
     """Boolean mask, shaped like ``scores``, of exactly ``k`` entries with the highest scores among
     ``candidates`` (all entries if None); among equal scores the lower flat index wins."""
-    flat = scores.reshape(-1)
-    cand = None if candidates is None else candidates.reshape(-1)
-    values = flat if cand is None else flat[cand]
-    n = values.numel()
-    if not 0 <= k <= n:
-        raise ValueError(f"cannot keep {k} of {n} candidate weights")
-    if k == n:
-        keep = torch.ones_like(flat, dtype=torch.bool) if cand is None else cand.clone()
-        return keep.view_as(scores)
-    if k == 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    # The k-th largest value: a partial top-k when one side of the ranking is small (the usual case late
-    # in iterative pruning), a linear-time selection otherwise (top-k slows down badly for large k).
-    dropped = n - k
-    if k <= n // 64:
-        threshold = values.topk(k, sorted=False).values.min()
-    elif dropped < n // 64:
-        threshold = values.topk(dropped + 1, largest=False, sorted=False).values.max()
-    else:
-        threshold = values.kthvalue(dropped + 1).values
-    keep = flat > threshold
-    if cand is not None:
-        keep &= cand
-    missing = k - int(keep.sum())
-    if missing > 0:
-        ties = flat == threshold
-        if cand is not None:
-            ties &= cand
-        keep[ties.nonzero().squeeze(1)[:missing]] = True
-    return keep.view_as(scores)
+    return top_k_masks([scores], k, None if candidates is None else [candidates])[0]
 
 
 def select_masks(
@@ -70,12 +153,11 @@ def select_masks(
     if scope not in SCOPES:
         raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}")
     names = list(scores)
+    cands = None if candidates is None else [candidates[n] for n in names]
     if scope == "layerwise":
         return {
-            n: top_k_mask(scores[n], num_kept(density, scores[n].numel()), None if candidates is None else candidates[n])
-            for n in names
+            n: top_k_mask(scores[n], num_kept(density, scores[n].numel()), None if cands is None else cands[i])
+            for i, n in enumerate(names)
         }
-    flat = torch.cat([scores[n].reshape(-1) for n in names])
-    cand = None if candidates is None else torch.cat([candidates[n].reshape(-1) for n in names])
-    keep = top_k_mask(flat, num_kept(density, flat.numel()), cand)
-    return {n: part.view_as(scores[n]) for n, part in zip(names, keep.split([scores[n].numel() for n in names]))}
+    total = sum(scores[n].numel() for n in names)
+    return dict(zip(names, top_k_masks([scores[n] for n in names], num_kept(density, total), cands)))

@@ -76,3 +76,40 @@ def test_candidates_restrict_the_ranking_per_tensor():
 def test_unknown_scope_is_rejected():
     with pytest.raises(ValueError, match=r"`scope` must be one of \('global', 'layerwise'\), got 'local'"):
         select_masks({"a": torch.ones(2)}, 0.5, scope="local")
+
+
+def sorted_top_k(scores, k, candidates):
+    """Reference over several tensors: a stable descending sort of the concatenated candidates."""
+    flat = torch.cat([s.reshape(-1) for s in scores])
+    cand = torch.cat([c.reshape(-1) for c in candidates])
+    where = cand.nonzero().squeeze(1)
+    order = torch.sort(flat[where], descending=True, stable=True).indices
+    keep = torch.zeros_like(cand)
+    keep[where[order[:k]]] = True
+    return list(keep.split([s.numel() for s in scores]))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1e-5, 0.01, 0.3, 0.5, 0.7, 0.955, 0.999, 1.0])
+def test_top_k_over_large_tensors_equals_a_full_sort(fraction):
+    # Large enough that the selection brackets from a sample instead of ranking every candidate; scores with
+    # many ties (a coarse grid) and dead candidates, as in late rounds of iterative pruning.
+    from lightning_synflow.ranking import top_k_masks
+
+    g = torch.Generator().manual_seed(7)
+    scores = [torch.randint(0, 2000, shape, generator=g).float() / 7 for shape in [(300, 400), (50_000,), (30, 3, 3, 100)]]
+    scores[1][:5000] = 0.0  # a block of exact ties at zero
+    cands = [torch.rand(s.shape, generator=g) < 0.6 for s in scores]
+    k = round(fraction * sum(int(c.sum()) for c in cands))
+    masks = top_k_masks(scores, k, cands)
+    for got, want, s in zip(masks, sorted_top_k(scores, k, cands), scores):
+        assert got.shape == s.shape and torch.equal(got.reshape(-1), want)
+    assert sum(int(m.sum()) for m in masks) == k
+
+
+def test_selection_leaves_the_global_random_state_alone():
+    from lightning_synflow.ranking import top_k_masks
+
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    top_k_masks([torch.rand(200_000, generator=torch.Generator().manual_seed(1))], 150_000)
+    assert torch.equal(torch.get_rng_state(), before)
