@@ -14,12 +14,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lightning_synflow.ablations import shuffle_masks
+from lightning_synflow.alive import AliveSet
 from lightning_synflow.masks import check_masks
 from lightning_synflow.model_state import preserved_model_state
 from lightning_synflow.parameters import select_prunable
 from lightning_synflow.ranking import SCOPES, Scope
 from lightning_synflow.schedules import Schedule, num_kept, resolve_density
 from lightning_synflow.scorers.base import (
+    NEWLY_PRUNED,
     ExampleInput,
     LossFn,
     Scorer,
@@ -67,7 +69,9 @@ def _score(model: nn.Module, scorer: Scorer, masks: Mapping[str, Tensor], contex
     missing = [n for n in masks if n not in scores]
     if missing:
         raise ValueError(f"scorer {scorer!r} returned no scores for {missing}")
-    bad = [n for n in masks if not torch.isfinite(scores[n]).all()]
+    # A NaN or inf anywhere makes the sum non-finite; only then look closer (large finite scores can overflow
+    # a sum). An element-wise check of every score would cost more than a SynFlow round's bookkeeping.
+    bad = [n for n in masks if not torch.isfinite(scores[n].sum()) and not torch.isfinite(scores[n]).all()]
     if bad:
         raise FloatingPointError(f"scorer {scorer!r} produced non-finite scores for {bad}")
     return {n: scores[n] for n in masks}
@@ -194,15 +198,27 @@ def compute_masks(
         raise ValueError(
             f"sparsity {1 - density!r} keeps 0 of the {total} prunable weights; allowed: a sparsity below {1 - 0.5 / total}"
         )
-    kept = sum(int(m.sum()) for m in current.values())
+    kept = sum(int(torch.count_nonzero(m)) for m in current.values())
     if scorer.monotone and kept < num_kept(density, total):
         raise ValueError(f"the given `masks` keep {kept} weights, fewer than the {num_kept(density, total)} requested")
     if scorer.monotone:  # continuing from sparser masks: no round may ask for more than is still alive
         steps = [min(d, kept / total) for d in steps]
     context = _context(model, scorer, example_input, dataloader, loss_fn, num_batches, all_reduce)
+    # Monotone scorers ranked by the default rule narrow an AliveSet in place (cost in proportion to the
+    # living weights); others (FORCE's revivals, ERK's own allocation) get fresh masks every round.
+    default_ranking = scorer.monotone and type(scorer).allocate is Scorer.allocate
+    alive = AliveSet(current, copy=masks is not None) if default_ranking else None
     for d in tqdm(steps, desc=f"pruning ({scorer.name or type(scorer).__name__})", disable=not progress, leave=False):
+        if alive is not None:
+            context.cache[NEWLY_PRUNED] = alive.pruned
+            current = alive.masks
         scores = _score(model, scorer, current, context)
         if invert:
             scores = {n: -s for n, s in scores.items()}
-        current = scorer.allocate(scores, d, scope, current if scorer.monotone else None)
+        if alive is not None:
+            alive.update(scores, d, scope, release=True)
+        else:
+            current = scorer.allocate(scores, d, scope, current if scorer.monotone else None)
+    if alive is not None:
+        current = alive.masks
     return shuffle_masks(current) if shuffle else current

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from lightning_synflow.masks import check_masks
@@ -91,5 +92,5 @@ def sparsity_report(model: nn.Module, masks: Mapping[str, Tensor]) -> SparsityRe
     rows = []
     for name, mask in masks.items():
         owner = modules.get(name.rpartition(".")[0], model)
-        rows.append(TensorSparsity(name, type(owner).__name__, tuple(mask.shape), int(mask.sum()), mask.numel()))
+        rows.append(TensorSparsity(name, type(owner).__name__, tuple(mask.shape), int(torch.count_nonzero(mask)), mask.numel()))
     return SparsityReport(tuple(rows))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
 
 import torch
@@ -31,6 +31,10 @@ def cross_entropy_loss(model: nn.Module, batch: Any) -> Tensor:
     return F.cross_entropy(model(x), y)
 
 
+#: Key of :attr:`ScoringContext.cache` under which the pruning loop lists the previous round's pruned positions.
+NEWLY_PRUNED = "newly_pruned"
+
+
 def _no_reduction(t: Tensor) -> Tensor:
     return t
 
@@ -45,12 +49,17 @@ class ScoringContext:
         loss_fn: ``loss_fn(model, batch)``, differentiated by data-driven scorers.
         all_reduce: Sums a tensor over all processes (identity in a single process). Scorers sum their
             per-batch gradients or scores locally and reduce once, so every rank ranks the same totals.
+        cache: Scratch space a scorer may keep between the rounds of one pruning run (one context per
+            :func:`~lightning_synflow.compute_masks` call), e.g. SynFlow's linearised weights. Before each
+            round of a monotone scorer, ``cache[NEWLY_PRUNED]`` holds ``{name: flat positions}`` pruned by
+            the previous round, or ``None`` (first round, or too many to list): re-read the masks.
     """
 
     example_input: Optional[ExampleInput] = None
     batches: Sequence[Any] = ()
     loss_fn: LossFn = cross_entropy_loss
     all_reduce: Callable[[Tensor], Tensor] = _no_reduction
+    cache: dict[str, Any] = field(default_factory=dict)
 
     def reduce(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``all_reduce`` of a dict of tensors in one collective (flattened and concatenated)."""
@@ -84,7 +93,8 @@ class Scorer(ABC):
     @abstractmethod
     def score(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:
         """One score per weight of every tensor named in ``masks``, shaped like it, on the network as
-        currently masked (``masks[name]`` is ``True`` where a weight is kept)."""
+        currently masked (``masks[name]`` is ``True`` where a weight is kept). The pruning loop narrows
+        ``masks`` in place between rounds: copy them to keep them."""
 
     def densities(self, final_density: float, iterations: int, schedule: Schedule) -> list[float]:
         """The density after each pruning round; the default is the Trainer-wide schedule (exponential or

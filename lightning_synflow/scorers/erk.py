@@ -55,7 +55,7 @@ class LayerwiseRandom(Scorer):
     ) -> dict[str, Tensor]:
         sizes = {n: s.numel() for n, s in scores.items()}
         densities = self.layer_densities({n: tuple(s.shape) for n, s in scores.items()}, density)
-        available = None if candidates is None else {n: int(candidates[n].sum()) for n in scores}
+        available = None if candidates is None else {n: int(torch.count_nonzero(candidates[n])) for n in scores}
         counts = kept_counts(sizes, densities, num_kept(density, sum(sizes.values())), available)
         return {
             n: top_k_mask(s, counts[n], None if candidates is None else candidates[n]) for n, s in scores.items()

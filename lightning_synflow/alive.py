@@ -1,0 +1,136 @@
+"""The weights still alive during iterative pruning, kept so that a round's ranking touches only them.
+
+Iterative pruning (SynFlow: 100 rounds) drops a few percent of the living weights per round, so after
+a few dozen rounds most weights are dead. :class:`AliveSet` keeps the dense boolean masks that scorers
+read and updates them in place; once at most an eighth of the weights is alive it also keeps their
+sorted flat indices (int32 where they fit), so that gathering, bracketing and ranking the scores costs
+in proportion to the living weights instead of all of them. The indices then take at most half the
+bytes of the dense masks, which bounds pruning's peak memory. Each update records the positions it pruned (:attr:`AliveSet.pruned`), so that a
+scorer keeping masked state between rounds (SynFlow) zeroes just those.
+
+Selection is exactly :func:`~lightning_synflow.ranking.top_k_masks`: exact counts, ties to the earlier
+tensor and then the lower flat index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from lightning_synflow.ranking import SCOPES, Scope, choose_extremes, extract_extremes
+from lightning_synflow.schedules import num_kept
+
+#: Keep flat indices of the living weights once at most this fraction of all weights is alive.
+COMPACT_BELOW = 0.125
+
+
+class AliveSet:
+    """Masks of the living weights, narrowed round by round to the highest scores (monotone pruning).
+
+    Args:
+        masks: Starting masks (``True`` = alive); copied, never changed.
+    """
+
+    def __init__(self, masks: Mapping[str, Tensor], *, copy: bool = True) -> None:
+        self.names = list(masks)
+        self.masks = {n: m.clone() if copy else m for n, m in masks.items()}
+        self.counts = [int(torch.count_nonzero(m)) for m in self.masks.values()]
+        self.total = sum(m.numel() for m in self.masks.values())
+        #: Per tensor, the sorted flat indices of its living weights; ``None`` while many are alive.
+        self.index: Optional[list[Tensor]] = None
+        #: Per tensor name, the flat positions the last :meth:`update` pruned; ``None`` before the first
+        #: update or when it is cheaper to re-read the masks.
+        self.pruned: Optional[dict[str, Tensor]] = None
+        self._compact_if_few()
+
+    @property
+    def kept(self) -> int:
+        return sum(self.counts)
+
+    def update(
+        self, scores: MutableMapping[str, Tensor], density: float, scope: Scope = "global", *, release: bool = False
+    ) -> None:
+        """Keep the highest-scoring living weights at ``density`` of all weights: ``round(density * N)``
+        in total (``global``) or ``round(density * n_l)`` per tensor (``layerwise``).
+
+        ``release`` empties ``scores`` as soon as they are ranked, so that the rest of the round reuses their
+        memory (the pruning loop passes its own dict and holds no other reference)."""
+        if scope not in SCOPES:
+            raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}")
+        if scope == "global":
+            groups = [(list(range(len(self.names))), num_kept(density, self.total))]
+        else:
+            groups = [([i], num_kept(density, self.masks[n].numel())) for i, n in enumerate(self.names)]
+        pruned: Optional[dict[str, Tensor]] = {}
+        for ids, k in groups:
+            pruned = self._narrow(ids, scores, k, pruned, release)
+        self.pruned = pruned
+        self._compact_if_few()
+
+    def _narrow(
+        self, ids: list[int], scores: MutableMapping[str, Tensor], k: int, pruned: Optional[dict[str, Tensor]], release: bool
+    ) -> Optional[dict[str, Tensor]]:
+        """Keep ``k`` of the living weights of tensors ``ids``; returns ``pruned`` with their pruned positions."""
+        alive = sum(self.counts[i] for i in ids)
+        if not 0 <= k <= alive:
+            raise ValueError(f"cannot keep {k} of {alive} candidate weights")
+        names = [self.names[i] for i in ids]
+        if k == alive:
+            if pruned is not None:
+                pruned.update({n: torch.empty(0, dtype=torch.long, device=self.masks[n].device) for n in names})
+            return pruned
+        if k == 0:  # a collapse (layerwise at extreme sparsity): nothing of these tensors survives
+            for i, n in zip(ids, names):
+                self.masks[n].zero_()
+                self.counts[i] = 0
+                if self.index is not None:
+                    self.index[i] = self.index[i][:0]
+            return None
+        if self.index is None:
+            pieces = [scores[n].reshape(-1) for n in names]
+            cands: list[Optional[Tensor]] = [self.masks[n].view(-1) for n in names]
+        else:
+            pieces = [scores[n].reshape(-1).index_select(0, self.index[i].long()) for n, i in zip(names, ids)]
+            cands = [None] * len(ids)
+        counts = [self.counts[i] for i in ids]
+        lowest = alive - k <= k  # clear the lowest few (the usual round) or set the highest few
+        m = alive - k if lowest else k
+        extracted = extract_extremes(pieces, cands, counts, m, lowest=lowest)
+        del pieces
+        if release:
+            for n in names:
+                del scores[n]
+        positions = choose_extremes(*extracted, m, lowest=lowest)
+        del extracted
+        if lowest:
+            for i, n, pos in zip(ids, names, positions):
+                flat = pos if self.index is None else self.index[i][pos].long()
+                self.masks[n].view(-1)[flat] = False
+                self.counts[i] -= pos.numel()
+                if self.index is not None:
+                    keep = torch.ones_like(self.index[i], dtype=torch.bool)
+                    keep[pos] = False
+                    self.index[i] = self.index[i][keep]
+                if pruned is not None:
+                    pruned[n] = flat
+            return pruned
+        # A large one-shot step: rebuild these masks from the kept positions.
+        for i, n, pos in zip(ids, names, positions):
+            flat = pos if self.index is None else self.index[i][pos].long()
+            mask = self.masks[n].view(-1)
+            mask.zero_()
+            mask[flat] = True
+            self.counts[i] = pos.numel()
+            if self.index is not None:
+                self.index[i] = self.index[i][pos]
+        return None  # too many pruned positions to list usefully: scorers re-read the masks
+
+    def _compact_if_few(self) -> None:
+        if self.index is None and self.kept <= COMPACT_BELOW * self.total:
+            self.index = [
+                m.view(-1).nonzero().squeeze(1).to(torch.int32 if m.numel() < 2**31 else torch.long)
+                for m in self.masks.values()
+            ]

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from lightning_synflow.alive import COMPACT_BELOW, AliveSet
+from lightning_synflow.ranking import select_masks
+
+SHAPES = {"a": (40, 30), "b": (500,), "c": (8, 3, 3, 3)}
+
+
+def _scores(g, ties=False):
+    if ties:  # a coarse grid: many exact ties, broken by position
+        return {n: torch.randint(0, 20, s, generator=g).float() for n, s in SHAPES.items()}
+    return {n: torch.rand(s, generator=g) for n, s in SHAPES.items()}
+
+
+@pytest.mark.parametrize("scope", ["global", "layerwise"])
+@pytest.mark.parametrize("ties", [False, True])
+def test_rounds_narrow_exactly_as_a_fresh_selection_among_the_living(scope, ties):
+    """Round after round (through the switch to index bookkeeping), the masks equal a stateless selection
+    among the weights alive before the round, and `pruned` lists exactly the weights that died."""
+    g = torch.Generator().manual_seed(0)
+    alive = AliveSet({n: torch.ones(s, dtype=torch.bool) for n, s in SHAPES.items()})
+    expected = {n: m.clone() for n, m in alive.masks.items()}
+    total = sum(m.numel() for m in expected.values())
+    for t in range(1, 21):
+        density = 0.01 ** (t / 20)
+        scores = _scores(g, ties)
+        before = {n: m.clone() for n, m in alive.masks.items()}
+        expected = select_masks(scores, density, scope=scope, candidates=expected)
+        alive.update(scores, density, scope)
+        for n in SHAPES:
+            assert torch.equal(alive.masks[n], expected[n]), (t, n)
+            died = (before[n] & ~expected[n]).view(-1).nonzero().squeeze(1)
+            assert torch.equal(alive.pruned[n].sort().values, died)
+        assert alive.counts == [int(m.sum()) for m in expected.values()]
+    assert alive.index is not None and alive.kept <= COMPACT_BELOW * total  # the index bookkeeping was exercised
+    for n, idx in zip(SHAPES, alive.index):
+        assert torch.equal(idx.long(), alive.masks[n].view(-1).nonzero().squeeze(1))
+
+
+def test_a_large_one_shot_step_keeps_the_highest_and_asks_scorers_to_reread_the_masks():
+    g = torch.Generator().manual_seed(1)
+    scores = _scores(g)
+    alive = AliveSet({n: torch.ones(s, dtype=torch.bool) for n, s in SHAPES.items()})
+    alive.update(scores, 0.05)
+    assert all(torch.equal(alive.masks[n], m) for n, m in select_masks(scores, 0.05).items())
+    assert alive.pruned is None
+
+
+def test_given_masks_are_copied_unless_handed_over_and_release_empties_the_scores():
+    masks = {n: torch.ones(s, dtype=torch.bool) for n, s in SHAPES.items()}
+    scores = _scores(torch.Generator().manual_seed(2))
+    AliveSet(masks).update(scores, 0.5, release=True)
+    assert all(m.all() for m in masks.values()) and scores == {}
+    AliveSet(masks, copy=False).update(_scores(torch.Generator().manual_seed(2)), 0.5)
+    assert sum(int(m.sum()) for m in masks.values()) == round(0.5 * sum(m.numel() for m in masks.values()))
+
+
+def test_a_tensor_left_with_nothing_is_emptied():
+    alive = AliveSet({"a": torch.ones(10, dtype=torch.bool), "b": torch.ones(1000, dtype=torch.bool)})
+    alive.update({"a": torch.rand(10), "b": torch.rand(1000)}, 0.02, "layerwise")
+    assert not alive.masks["a"].any() and int(alive.masks["b"].sum()) == 20 and alive.counts == [0, 20]
+
+
+def test_bad_scope_and_impossible_counts_are_rejected():
+    alive = AliveSet({"a": torch.tensor([True, False, False, False])})
+    with pytest.raises(ValueError, match=r"`scope` must be one of \('global', 'layerwise'\), got 'local'"):
+        alive.update({"a": torch.rand(4)}, 0.5, "local")
+    with pytest.raises(ValueError, match="cannot keep 2 of 1 candidate weights"):
+        alive.update({"a": torch.rand(4)}, 0.5)
