@@ -10,18 +10,33 @@ from synflow_reference import reference_masks, reference_scores
 from conftest import BiasFreeCNN, TinyCNN
 
 
-def test_scores_equal_an_independent_computation_up_to_one_exact_power_of_two(tiny_cnn, image_batch):
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_scores_equal_an_independent_computation_up_to_one_exact_power_of_two(tiny_cnn, image_batch, dtype):
     g = torch.Generator().manual_seed(0)
     masks = {n: torch.rand(p.shape, generator=g) < 0.7 for n, p in tiny_cnn.named_parameters() if n in select_prunable(tiny_cnn)}
     tiny_cnn.bn1.running_mean.normal_()  # abs() of buffers matters only when they are not zero
-    ours = compute_scores(tiny_cnn, "synflow", masks=masks, example_input=image_batch)
-    ref, R = reference_scores(tiny_cnn, masks, image_batch.shape[1:])
+    ours = compute_scores(tiny_cnn, SynFlow(dtype), masks=masks, example_input=image_batch)
+    ref, R = reference_scores(tiny_cnn, masks, image_batch.shape[1:], getattr(torch, dtype))
     scale = 2.0 ** -math.frexp(R)[1]
     for n in masks:
-        assert ours[n].dtype == torch.float64
+        assert ours[n].dtype == getattr(torch, dtype)
         assert torch.equal(ours[n], ref[n] * scale)
         assert (ours[n][~masks[n]] == 0).all()  # masked weights score 0
         assert (ours[n][masks[n]] > 0).any()
+
+
+def test_iterative_masks_equal_a_naive_loop_that_rescores_a_fresh_copy_every_round():
+    """The linearised weights are built once and only the newly pruned ones are zeroed each round, and the
+    ranking narrows a set of living weights (indices once few are alive): none of it may change a mask."""
+    from lightning_synflow import models
+
+    torch.manual_seed(0)
+    net = models.resnet20()
+    names = select_prunable(net)
+    shape = (3, 32, 32)
+    ours = compute_masks(net, "synflow", compression=100, iterations=20, example_input=torch.ones(1, *shape))
+    ref = reference_masks(net, names, 0.01, 20, shape, torch.float32)
+    assert all(torch.equal(ours[n], ref[n]) for n in names)
 
 
 def test_conservation_law_per_neuron_and_per_layer():
@@ -74,21 +89,22 @@ def test_model_modes_are_restored_when_scoring_raises():
     assert net.training and net.fc.training
 
 
-def test_scoring_runs_in_float64_whatever_the_model_dtype(image_batch):
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_scoring_runs_in_the_scorers_dtype_whatever_the_model_dtype(image_batch, dtype):
     torch.manual_seed(0)
     net = TinyCNN().to(torch.bfloat16)
-    masks = compute_masks(net, "synflow", sparsity=0.8, iterations=5, example_input=image_batch.bfloat16())
-    scores = compute_scores(net, "synflow", masks=masks, example_input=image_batch)
-    assert all(s.dtype == torch.float64 and torch.isfinite(s).all() for s in scores.values())
+    masks = compute_masks(net, SynFlow(dtype), sparsity=0.8, iterations=5, example_input=image_batch.bfloat16())
+    scores = compute_scores(net, SynFlow(dtype), masks=masks, example_input=image_batch)
+    assert all(s.dtype == getattr(torch, dtype) and torch.isfinite(s).all() for s in scores.values())
     assert sum(int(m.sum()) for m in masks.values()) == round(0.2 * sum(m.numel() for m in masks.values()))
     assert all(p.dtype == torch.bfloat16 for p in net.parameters())
 
 
-def test_float32_option_matches_float64_on_a_shallow_net(image_batch):
+def test_float32_default_matches_float64_on_a_shallow_net(image_batch):
     torch.manual_seed(0)
     net = BiasFreeCNN()
     x = torch.zeros(1, 3, 8, 8)
-    a = compute_masks(net, SynFlow("float32"), sparsity=0.9, iterations=10, example_input=x)
+    a = compute_masks(net, "synflow", sparsity=0.9, iterations=10, example_input=x)
     b = compute_masks(net, SynFlow("float64"), sparsity=0.9, iterations=10, example_input=x)
     agree = sum(int((a[n] == b[n]).sum()) for n in a) / sum(a[n].numel() for n in a)
     assert agree > 0.999  # float32 rounding may swap near-equal neighbours at the threshold
@@ -116,7 +132,7 @@ def test_deep_cifar_resnets_prune_iteratively_without_collapse_and_equal_to_floa
     net = getattr(models, f"resnet{depth}")()
     names = select_prunable(net)
     shape = (3, 32, 32)
-    # The flow of the linearised net is far beyond float32 (3e38), which is why scoring is float64.
+    # The flow of the linearised net is far beyond float32 (3e38): the default float32 scorer moves to float64.
     _, R = reference_scores(net, _all_kept(net, names), shape)
     assert math.isfinite(R) and abs(math.log10(R) - log10_R) < 5
     _, R32 = reference_scores(net, _all_kept(net, names), shape, torch.float32)
@@ -150,7 +166,7 @@ def test_imagenet_networks_score_finite_exact_and_equal_to_float64(arch):
     assert math.isfinite(R)
     if arch == "resnet152":
         assert R > 1e200 and any(not torch.isfinite(s.float()).all() for s in ref_scores.values())
-    ours = compute_scores(net, "synflow", example_input=x)
+    ours = compute_scores(net, SynFlow("float64"), example_input=x)
     scale = 2.0 ** -math.frexp(R)[1]
     for n in names:  # bit-equal to float64 up to one exact power of two: finite, O(1), zero only where dead
         assert torch.equal(ours[n], ref_scores[n] * scale), n
