@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+from _machine import cpu_model, load_average
 from lightning_synflow import BoundMasks, select_prunable
 from lightning_synflow.models import get_model
 
@@ -207,24 +208,6 @@ def measure(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows, "mask_ops": mask_ops, "zero_check": zero_check}
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
 def _pct(x: float) -> str:
     return f"{x:+.1f}%"
 
@@ -292,7 +275,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    load_start = _load_average()
+    load_start = load_average()
     results = []
     for model_name in args.models:
         print(f"{model_name} ...", end=" ", file=sys.stderr, flush=True)
@@ -300,13 +283,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         results.append(measure(model_name, args))
         print(f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     meta = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "load_start": load_start,
-        "load_end": _load_average(),
+        "load_end": load_average(),
         "batch_size": args.batch_size,
         "steps": args.steps,
         "warmup": args.warmup,

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from _machine import PeakMemory, cpu_model, load_average
+
 DEFAULT_MODELS = ("resnet20", "vgg16_bn")
 COMPRESSION = 100.0
 NUM_CLASSES = 10
@@ -68,41 +70,11 @@ def _import_scorer_modules() -> dict[str, str]:
     return failed
 
 
-def _status_kb(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
-
-
-def _rss_kb() -> int:
-    rss = _status_kb("VmRSS")
-    if rss is not None:
-        return rss
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # no /proc: the best we have
-
-
 def measure(
     model_name: str, scorer_name: str, quick: bool, batch_size: int, seed: int, num_batches: Optional[int] = None
 ) -> dict[str, Any]:
     """One ``compute_masks`` call on a fresh model; the caller runs this in a fresh process."""
     import gc
-    import resource
 
     import torch
 
@@ -132,23 +104,18 @@ def measure(
     example_input = torch.ones(1, 3, 32, 32) if scorer.needs_input else None
 
     gc.collect()
-    before_kb = _rss_kb()
-    reset = _reset_peak()
-    start = time.perf_counter()
-    masks = compute_masks(
-        model,
-        scorer,
-        compression=COMPRESSION,
-        iterations=iterations,
-        example_input=example_input,
-        dataloader=batches,
-        num_batches=num_batches,
-    )
-    seconds = time.perf_counter() - start
-    peak_kb = _status_kb("VmHWM") if reset else None
-    method = "VmHWM reset before the call"
-    if peak_kb is None:
-        peak_kb, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "lifetime ru_maxrss"
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        masks = compute_masks(
+            model,
+            scorer,
+            compression=COMPRESSION,
+            iterations=iterations,
+            example_input=example_input,
+            dataloader=batches,
+            num_batches=num_batches,
+        )
+        seconds = time.perf_counter() - start
 
     total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
@@ -162,12 +129,12 @@ def measure(
         "num_batches": num_batches,
         "batch_size": batch_size if scorer.needs_data else None,
         "seconds": seconds,
-        "peak_mb": max(0, peak_kb - before_kb) / 1024,
-        "rss_before_mb": before_kb / 1024,
+        "peak_mb": memory.mb,
+        "rss_before_mb": memory.before_kb / 1024,
         "model_mb": params / 2**20,
         "kept": kept,
         "total": total,
-        "memory_method": method,
+        "memory_method": memory.method,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
@@ -202,21 +169,14 @@ def _run_child(model: str, scorer: str, args: argparse.Namespace) -> dict[str, A
     return json.loads(lines[-1])
 
 
-def _load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     ok = [r for r in rows if "error" not in r]
     method = ok[0]["memory_method"] if ok else "n/a"
     torch_version = ok[0]["torch"] if ok else "n/a"
     lines = [
         f"Compression {COMPRESSION:g} (density 1%), one `compute_masks` call per row, 1 thread, fresh process per row;"
-        f" torch {torch_version}, Python {platform.python_version()}, {platform.processor() or platform.machine()},"
-        f" load average {_load_average()} at the end; peak memory = peak RSS during the call minus RSS before it"
+        f" torch {torch_version}, Python {platform.python_version()}, {cpu_model()},"
+        f" load average {load_average()} at the end; peak memory = peak RSS during the call minus RSS before it"
         f" ({method}).{' QUICK RUN: not for reporting.' if args.quick else ''}",
         "",
         "| model | scorer | iterations | data | time (s) | peak memory (MB) |",

@@ -49,3 +49,34 @@ def test_mask_overhead_benchmark_quick(tmp_path):
     (zero,) = result["zero_check"]
     assert result["zero_check_passed"] and zero["nonzero"] == {"lightning_synflow": 0, "torch.nn.utils.prune": 0}
     assert 0.98 < zero["pruned"] / zero["total"] < 1  # 99% pruned, at random
+
+
+def _run_benchmark(name, *args, timeout=300):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / name
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_synflow_speed_benchmark_quick(tmp_path):
+    out = tmp_path / "rows.json"
+    stdout = _run_benchmark(
+        "synflow_speed.py", "--quick", "--methods", "lightning_synflow", "lightning_synflow float64", "--json", str(out)
+    )
+    assert "| model | method | floor: bare fwd+bwd (s) | pruning (s) | pruning / floor |" in stdout
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["lightning_synflow", "lightning_synflow float64"]
+    for r in rows:
+        assert r["model"] == "resnet20" and r["iterations"] == 2 and r["threads"] == 1
+        assert r["kept"] == round(r["total"] / 100) and r["total"] == 270_896
+        assert r["floor_s"] > 0 and r["seconds"] > 0 and r["peak_mb"] >= 0
+    assert rows[1]["not_in_float64"] == 0  # the float64 row compared with itself
+
+
+def test_synflow_scale_benchmark_quick(tmp_path):
+    out = tmp_path / "rows.json"
+    stdout = _run_benchmark("synflow_scale.py", "--quick", "--blocks", "1", "2", "--width", "32", "--json", str(out))
+    assert "| prunable weights | blocks | floor (s) | pruning (s) |" in stdout
+    rows = json.loads(out.read_text())
+    assert [r["prunable"] for r in rows] == [8 * 32**2 + 320, 2 * 8 * 32**2 + 320]  # blocks + the 10-way head
+    assert all(r["kept"] == round(r["prunable"] / 100) and r["mask_bytes"] == r["prunable"] for r in rows)

@@ -1,0 +1,246 @@
+"""SynFlow's pruning time and peak memory against its floor and against the published algorithm.
+
+For each model (CIFAR shapes, 10 classes) and each method, a fresh process (``OMP_NUM_THREADS`` set to
+``--threads``) measures, one after the other in that process:
+
+- **floor**: ``--iterations`` bare forward+backward passes of the model itself (float32, eval mode, the
+  all-ones input of batch 1, gradients of the summed output for every parameter): what any SynFlow
+  implementation must at least spend;
+- **the method**: ``--iterations`` rounds of SynFlow at compression ``--compression`` (exponential schedule):
+  - ``lightning_synflow``: ``compute_masks(model, "synflow", ...)``, the default (float32, falls back to
+    float64 on overflow);
+  - ``lightning_synflow float64``: ``SynFlow(dtype="float64")``;
+  - ``published loop``: a re-implementation, for timing on the same machine, of the operations the
+    authors' code performs each round: linearise the model in place (signs kept as float tensors),
+    masks as float tensors multiplied into the weights in the forward (``torch.nn.utils.prune``-style
+    hooks), scores ``|grad * param|`` cloned, and a global ``torch.kthvalue`` over every score
+    concatenated, pruning everything ``<=`` it.
+
+Time is wall clock; the ratio ``method / floor`` comes from the same process. Memory is the peak RSS
+growth during the method (VmHWM reset right before it) in multiples of the prunable float32 weights'
+bytes. The parent also compares the masks: how many kept weights the float32 default and the published
+loop keep that the float64 masks do not.
+
+    OMP_NUM_THREADS=1 python benchmarks/synflow_speed.py                 # 1 thread, vgg16_bn + resnet18
+    python benchmarks/synflow_speed.py --threads 2                       # all cores of this machine
+    python benchmarks/synflow_speed.py --quick                           # smoke test: 2 rounds, resnet20
+
+Measure on an otherwise idle machine (the header prints the load average).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from _machine import PeakMemory, cpu_model, load_average
+
+METHODS = ("lightning_synflow", "lightning_synflow float64", "published loop")
+
+
+def _floor(model: Any, x: Any, iterations: int) -> float:
+    """Seconds for ``iterations`` bare forward+backward passes (after one warm-up pass)."""
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    model(x).sum().backward()
+    start = time.perf_counter()
+    for _ in range(iterations):
+        model.zero_grad(set_to_none=True)
+        model(x).sum().backward()
+    seconds = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    return seconds
+
+
+def published_loop(model: Any, x: Any, names: list[str], compression: float, iterations: int) -> dict[str, Any]:
+    """The published SynFlow loop's operations (see the module docstring); returns bool masks. Leaves the
+    model linearised and hooked: run it last in its process."""
+    import torch
+    from torch.nn.utils import prune
+
+    modules = dict(model.named_modules())
+    owners = [(modules[n.rsplit(".", 1)[0]], n.rsplit(".", 1)[1]) for n in names]
+    for module, attr in owners:
+        prune.custom_from_mask(module, attr, torch.ones_like(getattr(module, attr)))
+    masked = [(getattr(m, attr + "_mask"), getattr(m, attr + "_orig")) for m, attr in owners]
+    model.eval()
+    for t in range(1, iterations + 1):
+        sparsity = 1.0 - compression ** (-t / iterations)
+        with torch.no_grad():  # linearise: signs of every state entry kept as tensors, values made absolute
+            signs = {k: torch.sign(v) for k, v in model.state_dict().items() if v.is_floating_point()}
+            for k, v in model.state_dict().items():
+                if v.is_floating_point():
+                    v.abs_()
+        model.zero_grad()
+        model(torch.ones_like(x)).sum().backward()
+        scores = [torch.clone(p.grad * p).detach().abs_() for _, p in masked]
+        for _, p in masked:
+            p.grad.data.zero_()
+        with torch.no_grad():  # restore the signs
+            for k, v in model.state_dict().items():
+                if k in signs:
+                    v.mul_(signs[k])
+        flat = torch.cat([torch.flatten(s) for s in scores])
+        k = int(sparsity * flat.numel())
+        if k >= 1:
+            threshold, _ = torch.kthvalue(flat, k)
+            zero, one = torch.tensor([0.0]), torch.tensor([1.0])
+            for (mask, _), s in zip(masked, scores):
+                mask.copy_(torch.where(s <= threshold, zero, one))
+    return {n: mask.bool() for n, (mask, _) in zip(names, masked)}
+
+
+def measure(model_name: str, method: str, args: argparse.Namespace, masks_out: Optional[str]) -> dict[str, Any]:
+    """One method on a fresh model in this (fresh) process: its floor, then the method."""
+    import gc
+
+    import torch
+
+    from lightning_synflow import SynFlow, compute_masks, select_prunable
+    from lightning_synflow.models import get_model
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = get_model(model_name, num_classes=10)
+    names = select_prunable(model)
+    prunable_mb = sum(p.numel() * 4 for n, p in model.named_parameters() if n in names) / 2**20
+    x = torch.ones(1, 3, 32, 32)
+    floor = _floor(model, x, args.iterations)
+    gc.collect()
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        if method == "published loop":
+            masks = published_loop(model, x, names, args.compression, args.iterations)
+        else:
+            scorer = SynFlow("float64" if method.endswith("float64") else "float32")
+            masks = compute_masks(model, scorer, compression=args.compression, iterations=args.iterations, example_input=x)
+        seconds = time.perf_counter() - start
+    if masks_out:
+        torch.save(masks, masks_out)
+    return {
+        "model": model_name,
+        "method": method,
+        "threads": torch.get_num_threads(),
+        "iterations": args.iterations,
+        "compression": args.compression,
+        "floor_s": floor,
+        "seconds": seconds,
+        "ratio": seconds / floor,
+        "peak_mb": memory.mb,
+        "memory_method": memory.method,
+        "prunable_mb": prunable_mb,
+        "peak_x_prunable": memory.mb / prunable_mb,
+        "kept": sum(int(m.sum()) for m in masks.values()),
+        "total": sum(m.numel() for m in masks.values()),
+        "torch": torch.__version__,
+    }
+
+
+def _run_child(model: str, method: str, args: argparse.Namespace, masks_out: str) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", model, method, "--masks-out", masks_out,
+           "--threads", str(args.threads), "--iterations", str(args.iterations), "--compression", str(args.compression),
+           "--seed", str(args.seed)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"model": model, "method": method, "error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def _differences(masks_dir: Path, model: str) -> dict[str, int]:
+    """Kept weights of each method that the float64 masks do not keep."""
+    import torch
+
+    ref_path = masks_dir / f"{model}-lightning_synflow float64.pt"
+    if not ref_path.exists():
+        return {}
+    ref = torch.load(ref_path)
+    out = {}
+    for method in METHODS:
+        path = masks_dir / f"{model}-{method}.pt"
+        if path.exists():
+            masks = torch.load(path)
+            out[method] = sum(int((masks[n] & ~ref[n]).sum()) for n in ref)
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    lines = [
+        f"SynFlow, {args.iterations} rounds, compression {args.compression:g}, {args.threads} thread(s), fresh process per"
+        f" row; {cpu_model()}, {os.cpu_count()} cores, torch {next((r['torch'] for r in rows if 'torch' in r), '?')},"
+        f" Python {platform.python_version()}, load average {load_average()} at the end."
+        f"{' QUICK RUN: not for reporting.' if args.quick else ''}",
+        "",
+        "| model | method | floor: bare fwd+bwd (s) | pruning (s) | pruning / floor | peak memory (MB) | x prunable bytes |"
+        " kept not in float64 masks |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['method']} | | error: {r['error']} | | | | |")
+            continue
+        diff = "" if r.get("not_in_float64") is None else f"{r['not_in_float64']:,} of {r['kept']:,}"
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['floor_s']:.2f} | {r['seconds']:.2f} | {r['ratio']:.2f} |"
+            f" {r['peak_mb']:.0f} | {r['peak_x_prunable']:.2f} | {diff} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["vgg16_bn", "resnet18"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--compression", type=float, default=100.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="2 rounds on resnet20: a smoke test")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw rows to this file")
+    parser.add_argument("--child", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--masks-out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for name in ("threads", "iterations"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if not (math.isfinite(args.compression) and args.compression >= 1):
+        parser.error(f"--compression must be a finite number >= 1, got {args.compression}")
+    if args.quick:
+        args.models, args.iterations = ["resnet20"], 2
+    if args.child:
+        print(json.dumps(measure(*args.child, args, args.masks_out)))
+        return 0
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            for method in args.methods:
+                print(f"{model} / {method} ...", end=" ", file=sys.stderr, flush=True)
+                row = _run_child(model, method, args, str(Path(tmp) / f"{model}-{method}.pt"))
+                print(row.get("error") or f"{row['seconds']:.1f} s ({row['ratio']:.2f}x floor), {row['peak_mb']:.0f} MB",
+                      file=sys.stderr, flush=True)
+                rows.append(row)
+            for row in rows:
+                if row["model"] == model and "error" not in row:
+                    diff = _differences(Path(tmp), model).get(row["method"])
+                    if diff is not None:
+                        row["not_in_float64"] = diff
+    print(markdown(rows, args))
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
