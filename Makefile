@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
-# The CPU-scale accuracy-vs-sparsity study (about 40 min on 2 cores; resumable): needs Debian's
+# The CPU-scale accuracy-vs-sparsity study (about 45-55 min on 2 cores; resumable): needs Debian's
 # dataset-fashion-mnist (apt-get install dataset-fashion-mnist). Not part of `make test`.
 STUDY := docs/results/fashion_mnist_lenet5
 study: $(STAMP)

@@ -1,7 +1,7 @@
 """SynFlow's pruning time and peak memory against its floor and against the published algorithm.
 
 For each model (CIFAR shapes, 10 classes) and each method, a fresh process (``OMP_NUM_THREADS`` set to
-``--threads``) measures, one after the other in that process:
+``--threads``) measures the method and then, in the same process, its floor:
 
 - **floor**: ``--iterations`` bare forward+backward passes of the model itself (float32, eval mode, the
   all-ones input of batch 1, gradients of the summed output for every parameter): what any SynFlow
@@ -17,11 +17,11 @@ For each model (CIFAR shapes, 10 classes) and each method, a fresh process (``OM
     concatenated, pruning everything ``<=`` it.
 
 Time is wall clock; the ratio ``method / floor`` comes from the same process. Memory is the peak RSS
-growth during the method (VmHWM reset right before it) in multiples of the prunable float32 weights'
-bytes. The parent also compares the masks: how many kept weights the float32 default and the published
+growth during the method (VmHWM reset right before it; the method runs first, so no earlier allocation
+is reused) in multiples of the prunable float32 weights' bytes. The parent also compares the masks: how many kept weights the float32 default and the published
 loop keep that the float64 masks do not.
 
-    OMP_NUM_THREADS=1 python benchmarks/synflow_speed.py                 # 1 thread, vgg16_bn + resnet18
+    OMP_NUM_THREADS=1 python benchmarks/synflow_speed.py --repeat 3      # 1 thread, vgg16_bn + resnet18
     python benchmarks/synflow_speed.py --threads 2                       # all cores of this machine
     python benchmarks/synflow_speed.py --quick                           # smoke test: 2 rounds, resnet20
 
@@ -63,7 +63,7 @@ def _floor(model: Any, x: Any, iterations: int) -> float:
 
 def published_loop(model: Any, x: Any, names: list[str], compression: float, iterations: int) -> dict[str, Any]:
     """The published SynFlow loop's operations (see the module docstring); returns bool masks. Leaves the
-    model linearised and hooked: run it last in its process."""
+    model hooked and pruned."""
     import torch
     from torch.nn.utils import prune
 
@@ -114,9 +114,8 @@ def measure(model_name: str, method: str, args: argparse.Namespace, masks_out: O
     names = select_prunable(model)
     prunable_mb = sum(p.numel() * 4 for n, p in model.named_parameters() if n in names) / 2**20
     x = torch.ones(1, 3, 32, 32)
-    floor = _floor(model, x, args.iterations)
     gc.collect()
-    with PeakMemory() as memory:
+    with PeakMemory() as memory:  # first: memory the floor's gradients left in the allocator would hide growth
         start = time.perf_counter()
         if method == "published loop":
             masks = published_loop(model, x, names, args.compression, args.iterations)
@@ -124,6 +123,9 @@ def measure(model_name: str, method: str, args: argparse.Namespace, masks_out: O
             scorer = SynFlow("float64" if method.endswith("float64") else "float32")
             masks = compute_masks(model, scorer, compression=args.compression, iterations=args.iterations, example_input=x)
         seconds = time.perf_counter() - start
+    if method == "published loop":
+        model = get_model(model_name, num_classes=10)  # the loop left this one linearised and hooked
+    floor = _floor(model, x, args.iterations)
     if masks_out:
         torch.save(masks, masks_out)
     return {
@@ -158,6 +160,17 @@ def _run_child(model: str, method: str, args: argparse.Namespace, masks_out: str
     return json.loads(lines[-1])
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median pruning/floor ratio, with the spread of all runs (machine noise shows here)."""
+    ok = sorted((r for r in runs if "error" not in r), key=lambda r: r["ratio"])
+    if not ok:
+        return runs[0]
+    row = dict(ok[(len(ok) - 1) // 2])
+    row.update(runs=len(ok), ratio_min=ok[0]["ratio"], ratio_max=ok[-1]["ratio"],
+               peak_mb_max=max(r["peak_mb"] for r in ok))
+    return row
+
+
 def _differences(masks_dir: Path, model: str) -> dict[str, int]:
     """Kept weights of each method that the float64 masks do not keep."""
     import torch
@@ -178,7 +191,7 @@ def _differences(masks_dir: Path, model: str) -> dict[str, int]:
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"SynFlow, {args.iterations} rounds, compression {args.compression:g}, {args.threads} thread(s), fresh process per"
-        f" row; {cpu_model()}, {os.cpu_count()} cores, torch {next((r['torch'] for r in rows if 'torch' in r), '?')},"
+        f" run, {args.repeat} run(s) per row (the median ratio, min-max); {cpu_model()}, {os.cpu_count()} cores, torch {next((r['torch'] for r in rows if 'torch' in r), '?')},"
         f" Python {platform.python_version()}, load average {load_average()} at the end."
         f"{' QUICK RUN: not for reporting.' if args.quick else ''}",
         "",
@@ -191,8 +204,9 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             lines.append(f"| {r['model']} | {r['method']} | | error: {r['error']} | | | | |")
             continue
         diff = "" if r.get("not_in_float64") is None else f"{r['not_in_float64']:,} of {r['kept']:,}"
+        spread = f" ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})" if r.get("runs", 1) > 1 else ""
         lines.append(
-            f"| {r['model']} | {r['method']} | {r['floor_s']:.2f} | {r['seconds']:.2f} | {r['ratio']:.2f} |"
+            f"| {r['model']} | {r['method']} | {r['floor_s']:.2f} | {r['seconds']:.2f} | {r['ratio']:.2f}{spread} |"
             f" {r['peak_mb']:.0f} | {r['peak_x_prunable']:.2f} | {diff} |"
         )
     return "\n".join(lines)
@@ -206,12 +220,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--compression", type=float, default=100.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1, help="fresh runs per row; the table shows the median ratio (min-max)")
     parser.add_argument("--quick", action="store_true", help="2 rounds on resnet20: a smoke test")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw rows to this file")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     parser.add_argument("--masks-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("threads", "iterations"):
+    for name in ("threads", "iterations", "repeat"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
     if not (math.isfinite(args.compression) and args.compression >= 1):
@@ -227,10 +242,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         for model in args.models:
             for method in args.methods:
                 print(f"{model} / {method} ...", end=" ", file=sys.stderr, flush=True)
-                row = _run_child(model, method, args, str(Path(tmp) / f"{model}-{method}.pt"))
-                print(row.get("error") or f"{row['seconds']:.1f} s ({row['ratio']:.2f}x floor), {row['peak_mb']:.0f} MB",
-                      file=sys.stderr, flush=True)
-                rows.append(row)
+                runs = []
+                for _ in range(args.repeat):
+                    row = _run_child(model, method, args, str(Path(tmp) / f"{model}-{method}.pt"))
+                    print(row.get("error") or f"{row['seconds']:.1f} s ({row['ratio']:.2f}x floor), {row['peak_mb']:.0f} MB",
+                          end=" ", file=sys.stderr, flush=True)
+                    runs.append(row)
+                print(file=sys.stderr)
+                rows.append(_median_run(runs))
             for row in rows:
                 if row["model"] == model and "error" not in row:
                     diff = _differences(Path(tmp), model).get(row["method"])

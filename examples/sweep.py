@@ -113,10 +113,9 @@ PAPER_GRID = tuple(x / 4 for x in range(1, 13))  # 10^0.25 ... 10^3 (10^0 is the
 PRESETS: dict[str, Preset] = {
     # The CPU study (2 cores, offline): LeNet-5 with 1024-256 fully connected layers (676,854 prunable
     # weights), 4 epochs on 30,000 training images, validated on the 10,000 test images every epoch.
-    # Pilot (synflow, 10^2, seed 0, one thread, on this 2-core machine while others were using it): 42.8 CPU s
-    # (50 s wall), of which pruning 2.3 s; test accuracy 87.2%. 6 methods x 5 compressions x 3 seeds + 3 dense
-    # = 93 runs ~ 93 x 43 CPU s ~ 67 CPU-minutes ~ 33-40 minutes with --jobs 2 on 2 free cores, plus 3 runs
-    # (~1.5 min) per method and step that still trains beyond 10^3 (--extend).
+    # 6 methods x 5 compressions x 3 seeds + 3 dense = 93 runs of ~45 CPU s each, plus 3 runs per method and
+    # step that still trains beyond 10^3 (--extend): the committed study was 108 runs, 82 CPU-minutes, 55 min
+    # wall with --jobs 2 on this 2-core machine (which was doing other work too).
     "fashion-mnist": Preset(
         config=CONFIGS / "fashion_mnist_lenet5.yaml",
         dataset="fashion-mnist",
