@@ -71,15 +71,43 @@ def extract_extremes(
     flats: list[Tensor], cands: list[Optional[Tensor]], counts: list[int], m: int, *, lowest: bool
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Scores and flat positions, per tensor, of at least the ``m`` lowest (highest) candidates: every
-    candidate beyond a bracket drawn from a sample. Afterwards ``flats`` are no longer needed."""
+    candidate strictly beyond a bracket drawn from a sample and, if those are too few, just the candidates
+    equal to the bracket that the order reaches first (a block of exact ties, e.g. zero scores, is never
+    extracted whole). Afterwards ``flats`` are no longer needed."""
     n = sum(counts)
     sample = _sample(flats, cands, counts)
     for margin in (1.25, 2.0, 4.0, 16.0, math.inf):
         bound = _bracket(sample, m / n, margin, lowest)
         found = [_beyond(f, c, bound, lowest) for f, c in zip(flats, cands)]
-        if sum(p.numel() for p in found) >= m:
+        short = m - sum(p.numel() for p in found)
+        if short <= 0:
+            break
+        ties = _ties(flats, cands, bound, short, lowest)
+        if ties is not None:
+            found = [torch.cat([p, t]).sort().values if t.numel() else p for p, t in zip(found, ties)]
             break
     return [f[p] for f, p in zip(flats, found)], found
+
+
+def _ties(
+    flats: list[Tensor], cands: list[Optional[Tensor]], bound: Optional[Tensor], needed: int, lowest: bool
+) -> Optional[list[Tensor]]:
+    """Positions of the ``needed`` candidates equal to ``bound`` that come first in the order (the last ones
+    in (tensor, position) order when dropping the lowest, the first ones when keeping the highest), or
+    None if there are fewer."""
+    if bound is None:
+        return None
+    eq = [(f == bound) if c is None else (f == bound) & c for f, c in zip(flats, cands)]
+    if sum(int(torch.count_nonzero(e)) for e in eq) < needed:
+        return None
+    taken = [f.new_empty(0, dtype=torch.long) for f in flats]
+    for i in reversed(range(len(flats))) if lowest else range(len(flats)):
+        if needed == 0:
+            break
+        at = eq[i].nonzero().squeeze(1)
+        taken[i] = at[-needed:] if lowest else at[:needed]
+        needed -= taken[i].numel()
+    return taken
 
 
 def choose_extremes(values: list[Tensor], positions: list[Tensor], m: int, *, lowest: bool) -> list[Tensor]:
@@ -121,11 +149,11 @@ def _bracket(sample: Tensor, fraction: float, margin: float, lowest: bool) -> Op
 
 
 def _beyond(flat: Tensor, cand: Optional[Tensor], bound: Optional[Tensor], lowest: bool) -> Tensor:
-    """Flat positions of the candidates at or beyond ``bound`` (all candidates if it is None)."""
+    """Flat positions of the candidates strictly beyond ``bound`` (all candidates if it is None)."""
     if bound is None:
         hit = torch.ones_like(flat, dtype=torch.bool) if cand is None else cand
     else:
-        hit = flat <= bound if lowest else flat >= bound
+        hit = flat < bound if lowest else flat > bound
         if cand is not None:
             hit &= cand
     return hit.nonzero().squeeze(1)

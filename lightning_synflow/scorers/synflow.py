@@ -116,10 +116,17 @@ def _scores(
     if not math.isfinite(r):
         return None
     scale = 2.0 ** -math.frexp(r)[1] if r > 0 else 1.0  # exact: R * scale in [0.5, 1)
-    grads = torch.autograd.grad(R, weights, grad_outputs=torch.tensor(scale, dtype=R.dtype), allow_unused=True)
+    grads = list(torch.autograd.grad(R, weights, grad_outputs=torch.tensor(scale, dtype=R.dtype), allow_unused=True))
     scores = {}
-    for name, w, g in zip(masks, weights, grads):
-        s = torch.zeros_like(w, requires_grad=False) if g is None else g.mul_(w.detach()).abs_()
+    for i, (name, w) in enumerate(zip(masks, weights)):
+        g, grads[i] = grads[i], None
+        if g is None:
+            s = torch.zeros_like(w, requires_grad=False)
+        elif g.is_contiguous():
+            s = g.mul_(w.detach()).abs_()
+        else:  # Linear's weight gradient arrives transposed; ranking needs flat views, not copies of every score
+            s = torch.mul(w.detach(), g).abs_()
+        del g
         if not torch.isfinite(s.sum()):  # each layer's scores sum to about R * scale <= 1: no false alarms
             return None
         scores[name] = s
