@@ -1,11 +1,15 @@
-"""What every benchmark reports about where it ran, and how it reads a call's own peak memory (Linux)."""
+"""What every benchmark reports about where it ran, how it reads a call's own peak memory (Linux), and how
+it runs a measurement in a fresh process."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
-from typing import Optional
+import subprocess
+from pathlib import Path
+from typing import Any, Optional
 
 
 def cpu_model() -> str:
@@ -67,3 +71,26 @@ class PeakMemory:
         if peak is None:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         self.mb = max(0, peak - self.before_kb) / 1024
+
+
+def run_json_child(cmd: list[str], threads: int, timeout: Optional[float] = None) -> dict[str, Any]:
+    """Run ``cmd`` (a benchmark re-invoking itself) with ``threads`` OpenMP/MKL threads and return the last JSON
+    line it printed, or ``{"error": ...}`` with the reason (exit status and last stderr line, or the timeout)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def report(table: str, rows: list[dict[str, Any]], json_path: Optional[Path]) -> int:
+    """Print the table, write the raw rows if asked, and return the exit status: 1 if any row failed."""
+    print(table)
+    if json_path is not None:
+        json_path.write_text(json.dumps(rows, indent=1))
+    return 1 if any("error" in r for r in rows) else 0

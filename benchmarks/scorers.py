@@ -31,15 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from _machine import PeakMemory, cpu_model, load_average
+from _machine import PeakMemory, cpu_model, load_average, report, run_json_child
 
 DEFAULT_MODELS = ("resnet20", "vgg16_bn")
 COMPRESSION = 100.0
@@ -157,16 +155,8 @@ def _run_child(model: str, scorer: str, args: argparse.Namespace) -> dict[str, A
         cmd.append("--quick")
     if args.num_batches is not None:
         cmd += ["--num-batches", str(args.num_batches)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"model": model, "scorer": scorer, "error": f"timed out after {args.timeout} s"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"model": model, "scorer": scorer, "error": f"exit {proc.returncode}: {tail}"}
-    return json.loads(lines[-1])
+    row = run_json_child(cmd, threads=1, timeout=args.timeout)
+    return {"model": model, "scorer": scorer, **row} if "error" in row else row
 
 
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -233,10 +223,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             row = _run_child(model, scorer, args)
             print(row.get("error") or f"{row['seconds']:.2f} s, {row['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
             rows.append(row)
-    print(markdown(rows, args))
-    if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=1))
-    return 1 if any("error" in r for r in rows) else 0
+    return report(markdown(rows, args), rows, args.json)
 
 
 if __name__ == "__main__":

@@ -22,13 +22,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from _machine import PeakMemory, cpu_model, load_average
+from _machine import PeakMemory, cpu_model, load_average, report, run_json_child
 
 WIDTH = 1152  # 8 * 1152^2 = 10.6 M prunable weights per block
 DEFAULT_BLOCKS = (1, 10, 95)  # 10.6 M, 106 M, 1.01 B
@@ -153,21 +152,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(blocks), "--width", str(args.width),
                "--threads", str(args.threads), "--iterations", str(args.iterations), "--compression", str(args.compression),
                "--floor-passes", str(args.floor_passes)]
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            row: dict[str, Any] = {"blocks": blocks, "error": f"exit {proc.returncode}: {tail}"}
-        else:
-            row = json.loads(lines[-1])
+        row = run_json_child(cmd, args.threads)
+        if "error" in row:
+            row = {"blocks": blocks, **row}
         print(row.get("error") or f"{row['seconds']:.1f} s ({row['ratio']:.2f}x floor), {row['peak_mb'] / 1024:.2f} GB",
               file=sys.stderr, flush=True)
         rows.append(row)
-    print(markdown(rows, args))
-    if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=1))
-    return 1 if any("error" in r for r in rows) else 0
+    return report(markdown(rows, args), rows, args.json)
 
 
 if __name__ == "__main__":

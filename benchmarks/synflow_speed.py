@@ -35,14 +35,13 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from _machine import PeakMemory, cpu_model, load_average
+from _machine import PeakMemory, cpu_model, load_average, report, run_json_child
 
 METHODS = ("lightning_synflow", "lightning_synflow float64", "published loop")
 
@@ -151,13 +150,8 @@ def _run_child(model: str, method: str, args: argparse.Namespace, masks_out: str
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", model, method, "--masks-out", masks_out,
            "--threads", str(args.threads), "--iterations", str(args.iterations), "--compression", str(args.compression),
            "--seed", str(args.seed)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"model": model, "method": method, "error": f"exit {proc.returncode}: {tail}"}
-    return json.loads(lines[-1])
+    row = run_json_child(cmd, args.threads)
+    return {"model": model, "method": method, **row} if "error" in row else row
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -255,10 +249,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     diff = _differences(Path(tmp), model).get(row["method"])
                     if diff is not None:
                         row["not_in_float64"] = diff
-    print(markdown(rows, args))
-    if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=1))
-    return 1 if any("error" in r for r in rows) else 0
+    return report(markdown(rows, args), rows, args.json)
 
 
 if __name__ == "__main__":

@@ -1,42 +1,37 @@
-"""The scorer benchmark runs end to end (quick mode: one small model, one scorer, one fresh process)."""
+"""Every benchmark runs end to end in its quick mode (small models, few rounds, fresh processes)."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scorers.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run_benchmark(name, *args, timeout=300):
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 def test_scorer_benchmark_quick(tmp_path):
     out = tmp_path / "rows.json"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--models", "resnet20", "--scorers", "magnitude", "--json", str(out)],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "| model | scorer | iterations | data | time (s) | peak memory (MB) |" in proc.stdout
-    assert "| resnet20 | magnitude | 1 | none |" in proc.stdout
+    stdout = _run_benchmark("scorers.py", "--quick", "--models", "resnet20", "--scorers", "magnitude", "--json", str(out))
+    assert "| model | scorer | iterations | data | time (s) | peak memory (MB) |" in stdout
+    assert "| resnet20 | magnitude | 1 | none |" in stdout
     (row,) = json.loads(out.read_text())
     assert row["kept"] == round(row["total"] / 100) and row["total"] == 270_896  # ResNet-20 conv + linear weights
     assert row["seconds"] > 0 and row["peak_mb"] >= 0 and row["threads"] == 1
 
 
-MASK_SCRIPT = SCRIPT.with_name("mask_overhead.py")
-
-
 def test_mask_overhead_benchmark_quick(tmp_path):
     # One thread: on a busy machine, threads fighting other processes for the cores make steps seconds long.
     out = tmp_path / "mask_overhead.json"
-    proc = subprocess.run(
-        [sys.executable, str(MASK_SCRIPT), "--quick", "--models", "resnet18", "--threads", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=180,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "| model | threads | variant | median step (ms) | mean step (ms) | overhead vs dense |" in proc.stdout
+    stdout = _run_benchmark("mask_overhead.py", "--quick", "--models", "resnet18", "--threads", "1", "--json", str(out))
+    assert "| model | threads | variant | median step (ms) | mean step (ms) | overhead vs dense |" in stdout
     for variant in ("dense", "lightning_synflow", "torch.nn.utils.prune"):
-        assert f"| resnet18 | 1 | {variant} |" in proc.stdout
-    assert "| model | threads | mask_grads_ (ms) | apply_ (ms) | both (ms) | % of dense step |" in proc.stdout
+        assert f"| resnet18 | 1 | {variant} |" in stdout
+    assert "| model | threads | mask_grads_ (ms) | apply_ (ms) | both (ms) | % of dense step |" in stdout
     result = json.loads(out.read_text())
     rows = {r["variant"]: r for r in result["rows"]}
     assert set(rows) == {"dense", "lightning_synflow", "torch.nn.utils.prune"}
@@ -49,13 +44,6 @@ def test_mask_overhead_benchmark_quick(tmp_path):
     (zero,) = result["zero_check"]
     assert result["zero_check_passed"] and zero["nonzero"] == {"lightning_synflow": 0, "torch.nn.utils.prune": 0}
     assert 0.98 < zero["pruned"] / zero["total"] < 1  # 99% pruned, at random
-
-
-def _run_benchmark(name, *args, timeout=300):
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / name
-    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def test_synflow_speed_benchmark_quick(tmp_path):

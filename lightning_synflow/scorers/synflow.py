@@ -45,9 +45,10 @@ class SynFlow(Scorer):
 
     Args:
         dtype: Precision of the scoring pass, whatever the model's own dtype. ``"float32"`` (default) is
-            2-3x faster on CPU and moves to float64 by itself when ``R`` overflows; ``"float64"`` ranks
-            scores that float32 cannot tell apart (relative gaps below ~1e-6), so its masks may differ from
-            float32's in a few near-tied weights.
+            2-3x faster on CPU and moves to float64 by itself when ``R`` overflows; ``"float64"`` also ranks
+            scores that float32 cannot tell apart (relative gaps below ~1e-6). One-shot masks agree; over
+            many rounds a single near-tie decided differently cascades (VGG-16-bn, 100 rounds: 5.6% of the
+            kept weights differ), as any change of arithmetic (another BLAS, a GPU) does.
     """
 
     default_iterations = 100
@@ -124,7 +125,7 @@ def _scores(
             s = torch.zeros_like(w, requires_grad=False)
         elif g.is_contiguous():
             s = g.mul_(w.detach()).abs_()
-        else:  # Linear's weight gradient arrives transposed; ranking needs flat views, not copies of every score
+        else:  # a strided gradient: the ranking's flat views of it would be copies, one more set of scores
             s = torch.mul(w.detach(), g).abs_()
         del g
         if not torch.isfinite(s.sum()):  # each layer's scores sum to about R * scale <= 1: no false alarms
