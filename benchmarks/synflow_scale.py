@@ -9,6 +9,8 @@ the depth grows. Each size runs in a fresh process that measures, in this order:
   scaled to ``--iterations`` passes;
 - **pruning**: ``compute_masks(model, "synflow", compression=100, iterations=100)``, with its peak RSS
   growth (VmHWM reset before the call) against the prunable weights' bytes, and the bytes its masks take.
+  The floor runs first, so the pruning run may reuse memory its gradients left in the allocator (up to
+  1x the prunable bytes): the growth is a lower bound.
 
     OMP_NUM_THREADS=1 python benchmarks/synflow_scale.py --threads 1     # 10.6 M, 106 M, 1.01 B
     python benchmarks/synflow_scale.py --blocks 1 --quick                # smoke test: 2 rounds, 1 block

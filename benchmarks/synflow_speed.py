@@ -99,7 +99,7 @@ def published_loop(model: Any, x: Any, names: list[str], compression: float, ite
 
 
 def measure(model_name: str, method: str, args: argparse.Namespace, masks_out: Optional[str]) -> dict[str, Any]:
-    """One method on a fresh model in this (fresh) process: its floor, then the method."""
+    """One method on a fresh model in this (fresh) process, then its floor."""
     import gc
 
     import torch
@@ -123,7 +123,7 @@ def measure(model_name: str, method: str, args: argparse.Namespace, masks_out: O
             masks = compute_masks(model, scorer, compression=args.compression, iterations=args.iterations, example_input=x)
         seconds = time.perf_counter() - start
     if method == "published loop":
-        model = get_model(model_name, num_classes=10)  # the loop left this one linearised and hooked
+        model = get_model(model_name, num_classes=10)  # the loop left this one hooked and pruned
     floor = _floor(model, x, args.iterations)
     if masks_out:
         torch.save(masks, masks_out)
