@@ -45,6 +45,22 @@ class _SplitDataModule(LightningDataModule):
     val_set: Optional[Dataset] = None
     test_set: Optional[Dataset] = None
 
+    def _keep_split_args(
+        self, data_dir: str, download: bool, batch_size: int, num_workers: int, val_size: int, seed: int, train_pool: int
+    ) -> None:
+        """Check and keep the arguments of a data set with ``train_pool`` training images, ``val_size`` of them
+        held out (seeded) for validation."""
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be positive, got {batch_size}")
+        if not 0 <= val_size < train_pool:
+            raise ValueError(f"`val_size` must be in [0, {train_pool}), got {val_size}")
+        self.data_dir = os.path.expanduser(data_dir)
+        self.download = download
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_size = val_size
+        self.seed = seed
+
     def _loader(self, dataset: Optional[Dataset], shuffle: bool) -> DataLoader:
         return _image_loader(dataset, self.batch_size, shuffle, self.num_workers)
 
@@ -135,17 +151,8 @@ class _CIFARDataModule(_SplitDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be positive, got {batch_size}")
-        if not 0 <= val_size < 50_000:
-            raise ValueError(f"`val_size` must be in [0, 50000), got {val_size}")
+        self._keep_split_args(data_dir, download, batch_size, num_workers, val_size, seed, train_pool=50_000)
         self.save_hyperparameters()
-        self.data_dir = os.path.expanduser(data_dir)
-        self.download = download
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.val_size = val_size
-        self.seed = seed
 
     @classmethod
     def transforms(cls, train: bool):
@@ -337,20 +344,11 @@ class FashionMNISTDataModule(_SplitDataModule):
         normalize: bool = True,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be positive, got {batch_size}")
-        if not 0 <= val_size < 60_000:
-            raise ValueError(f"`val_size` must be in [0, 60000), got {val_size}")
+        self._keep_split_args(data_dir, download, batch_size, num_workers, val_size, seed, train_pool=60_000)
         if train_size is not None and not 0 < train_size <= 60_000 - val_size:
             raise ValueError(f"`train_size` must be in [1, {60_000 - val_size}] (60000 minus `val_size`) or None, got {train_size}")
         self.save_hyperparameters()
-        self.data_dir = os.path.expanduser(data_dir)
-        self.download = download
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.val_size = val_size
         self.train_size = train_size
-        self.seed = seed
         self.normalize = normalize
 
     def _find(self, stem: str) -> Optional[Path]:
