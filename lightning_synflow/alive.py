@@ -50,11 +50,17 @@ class AliveSet:
     def kept(self) -> int:
         return sum(self.counts)
 
+    @property
+    def positions(self) -> Optional[dict[str, Tensor]]:
+        """Per tensor name, the sorted flat positions of its living weights; ``None`` while many are alive."""
+        return None if self.index is None else dict(zip(self.names, self.index))
+
     def update(
         self, scores: MutableMapping[str, Tensor], density: float, scope: Scope = "global", *, release: bool = False
     ) -> None:
         """Keep the highest-scoring living weights at ``density`` of all weights: ``round(density * N)``
-        in total (``global``) or ``round(density * n_l)`` per tensor (``layerwise``).
+        in total (``global``) or ``round(density * n_l)`` per tensor (``layerwise``). ``scores[name]`` is
+        shaped like the mask or, once :attr:`positions` are listed, may hold just the living weights' scores.
 
         ``release`` empties ``scores`` as soon as they are ranked, so that the rest of the round reuses their
         memory (the pruning loop passes its own dict and holds no other reference)."""
@@ -92,8 +98,11 @@ class AliveSet:
         if self.index is None:
             pieces = [scores[n].reshape(-1) for n in names]
             cands: list[Optional[Tensor]] = [self.masks[n].view(-1) for n in names]
-        else:
-            pieces = [scores[n].reshape(-1).index_select(0, self.index[i].long()) for n, i in zip(names, ids)]
+        else:  # scores of the living weights; a scorer may have returned just those (see `positions`)
+            pieces = [
+                scores[n].reshape(-1) if scores[n].numel() == self.counts[i] else scores[n].reshape(-1).index_select(0, self.index[i])
+                for n, i in zip(names, ids)
+            ]
             cands = [None] * len(ids)
         counts = [self.counts[i] for i in ids]
         lowest = alive - k <= k  # clear the lowest few (the usual round) or set the highest few

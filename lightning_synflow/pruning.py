@@ -21,6 +21,7 @@ from lightning_synflow.parameters import select_prunable
 from lightning_synflow.ranking import SCOPES, Scope
 from lightning_synflow.schedules import Schedule, num_kept, resolve_density
 from lightning_synflow.scorers.base import (
+    ALIVE_POSITIONS,
     NEWLY_PRUNED,
     ExampleInput,
     LossFn,
@@ -71,7 +72,9 @@ def _score(model: nn.Module, scorer: Scorer, masks: Mapping[str, Tensor], contex
         raise ValueError(f"scorer {scorer!r} returned no scores for {missing}")
     # A NaN or inf anywhere makes the sum non-finite; only then look closer (large finite scores can overflow
     # a sum). An element-wise check of every score would cost more than a SynFlow round's bookkeeping.
-    bad = [n for n in masks if not torch.isfinite(scores[n].sum()) and not torch.isfinite(scores[n]).all()]
+    bad = [] if scorer.checks_finite else [
+        n for n in masks if not torch.isfinite(scores[n].sum()) and not torch.isfinite(scores[n]).all()
+    ]
     if bad:
         raise FloatingPointError(f"scorer {scorer!r} produced non-finite scores for {bad}")
     return {n: scores[n] for n in masks}
@@ -210,7 +213,7 @@ def compute_masks(
     alive = AliveSet(current, copy=masks is not None) if default_ranking else None
     for d in tqdm(steps, desc=f"pruning ({scorer.name or type(scorer).__name__})", disable=not progress, leave=False):
         if alive is not None:
-            context.cache[NEWLY_PRUNED] = alive.pruned
+            context.cache.update({NEWLY_PRUNED: alive.pruned, ALIVE_POSITIONS: alive.positions})
             current = alive.masks
         scores = _score(model, scorer, current, context)
         if invert:

@@ -68,3 +68,20 @@ def test_bad_scope_and_impossible_counts_are_rejected():
         alive.update({"a": torch.rand(4)}, 0.5, "local")
     with pytest.raises(ValueError, match="cannot keep 2 of 1 candidate weights"):
         alive.update({"a": torch.rand(4)}, 0.5)
+
+
+def test_scores_of_just_the_living_weights_rank_as_the_full_tensors():
+    """Once positions are listed, a scorer may return only the living weights' scores (in that order)."""
+    g = torch.Generator().manual_seed(3)
+    full, compact = (AliveSet({n: torch.ones(s, dtype=torch.bool) for n, s in SHAPES.items()}) for _ in range(2))
+    first = _scores(g)
+    full.update(dict(first), 0.1)
+    compact.update(dict(first), 0.1)
+    assert full.positions is not None and compact.positions is not None
+    for density in (0.09, 0.08, 0.06):
+        scores = _scores(g, ties=True)
+        living = {n: scores[n].reshape(-1)[at.long()] for n, at in compact.positions.items()}
+        full.update(scores, density)
+        compact.update(living, density)
+        assert all(torch.equal(full.masks[n], compact.masks[n]) for n in SHAPES)
+        assert all(torch.equal(full.pruned[n], compact.pruned[n]) for n in SHAPES)

@@ -39,6 +39,24 @@ def test_iterative_masks_equal_a_naive_loop_that_rescores_a_fresh_copy_every_rou
     assert all(torch.equal(ours[n], ref[n]) for n in names)
 
 
+def test_given_the_living_positions_synflow_scores_just_those_and_the_same():
+    from lightning_synflow.scorers.base import ALIVE_POSITIONS, ScoringContext
+
+    torch.manual_seed(0)
+    net = TinyCNN()
+    names = select_prunable(net)
+    g = torch.Generator().manual_seed(1)
+    masks = {n: torch.rand(p.shape, generator=g) < 0.3 for n, p in net.named_parameters() if n in names}
+    x = torch.ones(1, 3, 8, 8)
+    full = SynFlow().score(net, masks, ScoringContext(example_input=x))
+    positions = {n: m.view(-1).nonzero().squeeze(1).to(torch.int32) for n, m in masks.items()}
+    living = SynFlow().score(net, masks, ScoringContext(example_input=x, cache={ALIVE_POSITIONS: positions}))
+    for n in names:
+        assert living[n].shape == (int(masks[n].sum()),)
+        assert torch.equal(living[n], full[n].view(-1)[positions[n].long()])
+        assert (full[n][~masks[n]] == 0).all()
+
+
 def test_conservation_law_per_neuron_and_per_layer():
     torch.manual_seed(0)
     net = BiasFreeCNN()

@@ -33,6 +33,8 @@ def cross_entropy_loss(model: nn.Module, batch: Any) -> Tensor:
 
 #: Key of :attr:`ScoringContext.cache` under which the pruning loop lists the previous round's pruned positions.
 NEWLY_PRUNED = "newly_pruned"
+#: Key of :attr:`ScoringContext.cache` under which the pruning loop lists the living weights' positions.
+ALIVE_POSITIONS = "alive_positions"
 
 
 def _no_reduction(t: Tensor) -> Tensor:
@@ -52,7 +54,9 @@ class ScoringContext:
         cache: Scratch space a scorer may keep between the rounds of one pruning run (one context per
             :func:`~lightning_synflow.compute_masks` call), e.g. SynFlow's linearised weights. Before each
             round of a monotone scorer, ``cache[NEWLY_PRUNED]`` holds ``{name: flat positions}`` pruned by
-            the previous round, or ``None`` (first round, or too many to list): re-read the masks.
+            the previous round, or ``None`` (first round, or too many to list): re-read the masks; and
+            ``cache[ALIVE_POSITIONS]`` holds ``{name: sorted flat positions}`` of the living weights once few
+            are alive (else ``None``), so that a scorer may score just those (see :meth:`Scorer.score`).
     """
 
     example_input: Optional[ExampleInput] = None
@@ -89,12 +93,17 @@ class Scorer(ABC):
     needs_data: ClassVar[bool] = False
     #: Batches drawn for scoring when the caller does not say.
     default_num_batches: ClassVar[int] = 1
+    #: :meth:`score` itself makes sure its scores are finite, so the pruning loop does not check them again
+    #: (a pass over every score in every round).
+    checks_finite: ClassVar[bool] = False
 
     @abstractmethod
     def score(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:
         """One score per weight of every tensor named in ``masks``, shaped like it, on the network as
         currently masked (``masks[name]`` is ``True`` where a weight is kept). The pruning loop narrows
-        ``masks`` in place between rounds: copy them to keep them."""
+        ``masks`` in place between rounds: copy them to keep them. When ``context.cache[ALIVE_POSITIONS]``
+        lists a tensor's living weights, its scores may instead be a 1-D tensor of the scores at those
+        positions, in that order (pruned weights cannot be kept, so their scores are never read)."""
 
     def densities(self, final_density: float, iterations: int, schedule: Schedule) -> list[float]:
         """The density after each pruning round; the default is the Trainer-wide schedule (exponential or

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils._pytree import tree_leaves
 
-from lightning_synflow.scorers.base import NEWLY_PRUNED, ExampleInput, Scorer, ScoringContext, register_scorer
+from lightning_synflow.scorers.base import ALIVE_POSITIONS, NEWLY_PRUNED, ExampleInput, Scorer, ScoringContext, register_scorer
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -53,6 +53,7 @@ class SynFlow(Scorer):
 
     default_iterations = 100
     needs_input = True
+    checks_finite = True
 
     def __init__(self, dtype: Literal["float32", "float64"] = "float32") -> None:
         if dtype not in _DTYPES:
@@ -65,9 +66,10 @@ class SynFlow(Scorer):
         model.eval()
         first = context.cache.get("synflow_dtype", _DTYPES[self.dtype])
         for dtype in [first] + ([torch.float64] if first != torch.float64 else []):
-            context.cache["synflow_dtype"] = dtype
-            scores = _scores(model, _linearised(model, masks, dtype, context.cache), masks, context.example_input)
+            alive = context.cache.get(ALIVE_POSITIONS)
+            scores = _scores(model, _linearised(model, masks, dtype, context.cache), masks, context.example_input, alive)
             if scores is not None:
+                context.cache["synflow_scored_in_place"] = alive is None
                 return scores
         raise FloatingPointError(
             f"SynFlow overflowed in float64: the synaptic flow R of {type(model).__name__} exceeds the float64 "
@@ -77,36 +79,55 @@ class SynFlow(Scorer):
 
 @torch.no_grad()
 def _linearised(model: nn.Module, masks: Mapping[str, Tensor], dtype: torch.dtype, cache: dict) -> dict[str, Tensor]:
-    """|parameters| and |floating buffers| in ``dtype``, pruned weights zero, the prunable ones leaves that
-    require grad. Built once per run and dtype (``cache``); later rounds zero just the weights pruned since
-    (``cache[NEWLY_PRUNED]``), or re-apply every mask when those are not listed."""
-    state = cache.get(f"synflow_state_{dtype}")
-    pruned = cache.get(NEWLY_PRUNED)
-    if state is not None and pruned is not None:  # only the weights pruned since the last round change
-        for name, positions in pruned.items():
-            state[name].view(-1).index_fill_(0, positions, 0)
-        return state
+    """|parameters| and |floating buffers| in ``dtype``, the prunable ones leaves that require grad, pruned
+    weights ``-0.0``: zero to the network, and their sign bit marks them pruned where the tensor has been
+    overwritten by scores (``w * |g|`` keeps it), so that one ``copysign`` restores every living weight.
+
+    Built once per run and dtype (``cache``); later rounds restore the tensors that were scored in place
+    and mark just the weights pruned since (``cache[NEWLY_PRUNED]``), or re-apply every mask when those are
+    not listed."""
+    key = f"synflow_state_{dtype}"
+    state = cache.get(key)
     if state is None:
-        state = {name: p.detach().to(dtype, copy=True).abs_() for name, p in model.named_parameters()}
+        state = {  # contiguous, so that gradients (laid out like their tensor) are scored in place
+            name: p.detach().to(dtype, memory_format=torch.contiguous_format, copy=True).abs_()
+            for name, p in model.named_parameters()
+        }
         for name, b in model.named_buffers():
             state[name] = b.detach().to(dtype, copy=True).abs_() if b.is_floating_point() else b
-        for name in masks:
-            state[name].requires_grad_(True)
-        for stale in [key for key in cache if key.startswith("synflow_state_")]:
+        for name, m in masks.items():
+            state[name].masked_fill_(~m, -0.0).requires_grad_(True)
+        for stale in [k for k in cache if k.startswith("synflow_state_")]:
             del cache[stale]  # the state of a dtype that overflowed
-        cache[f"synflow_state_{dtype}"] = state
-        cache["synflow_dtype"] = dtype
+        cache.update({key: state, "synflow_dtype": dtype, "synflow_scored_in_place": False})
+        return state
+    params = dict(model.named_parameters())
+    pruned = cache.get(NEWLY_PRUNED)
     for name, m in masks.items():
-        if not m.all():
-            state[name].masked_fill_(~m, 0)
+        w = state[name]
+        if cache["synflow_scored_in_place"]:  # |θ| where the score was >= +0, -0.0 where it was -0.0
+            torch.copysign(params[name].detach(), w, out=w).clamp_min_(-0.0)
+        if pruned is None:
+            w.masked_fill_(~m, -0.0)
+        else:
+            w.view(-1).index_fill_(0, pruned[name], -0.0)
+    cache["synflow_scored_in_place"] = False
     return state
 
 
 def _scores(
-    model: nn.Module, state: Mapping[str, Tensor], masks: Mapping[str, Tensor], example_input: ExampleInput
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    masks: Mapping[str, Tensor],
+    example_input: ExampleInput,
+    alive: Optional[Mapping[str, Tensor]],
 ) -> Optional[dict[str, Tensor]]:
     """``|θ ⊙ ∂R/∂θ|`` scaled by the power of two that brings ``R`` to [0.5, 1), or ``None`` if anything
-    overflowed."""
+    overflowed. With ``alive`` (flat positions of the living weights) only those are scored, as 1-D tensors.
+
+    Each tensor is scored the moment backward has its gradient (a post-accumulate hook), which is freed
+    right away: without ``alive`` the scores overwrite the linearised weights (restored next round), so
+    scoring holds one tensor's gradient at a time instead of a second copy of every weight."""
     weights = [state[n] for n in masks]
     inputs = all_ones_input(example_input, weights[0].dtype)
     outputs = functional_call(model, dict(state), inputs if isinstance(inputs, tuple) else (inputs,))
@@ -117,18 +138,32 @@ def _scores(
     if not math.isfinite(r):
         return None
     scale = 2.0 ** -math.frexp(r)[1] if r > 0 else 1.0  # exact: R * scale in [0.5, 1)
-    grads = list(torch.autograd.grad(R, weights, grad_outputs=torch.tensor(scale, dtype=R.dtype), allow_unused=True))
-    scores = {}
-    for i, (name, w) in enumerate(zip(masks, weights)):
-        g, grads[i] = grads[i], None
-        if g is None:
-            s = torch.zeros_like(w, requires_grad=False)
-        elif g.is_contiguous():
-            s = g.mul_(w.detach()).abs_()
-        else:  # a strided gradient: the ranking's flat views of it would be copies, one more set of scores
-            s = torch.mul(w.detach(), g).abs_()
-        del g
-        if not torch.isfinite(s.sum()):  # each layer's scores sum to about R * scale <= 1: no false alarms
-            return None
-        scores[name] = s
-    return scores
+    scores: dict[str, Tensor] = {}
+    sums: list[Tensor] = []  # each layer's scores sum to about R * scale <= 1: a non-finite sum is an overflow
+
+    def to_scores(name: str) -> Callable[[Tensor], None]:
+        def hook(w: Tensor) -> None:
+            g, w.grad = w.grad, None
+            if alive is None:  # w >= 0 (-0.0 if pruned), so w * |g| = |w * g| and pruned stay -0.0
+                scores[name] = w.detach().mul_(g.abs_())
+            else:
+                at = alive[name]
+                scores[name] = w.detach().view(-1).index_select(0, at).mul_(g.view(-1).index_select(0, at).abs_())
+            sums.append(scores[name].sum())
+
+        return hook
+
+    handles = [w.register_post_accumulate_grad_hook(to_scores(n)) for n, w in zip(masks, weights)]
+    try:
+        R.backward(torch.tensor(scale, dtype=R.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        for w in weights:
+            w.grad = None
+    if sums and not torch.isfinite(torch.stack(sums)).all():
+        return None
+    for name, w in zip(masks, weights):  # not reached from the output: no flow through them
+        if name not in scores:
+            scores[name] = w.new_zeros(w.shape if alive is None else alive[name].shape, requires_grad=False)
+    return {name: scores[name] for name in masks}
