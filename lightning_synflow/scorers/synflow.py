@@ -10,8 +10,11 @@ layer gains: it overflows float32 (3.4e38) from CIFAR ResNet-32 on (1e139 on Res
 ImageNet ResNet-152). Scoring runs in float32 (the model's precision and the published code's) and
 switches to float64 for the rest of the run the first time ``R`` or a score is not finite.
 
-Speed: the linearised weights are built once per pruning run and only masked afresh in later rounds
-(pruned weights stay pruned), so a round costs one forward and backward pass plus the ranking.
+Speed and memory: the linearised weights are built once per pruning run. Each tensor is scored the moment
+backward has its gradient, in place of its linearised weights, and the gradient is freed: a round holds
+one copy of the weights plus one tensor's gradient. The next round restores the living weights from the
+model with one ``copysign`` (pruned ones are kept as ``-0.0``) and marks just the newly pruned; once few
+weights are alive, only those are scored.
 """
 
 from __future__ import annotations
