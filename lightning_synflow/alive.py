@@ -4,9 +4,10 @@ Iterative pruning (SynFlow: 100 rounds) drops a few percent of the living weight
 a few dozen rounds most weights are dead. :class:`AliveSet` keeps the dense boolean masks that scorers
 read and updates them in place; once at most an eighth of the weights is alive it also keeps their
 sorted flat indices (int32 where they fit), so that gathering, bracketing and ranking the scores costs
-in proportion to the living weights instead of all of them. The indices then take at most half the
-bytes of the dense masks, which bounds pruning's peak memory. Each update records the positions it pruned (:attr:`AliveSet.pruned`), so that a
-scorer keeping masked state between rounds (SynFlow) zeroes just those.
+in proportion to the living weights instead of all of them (a scorer may even score just those:
+:attr:`AliveSet.positions`). The indices then take at most half the bytes of the dense masks, which
+bounds pruning's peak memory. Each update records the positions it pruned (:attr:`AliveSet.pruned`), so
+that a scorer keeping masked state between rounds (SynFlow) marks just those.
 
 Selection is exactly :func:`~lightning_synflow.ranking.top_k_masks`: exact counts, ties to the earlier
 tensor and then the lower flat index.
@@ -98,11 +99,9 @@ class AliveSet:
         if self.index is None:
             pieces = [scores[n].reshape(-1) for n in names]
             cands: list[Optional[Tensor]] = [self.masks[n].view(-1) for n in names]
-        else:  # scores of the living weights; a scorer may have returned just those (see `positions`)
-            pieces = [
-                scores[n].reshape(-1) if scores[n].numel() == self.counts[i] else scores[n].reshape(-1).index_select(0, self.index[i])
-                for n, i in zip(names, ids)
-            ]
+        else:  # the living weights' scores, gathered unless the scorer returned just those (`positions`)
+            flats = [(scores[n].reshape(-1), i) for n, i in zip(names, ids)]
+            pieces = [f if f.numel() == self.counts[i] else f.index_select(0, self.index[i]) for f, i in flats]
             cands = [None] * len(ids)
         counts = [self.counts[i] for i in ids]
         lowest = alive - k <= k  # clear the lowest few (the usual round) or set the highest few

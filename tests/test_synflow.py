@@ -26,8 +26,9 @@ def test_scores_equal_an_independent_computation_up_to_one_exact_power_of_two(ti
 
 
 def test_iterative_masks_equal_a_naive_loop_that_rescores_a_fresh_copy_every_round():
-    """The linearised weights are built once and only the newly pruned ones are zeroed each round, and the
-    ranking narrows a set of living weights (indices once few are alive): none of it may change a mask."""
+    """The linearised weights are built once, overwritten by scores and restored by copysign each round
+    (newly pruned marked -0.0), only the living weights are scored and ranked once few are alive: none of
+    it may change a mask."""
     from lightning_synflow import models
 
     torch.manual_seed(0)

@@ -102,19 +102,19 @@ def _linearised(model: nn.Module, masks: Mapping[str, Tensor], dtype: torch.dtyp
             state[name].masked_fill_(~m, -0.0).requires_grad_(True)
         for stale in [k for k in cache if k.startswith("synflow_state_")]:
             del cache[stale]  # the state of a dtype that overflowed
-        cache.update({key: state, "synflow_dtype": dtype, "synflow_scored_in_place": False})
+        cache.update({key: state, "synflow_dtype": dtype})
         return state
     params = dict(model.named_parameters())
     pruned = cache.get(NEWLY_PRUNED)
+    scored_in_place = cache.pop("synflow_scored_in_place", False)  # set by the last successful round
     for name, m in masks.items():
         w = state[name]
-        if cache["synflow_scored_in_place"]:  # |θ| where the score was >= +0, -0.0 where it was -0.0
+        if scored_in_place:  # |θ| where the score was >= +0, -0.0 where it was -0.0
             torch.copysign(params[name].detach(), w, out=w).clamp_min_(-0.0)
         if pruned is None:
             w.masked_fill_(~m, -0.0)
         else:
             w.view(-1).index_fill_(0, pruned[name], -0.0)
-    cache["synflow_scored_in_place"] = False
     return state
 
 
