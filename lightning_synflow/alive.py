@@ -115,25 +115,25 @@ class AliveSet:
         del extracted
         if lowest:
             for i, n, pos in zip(ids, names, positions):
-                flat = pos if self.index is None else self.index[i][pos].long()
+                flat = pos if self.index is None else self.index[i].index_select(0, pos)
                 self.masks[n].view(-1)[flat] = False
                 self.counts[i] -= pos.numel()
                 if self.index is not None:
                     keep = torch.ones_like(self.index[i], dtype=torch.bool)
                     keep[pos] = False
-                    self.index[i] = self.index[i][keep]
+                    self.index[i] = self.index[i].masked_select(keep)
                 if pruned is not None:
                     pruned[n] = flat
             return pruned
         # A large one-shot step: rebuild these masks from the kept positions.
         for i, n, pos in zip(ids, names, positions):
-            flat = pos if self.index is None else self.index[i][pos].long()
+            flat = pos if self.index is None else self.index[i].index_select(0, pos)
             mask = self.masks[n].view(-1)
             mask.zero_()
             mask[flat] = True
             self.counts[i] = pos.numel()
             if self.index is not None:
-                self.index[i] = self.index[i][pos]
+                self.index[i] = self.index[i].index_select(0, pos)
         return None  # too many pruned positions to list usefully: scorers re-read the masks
 
     def _compact_if_few(self) -> None:

@@ -8,10 +8,11 @@ How, without sorting: an iterative pruning round changes little (it drops a few 
 still alive), yet a k-th value over every score (``torch.kthvalue``, as the reference code does each
 round) costs a linear-time pass with three full copies (values and int64 indices). Here only the side
 that changes is ranked: the ``m = min(k, n - k)`` candidates to drop (or, when that is the larger side,
-the ones to keep) lie below (above) a bracket value estimated from a random sample of the candidates;
-one pass extracts everything beyond the bracket and ``m`` of those are chosen exactly. The sample decides
-only how much is extracted (a bracket that turns out too tight is widened and the pass repeated), never
-which weights are kept, and it draws from a private generator, so torch's global RNG is untouched.
+the ones to keep) lie below (above) an outer bracket value estimated from a random sample of the
+candidates; one pass extracts everything beyond it, and of those only the ones between it and an inner
+bracket (the few whose fate is uncertain) are ranked to choose exactly ``m``. The sample decides only how
+much is extracted and ranked (a bracket that turns out wrong is widened, or the whole extraction ranked),
+never which weights are kept, and it draws from a private generator, so torch's global RNG is untouched.
 """
 
 from __future__ import annotations
@@ -71,14 +72,15 @@ def extract_extremes(
     flats: list[Tensor], cands: list[Optional[Tensor]], counts: list[int], m: int, *, lowest: bool
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Scores and flat positions, per tensor, of at least the ``m`` lowest (highest) candidates: every
-    candidate strictly beyond a bracket drawn from a sample and, if those are too few, just the candidates
-    equal to the bracket that the order reaches first (a block of exact ties, e.g. zero scores, is never
+    candidate strictly beyond an outer bracket drawn from a sample and, if those are too few, just the
+    candidates equal to it that the order reaches first (a block of exact ties, e.g. zero scores, is never
     extracted whole). Afterwards ``flats`` are no longer needed."""
     n = sum(counts)
     sample = _sample(flats, cands, counts)
-    for margin in (1.25, 2.0, 4.0, 16.0, math.inf):
-        bound = _bracket(sample, m / n, margin, lowest)
-        found = [_beyond(f, c, bound, lowest) for f, c in zip(flats, cands)]
+    hits = flats[0].new_empty(max(f.numel() for f in flats), dtype=torch.bool)  # one buffer for every tensor
+    for slack in (4.0, 8.0, 16.0, 64.0, math.inf):
+        bound = _bracket(sample, m / n, slack, lowest)
+        found = [_beyond(f, c, bound, lowest, hits) for f, c in zip(flats, cands)]
         short = m - sum(p.numel() for p in found)
         if short <= 0:
             break
@@ -86,7 +88,7 @@ def extract_extremes(
         if ties is not None:
             found = [torch.cat([p, t]).sort().values if t.numel() else p for p, t in zip(found, ties)]
             break
-    return [f[p] for f, p in zip(flats, found)], found
+    return [f.index_select(0, p) for f, p in zip(flats, found)], found
 
 
 def _ties(
@@ -100,11 +102,11 @@ def _ties(
     eq = [(f == bound) if c is None else (f == bound) & c for f, c in zip(flats, cands)]
     if sum(int(torch.count_nonzero(e)) for e in eq) < needed:
         return None
-    taken = [f.new_empty(0, dtype=torch.long) for f in flats]
+    taken = [f.new_empty(0, dtype=torch.int32) for f in flats]
     for i in reversed(range(len(flats))) if lowest else range(len(flats)):
         if needed == 0:
             break
-        at = eq[i].nonzero().squeeze(1)
+        at = _compact_positions(eq[i].nonzero().squeeze(1), eq[i].numel())
         taken[i] = at[-needed:] if lowest else at[:needed]
         needed -= taken[i].numel()
     return taken
@@ -116,13 +118,34 @@ def choose_extremes(values: list[Tensor], positions: list[Tensor], m: int, *, lo
     sizes = [v.numel() for v in values]
     flat = torch.cat(values)
     # The m-th value from the chosen end; everything strictly beyond it is chosen, then ties in order.
-    t = flat.kthvalue(m if lowest else flat.numel() - m + 1).values
+    t = _kth_extreme(flat, m, lowest)
     chosen = flat < t if lowest else flat > t
     need = m - int(torch.count_nonzero(chosen))
     if need:
         ties = (flat == t).nonzero().squeeze(1)  # in (tensor, position) order
         chosen[ties[-need:] if lowest else ties[:need]] = True
-    return [p[c] for p, c in zip(positions, chosen.split(sizes))]
+    return [p.masked_select(c) for p, c in zip(positions, chosen.split(sizes))]  # faster than p[c] when most are chosen
+
+
+def _kth_extreme(flat: Tensor, m: int, lowest: bool) -> Tensor:
+    """The ``m``-th lowest (highest) value of ``flat``. Brackets from a sample narrow large inputs first (a
+    pass counts the values beyond the inner bracket and keeps just those between the two), so that
+    ``kthvalue``, whose cost per value is several passes', ranks only the few whose order matters."""
+    g = torch.Generator().manual_seed(0)
+    while flat.numel() > 4 * _SAMPLE_SIZE:
+        n = flat.numel()
+        sample = flat[torch.randint(n, (_SAMPLE_SIZE,), generator=g).to(flat.device)]
+        inner, outer = (_bracket(sample, m / n, slack, lowest) for slack in (-4.0, 4.0))
+        if inner is None or outer is None:
+            break
+        short_of_inner = flat >= inner if lowest else flat <= inner
+        beyond_inner = n - int(torch.count_nonzero(short_of_inner))
+        band = short_of_inner.logical_and_(flat <= outer if lowest else flat >= outer)
+        in_band = int(torch.count_nonzero(band))
+        if not beyond_inner < m <= beyond_inner + in_band or in_band == n:
+            break  # the sample misled: rank everything
+        flat, m = flat[band], m - beyond_inner
+    return flat.kthvalue(m if lowest else flat.numel() - m + 1).values
 
 
 def _sample(flats: list[Tensor], cands: list[Optional[Tensor]], counts: list[int]) -> Tensor:
@@ -134,29 +157,38 @@ def _sample(flats: list[Tensor], cands: list[Optional[Tensor]], counts: list[int
         size = min(f.numel(), math.ceil(_SAMPLE_SIZE * f.numel() / total)) if count else 0
         if size:
             at = torch.randint(f.numel(), (size,), generator=g).to(f.device)
-            parts.append(f[at] if c is None else f[at][c[at]])
+            at_f = f.index_select(0, at)
+            parts.append(at_f if c is None else at_f.masked_select(c.index_select(0, at)))
     return torch.cat(parts)
 
 
-def _bracket(sample: Tensor, fraction: float, margin: float, lowest: bool) -> Optional[Tensor]:
-    """A score that about ``margin * fraction`` of the candidates lie beyond (below if ``lowest``), with a
-    few standard deviations of sampling error to spare; ``None`` when that is all of them."""
+def _bracket(sample: Tensor, fraction: float, slack: float, lowest: bool) -> Optional[Tensor]:
+    """A score that ``fraction`` of the candidates lie beyond (below if ``lowest``) give or take ``slack``
+    standard deviations of the sample's rank error: positive slack puts more than that beyond it (an outer
+    bracket), negative slack fewer (an inner one). ``None`` when the rank falls outside the sample."""
     expected = fraction * sample.numel()
-    rank = math.ceil(margin * expected + 4 * math.sqrt(expected) + 16)
-    if rank >= sample.numel():
+    rank = expected + slack * (math.sqrt(expected) + 4)
+    if not 1 <= rank < sample.numel():  # also an infinite slack
         return None
+    rank = math.ceil(rank)
     return sample.kthvalue(rank if lowest else sample.numel() - rank + 1).values
 
 
-def _beyond(flat: Tensor, cand: Optional[Tensor], bound: Optional[Tensor], lowest: bool) -> Tensor:
-    """Flat positions of the candidates strictly beyond ``bound`` (all candidates if it is None)."""
+def _beyond(flat: Tensor, cand: Optional[Tensor], bound: Optional[Tensor], lowest: bool, hits: Tensor) -> Tensor:
+    """Flat positions (int32 where they fit) of the candidates strictly beyond ``bound`` (all candidates if it
+    is None); ``hits`` is scratch space of at least ``flat``'s size."""
     if bound is None:
         hit = torch.ones_like(flat, dtype=torch.bool) if cand is None else cand
     else:
-        hit = flat < bound if lowest else flat > bound
+        hit = (torch.lt if lowest else torch.gt)(flat, bound, out=hits[: flat.numel()])
         if cand is not None:
             hit &= cand
-    return hit.nonzero().squeeze(1)
+    return _compact_positions(hit.nonzero().squeeze(1), flat.numel())
+
+
+def _compact_positions(positions: Tensor, size: int) -> Tensor:
+    """``positions`` into a tensor of ``size`` as int32 where they fit: half the memory of int64."""
+    return positions.to(torch.int32) if size < 2**31 else positions
 
 
 def top_k_mask(scores: Tensor, k: int, candidates: Optional[Tensor] = None) -> Tensor:

@@ -113,3 +113,18 @@ def test_selection_leaves_the_global_random_state_alone():
     before = torch.get_rng_state()
     top_k_masks([torch.rand(200_000, generator=torch.Generator().manual_seed(1))], 150_000)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("lowest", [True, False])
+@pytest.mark.parametrize("m", [1, 40, 9_000, 150_000, 299_999, 300_000])
+def test_kth_extreme_narrowed_by_samples_equals_a_sort(lowest, m):
+    # Large enough that brackets from a sample narrow the values before ranking (ties on a coarse grid, a block
+    # of zeros); m = 1 has no inner bracket and all-equal values cannot be narrowed, so both rank directly.
+    from lightning_synflow.ranking import _kth_extreme
+
+    g = torch.Generator().manual_seed(m)
+    flat = torch.randint(0, 20_000, (300_000,), generator=g).float()
+    flat[:30_000] = 0.0
+    want = flat.sort(descending=not lowest).values[m - 1]
+    assert _kth_extreme(flat, m, lowest) == want
+    assert _kth_extreme(torch.full((300_000,), 3.0), m, lowest) == 3.0

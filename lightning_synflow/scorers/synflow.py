@@ -114,7 +114,7 @@ def _linearised(model: nn.Module, masks: Mapping[str, Tensor], dtype: torch.dtyp
         if pruned is None:
             w.masked_fill_(~m, -0.0)
         else:
-            w.view(-1).index_fill_(0, pruned[name], -0.0)
+            w.view(-1).index_fill_(0, pruned[name].long(), -0.0)
     return state
 
 
