@@ -42,6 +42,17 @@ def status_kb(field: str) -> Optional[int]:
     return None
 
 
+def minor_faults() -> int:
+    """Page faults this process has taken so far that needed no disk: fresh pages the kernel zeroed."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def allocator_settings() -> str:
+    """The glibc malloc tuning set in the environment (``MALLOC_*``), or "default allocator"."""
+    tuned = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")]
+    return " ".join(tuned) if tuned else "default allocator"
+
+
 def reset_peak() -> bool:
     """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0); False if unavailable."""
     try:

@@ -20,12 +20,17 @@ Time is wall clock; the ratio ``method / floor`` comes from the same process. Me
 growth during the method (VmHWM reset right before it; the method runs before the floor, so no earlier
 gradient is reused) in multiples of the prunable float32 weights' bytes. One gradient-free forward pass
 runs first: the first forward of a process makes the convolution kernels resident (0.27x the prunable
-bytes on VGG-16-bn, once per process), which is not memory the pruning uses. The parent also compares the masks: how many kept weights the float32 default and the published
-loop keep that the float64 masks do not.
+bytes on VGG-16-bn, once per process), which is not memory the pruning uses. The parent also compares the
+masks: how many kept weights the float32 default and the published loop keep that the float64 masks do not.
+
+Page faults per round (minor faults: fresh pages the kernel zeroes) show how much of either time is the C
+allocator handing memory back and faulting it in again; the header names any ``MALLOC_*`` tuning in the
+environment, which the children inherit (``MALLOC_TOP_PAD_=268435456`` keeps freed memory in the process).
 
     OMP_NUM_THREADS=1 python benchmarks/synflow_speed.py --repeat 3      # 1 thread, vgg16_bn + resnet18
     python benchmarks/synflow_speed.py --threads 2                       # all cores of this machine
     python benchmarks/synflow_speed.py --quick                           # smoke test: 2 rounds, resnet20
+    MALLOC_TOP_PAD_=268435456 OMP_NUM_THREADS=1 python benchmarks/synflow_speed.py   # without page faults
 
 Measure on an otherwise idle machine (the header prints the load average).
 """
@@ -43,23 +48,23 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from _machine import PeakMemory, cpu_model, load_average, report, run_json_child
+from _machine import PeakMemory, allocator_settings, cpu_model, load_average, minor_faults, report, run_json_child
 
 METHODS = ("lightning_synflow", "lightning_synflow float64", "published loop")
 
 
-def _floor(model: Any, x: Any, iterations: int) -> float:
-    """Seconds for ``iterations`` bare forward+backward passes (after one warm-up pass)."""
+def _floor(model: Any, x: Any, iterations: int) -> tuple[float, int]:
+    """Seconds and page faults for ``iterations`` bare forward+backward passes (after one warm-up pass)."""
     model.eval()
     model.zero_grad(set_to_none=True)
     model(x).sum().backward()
-    start = time.perf_counter()
+    faults, start = minor_faults(), time.perf_counter()
     for _ in range(iterations):
         model.zero_grad(set_to_none=True)
         model(x).sum().backward()
-    seconds = time.perf_counter() - start
+    seconds, faults = time.perf_counter() - start, minor_faults() - faults
     model.zero_grad(set_to_none=True)
-    return seconds
+    return seconds, faults
 
 
 def published_loop(model: Any, x: Any, names: list[str], compression: float, iterations: int) -> dict[str, Any]:
@@ -120,16 +125,16 @@ def measure(model_name: str, method: str, args: argparse.Namespace, masks_out: O
         model.train()
     gc.collect()
     with PeakMemory() as memory:  # before the floor: memory its gradients left in the allocator would hide growth
-        start = time.perf_counter()
+        faults, start = minor_faults(), time.perf_counter()
         if method == "published loop":
             masks = published_loop(model, x, names, args.compression, args.iterations)
         else:
             scorer = SynFlow("float64" if method.endswith("float64") else "float32")
             masks = compute_masks(model, scorer, compression=args.compression, iterations=args.iterations, example_input=x)
-        seconds = time.perf_counter() - start
+        seconds, faults = time.perf_counter() - start, minor_faults() - faults
     if method == "published loop":
         model = get_model(model_name, num_classes=10)  # the loop left this one hooked and pruned
-    floor = _floor(model, x, args.iterations)
+    floor, floor_faults = _floor(model, x, args.iterations)
     if masks_out:
         torch.save(masks, masks_out)
     return {
@@ -141,6 +146,8 @@ def measure(model_name: str, method: str, args: argparse.Namespace, masks_out: O
         "floor_s": floor,
         "seconds": seconds,
         "ratio": seconds / floor,
+        "faults_per_round": faults / args.iterations,
+        "floor_faults_per_round": floor_faults / args.iterations,
         "peak_mb": memory.mb,
         "memory_method": memory.method,
         "prunable_mb": prunable_mb,
@@ -191,22 +198,22 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"SynFlow, {args.iterations} rounds, compression {args.compression:g}, {args.threads} thread(s), fresh process per"
         f" run, {args.repeat} run(s) per row (the median ratio, min-max); {cpu_model()}, {os.cpu_count()} cores, torch {next((r['torch'] for r in rows if 'torch' in r), '?')},"
-        f" Python {platform.python_version()}, load average {load_average()} at the end."
+        f" Python {platform.python_version()}, {allocator_settings()}, load average {load_average()} at the end."
         f"{' QUICK RUN: not for reporting.' if args.quick else ''}",
         "",
-        "| model | method | floor: bare fwd+bwd (s) | pruning (s) | pruning / floor | peak memory (MB) | x prunable bytes |"
-        " kept not in float64 masks |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | method | floor: bare fwd+bwd (s) | pruning (s) | pruning / floor | page faults per round: pruning / floor |"
+        " peak memory (MB) | x prunable bytes | kept not in float64 masks |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['method']} | | error: {r['error']} | | | | |")
+            lines.append(f"| {r['model']} | {r['method']} | | error: {r['error']} | | | | | |")
             continue
         diff = "" if r.get("not_in_float64") is None else f"{r['not_in_float64']:,} of {r['kept']:,}"
         spread = f" ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})" if r.get("runs", 1) > 1 else ""
         lines.append(
             f"| {r['model']} | {r['method']} | {r['floor_s']:.2f} | {r['seconds']:.2f} | {r['ratio']:.2f}{spread} |"
-            f" {r['peak_mb']:.0f} | {r['peak_x_prunable']:.2f} | {diff} |"
+            f" {r['faults_per_round']:,.0f} / {r['floor_faults_per_round']:,.0f} | {r['peak_mb']:.0f} | {r['peak_x_prunable']:.2f} | {diff} |"
         )
     return "\n".join(lines)
 
