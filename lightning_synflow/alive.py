@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from lightning_synflow.ranking import SCOPES, Scope, choose_extremes, extract_extremes
+from lightning_synflow.ranking import SCOPES, Scope, choose_extremes, extract_extremes, int32_positions
 from lightning_synflow.schedules import num_kept
 
 #: Keep flat indices of the living weights once at most this fraction of all weights is alive.
@@ -138,7 +138,4 @@ class AliveSet:
 
     def _compact_if_few(self) -> None:
         if self.index is None and self.kept <= COMPACT_BELOW * self.total:
-            self.index = [
-                m.view(-1).nonzero().squeeze(1).to(torch.int32 if m.numel() < 2**31 else torch.long)
-                for m in self.masks.values()
-            ]
+            self.index = [int32_positions(m.view(-1).nonzero().squeeze(1), m.numel()) for m in self.masks.values()]

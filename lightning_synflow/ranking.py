@@ -106,7 +106,7 @@ def _ties(
     for i in reversed(range(len(flats))) if lowest else range(len(flats)):
         if needed == 0:
             break
-        at = _int32_if_fits(eq[i].nonzero().squeeze(1), eq[i].numel())
+        at = int32_positions(eq[i].nonzero().squeeze(1), eq[i].numel())
         taken[i] = at[-needed:] if lowest else at[:needed]
         needed -= taken[i].numel()
     return taken
@@ -183,10 +183,10 @@ def _beyond(flat: Tensor, cand: Optional[Tensor], bound: Optional[Tensor], lowes
         hit = (torch.lt if lowest else torch.gt)(flat, bound, out=hits[: flat.numel()])
         if cand is not None:
             hit &= cand
-    return _int32_if_fits(hit.nonzero().squeeze(1), flat.numel())
+    return int32_positions(hit.nonzero().squeeze(1), flat.numel())
 
 
-def _int32_if_fits(positions: Tensor, size: int) -> Tensor:
+def int32_positions(positions: Tensor, size: int) -> Tensor:
     """``positions`` into a tensor of ``size`` as int32 where they fit: half the memory of int64."""
     return positions.to(torch.int32) if size < 2**31 else positions
 
