@@ -58,6 +58,33 @@ def test_given_the_living_positions_synflow_scores_just_those_and_the_same():
         assert (full[n][~masks[n]] == 0).all()
 
 
+class WithAnUnusedHead(TinyCNN):
+    """A second head that forward never calls: no synaptic flow reaches its weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Linear(16, 4)
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["dense", "living positions"])
+def test_weights_the_output_never_reaches_score_exactly_zero(listed):
+    from lightning_synflow.scorers.base import ALIVE_POSITIONS, ScoringContext
+
+    torch.manual_seed(0)
+    net = WithAnUnusedHead()
+    masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in net.named_parameters() if n in select_prunable(net)}
+    masks["conv2.weight"].view(-1)[::3] = False
+    positions = {n: m.view(-1).nonzero().squeeze(1).to(torch.int32) for n, m in masks.items()}
+    cache = {ALIVE_POSITIONS: positions} if listed else {}
+    scores = SynFlow().score(net, masks, ScoringContext(example_input=torch.ones(1, 3, 8, 8), cache=cache))
+    assert "unused.weight" in masks
+    expected_shape = positions["unused.weight"].shape if listed else masks["unused.weight"].shape
+    assert scores["unused.weight"].shape == expected_shape
+    assert (scores["unused.weight"] == 0).all()
+    living = scores["conv2.weight"] if listed else scores["conv2.weight"][masks["conv2.weight"]]
+    assert living.numel() == int(masks["conv2.weight"].sum()) and (living > 0).all()
+
+
 def test_conservation_law_per_neuron_and_per_layer():
     torch.manual_seed(0)
     net = BiasFreeCNN()

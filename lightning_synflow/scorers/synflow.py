@@ -143,6 +143,10 @@ def _scores(
     scale = 2.0 ** -math.frexp(r)[1] if r > 0 else 1.0  # exact: R * scale in [0.5, 1)
     scores: dict[str, Tensor] = {}
     sums: list[Tensor] = []  # each layer's scores sum to about R * scale <= 1: a non-finite sum is an overflow
+    if alive is not None:  # allocated before backward, so that no score lands between two gradients in the heap
+        sizes = [alive[n].numel() for n in masks]
+        gathered = dict(zip(masks, weights[0].new_empty(sum(sizes)).split(sizes)))
+        scratch = weights[0].new_empty(max(sizes))
 
     def to_scores(name: str) -> Callable[[Tensor], None]:
         def hook(w: Tensor) -> None:
@@ -150,8 +154,9 @@ def _scores(
             if alive is None:  # w >= 0 (-0.0 if pruned), so w * |g| = |w * g| and pruned stay -0.0
                 scores[name] = w.detach().mul_(g.abs_())
             else:
-                at = alive[name]
-                scores[name] = w.detach().view(-1).index_select(0, at).mul_(g.view(-1).index_select(0, at).abs_())
+                at, out = alive[name], gathered[name]
+                torch.index_select(g.view(-1), 0, at, out=out).abs_()
+                scores[name] = out.mul_(torch.index_select(w.detach().view(-1), 0, at, out=scratch[: at.numel()]))
             sums.append(scores[name].sum())
 
         return hook
@@ -168,5 +173,5 @@ def _scores(
         return None
     for name, w in zip(masks, weights):  # not reached from the output: no flow through them
         if name not in scores:
-            scores[name] = w.new_zeros(w.shape if alive is None else alive[name].shape, requires_grad=False)
+            scores[name] = w.new_zeros(w.shape, requires_grad=False) if alive is None else gathered[name].zero_()
     return {name: scores[name] for name in masks}
