@@ -3,6 +3,7 @@ it runs a measurement in a fresh process."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
@@ -68,12 +69,24 @@ def rss_kb() -> int:
     return rss if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def release_free_memory() -> bool:
+    """Hand the C heap's free pages back to the kernel (glibc ``malloc_trim``), so that a measurement that
+    follows starts from a heap holding only live data; False where there is no glibc."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 class PeakMemory:
     """Peak RSS growth of a block: ``with PeakMemory() as mem: ...; mem.mb``. Uses VmHWM reset at entry
-    (the block's own high-water mark); elsewhere the lifetime ``ru_maxrss`` (``method`` says which)."""
+    (the block's own high-water mark); elsewhere the lifetime ``ru_maxrss`` (``method`` says which).
+    ``code_mb`` is the growth of file-backed pages (mostly library code run for the first time), which
+    counts in RSS but not in what the block allocates."""
 
     def __enter__(self) -> "PeakMemory":
         self.before_kb = rss_kb()
+        self.file_kb = status_kb("RssFile")
         self.method = "VmHWM reset before the call" if reset_peak() else "lifetime ru_maxrss"
         return self
 
@@ -82,6 +95,8 @@ class PeakMemory:
         if peak is None:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         self.mb = max(0, peak - self.before_kb) / 1024
+        file_kb = status_kb("RssFile")
+        self.code_mb = None if file_kb is None or self.file_kb is None else (file_kb - self.file_kb) / 1024
 
 
 def run_json_child(cmd: list[str], threads: int, timeout: Optional[float] = None) -> dict[str, Any]:
