@@ -17,10 +17,12 @@ so the number is the call's own high-water mark and counts everything torch allo
 a call that peaks below the import-time peak.
 
 Scorer modules present in ``lightning_synflow/scorers/`` are all imported first, so scorers that land
-later are picked up without editing this file.
+later are picked up without editing this file. ``grasp_published`` (not a registered scorer) times the
+operations of the published GraSP scoring on the same data for comparison (see :func:`published_grasp`).
 
     OMP_NUM_THREADS=1 python benchmarks/scorers.py                      # every scorer, resnet20 + vgg16_bn
     OMP_NUM_THREADS=1 python benchmarks/scorers.py --models resnet20 --scorers synflow snip
+    OMP_NUM_THREADS=1 python benchmarks/scorers.py --models resnet18 --scorers grasp grasp_published
     python benchmarks/scorers.py --quick --models resnet20 --scorers magnitude   # smoke test, seconds
 
 Measure on an otherwise idle machine (the header prints the load average); ``--quick`` numbers (at most
@@ -46,7 +48,7 @@ QUICK_ITERATIONS = 2
 QUICK_BATCH_SIZE = 16
 #: Batches where the benchmark departs from the scorer's default: GraSP on 256 images (2 x 128), the
 #: setting of the published-code timing in ALGORITHMS.md (51 s, 3.4 GB on ResNet-18).
-BENCH_NUM_BATCHES = {"grasp": 2, "grasp_abs": 2}
+BENCH_NUM_BATCHES = {"grasp": 2, "grasp_abs": 2, "grasp_published": 2}
 
 
 # ---------------------------------------------------------------- measured in the child process
@@ -68,6 +70,31 @@ def _import_scorer_modules() -> dict[str, str]:
     return failed
 
 
+def published_grasp(model: Any, batches: list[Any], names: list[str], density: float, temperature: float = 200.0) -> dict[str, Any]:
+    """The published GraSP scoring's operations (the SynFlow code base's pruner, which follows the official
+    GraSP code): ``g`` from one pass over the batches without a graph, then per batch a gradient with
+    ``create_graph`` dotted with ``g`` and back-propagated on the model's own parameters, scores
+    ``grad * param`` concatenated, and a global ``kthvalue`` threshold. Train mode, logits divided by
+    ``temperature``, as our ``"grasp"`` default. Returns bool masks keeping the highest ``density``."""
+    import torch
+    import torch.nn.functional as F
+
+    params = dict(model.named_parameters())
+    weights = [params[n] for n in names]
+    model.train()
+    stopped = 0
+    for x, y in batches:
+        grads = torch.autograd.grad(F.cross_entropy(model(x) / temperature, y), weights)
+        stopped = stopped + torch.cat([g.reshape(-1) for g in grads])
+    for x, y in batches:
+        grads = torch.autograd.grad(F.cross_entropy(model(x) / temperature, y), weights, create_graph=True)
+        (stopped * torch.cat([g.reshape(-1) for g in grads])).sum().backward()
+    scores = [(w.grad * w.detach()).detach() for w in weights]
+    flat = torch.cat([s.reshape(-1) for s in scores])
+    threshold = torch.kthvalue(flat, flat.numel() - round(density * flat.numel())).values
+    return {n: s > threshold for n, s in zip(names, scores)}
+
+
 def measure(
     model_name: str, scorer_name: str, quick: bool, batch_size: int, seed: int, num_batches: Optional[int] = None
 ) -> dict[str, Any]:
@@ -78,13 +105,14 @@ def measure(
 
     torch.set_num_threads(1)
     failed = _import_scorer_modules()
-    from lightning_synflow import compute_masks, get_scorer, num_kept
+    from lightning_synflow import compute_masks, get_scorer, num_kept, select_prunable
     from lightning_synflow.models import get_model
 
     torch.manual_seed(seed)
     model = get_model(model_name, num_classes=NUM_CLASSES)
+    published = scorer_name == "grasp_published"
     try:
-        scorer = get_scorer(scorer_name)
+        scorer = get_scorer("grasp" if published else scorer_name)
     except ValueError as err:
         raise ValueError(f"{err} (modules that failed to import: {failed})" if failed else str(err)) from None
     iterations = min(scorer.default_iterations, QUICK_ITERATIONS) if quick else None
@@ -107,20 +135,23 @@ def measure(
     gc.collect()
     with PeakMemory() as memory:
         start = time.perf_counter()
-        masks = compute_masks(
-            model,
-            scorer,
-            compression=COMPRESSION,
-            iterations=iterations,
-            example_input=example_input,
-            dataloader=batches,
-            num_batches=num_batches,
-        )
+        if published:
+            masks = published_grasp(model, batches, select_prunable(model), 1 / COMPRESSION)
+        else:
+            masks = compute_masks(
+                model,
+                scorer,
+                compression=COMPRESSION,
+                iterations=iterations,
+                example_input=example_input,
+                dataloader=batches,
+                num_batches=num_batches,
+            )
         seconds = time.perf_counter() - start
 
     total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
-    assert kept == num_kept(1 / COMPRESSION, total), (kept, total)
+    assert published or kept == num_kept(1 / COMPRESSION, total), (kept, total)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     return {
         "model": model_name,

@@ -28,6 +28,8 @@ default and the published loop keep that the float64 masks do not.
 Page faults per round (minor faults: fresh pages the kernel zeroes) show how much of either time is the C
 allocator handing memory back and faulting it in again; the header names any ``MALLOC_*`` tuning in the
 environment, which the children inherit (``MALLOC_TOP_PAD_=268435456`` keeps freed memory in the process).
+Under such tuning the warm-up's free pages are not handed back (doing so made every later round fault), so
+the memory column then also reuses what the warm-up freed.
 
     OMP_NUM_THREADS=1 python benchmarks/synflow_speed.py --repeat 3      # 1 thread, vgg16_bn + resnet18
     python benchmarks/synflow_speed.py --threads 2                       # all cores of this machine
@@ -152,7 +154,8 @@ def measure(model_name: str, method: str, args: argparse.Namespace, masks_out: O
     # that the measurement starts from live data only, as in a process that has not pruned before.
     run_method(method, copy.deepcopy(model), x, names, args.compression, 2)
     gc.collect()
-    release_free_memory()
+    if allocator_settings() == "default allocator":  # a tuned heap is left as tuned (trimming it makes it fault)
+        release_free_memory()
     with PeakMemory() as memory:  # before the floor: memory its gradients left in the allocator would hide growth
         faults, start = minor_faults(), time.perf_counter()
         masks = run_method(method, model, x, names, args.compression, args.iterations)
