@@ -48,10 +48,13 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def _malloc_tuning() -> list[str]:
+    return [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")]
+
+
 def allocator_settings() -> str:
     """The glibc malloc tuning set in the environment (``MALLOC_*``), or "default allocator"."""
-    tuned = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")]
-    return " ".join(tuned) if tuned else "default allocator"
+    return " ".join(_malloc_tuning()) or "default allocator"
 
 
 def reset_peak() -> bool:
@@ -71,7 +74,11 @@ def rss_kb() -> int:
 
 def release_free_memory() -> bool:
     """Hand the C heap's free pages back to the kernel (glibc ``malloc_trim``), so that a measurement that
-    follows starts from a heap holding only live data; False where there is no glibc."""
+    follows starts from a heap holding only live data; False where there is no glibc, or where ``MALLOC_*``
+    tuning is set: such a heap is left as tuned (trimming one tuned by ``MALLOC_TOP_PAD_`` made every later
+    SynFlow round fault its pages in again)."""
+    if _malloc_tuning():
+        return False
     try:
         return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
     except (OSError, AttributeError):

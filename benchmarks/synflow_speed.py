@@ -154,8 +154,7 @@ def measure(model_name: str, method: str, args: argparse.Namespace, masks_out: O
     # that the measurement starts from live data only, as in a process that has not pruned before.
     run_method(method, copy.deepcopy(model), x, names, args.compression, 2)
     gc.collect()
-    if allocator_settings() == "default allocator":  # a tuned heap is left as tuned (trimming it makes it fault)
-        release_free_memory()
+    release_free_memory()
     with PeakMemory() as memory:  # before the floor: memory its gradients left in the allocator would hide growth
         faults, start = minor_faults(), time.perf_counter()
         masks = run_method(method, model, x, names, args.compression, args.iterations)
