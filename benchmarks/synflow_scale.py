@@ -5,12 +5,12 @@ hidden ``4d``: the feed-forward half of a transformer layer) with a 10-way linea
 are pruned. Every size has the same width, so the cost per weight is comparable and should stay flat as
 the depth grows. Each size runs in a fresh process that measures, in this order:
 
-- **floor**: ``--floor-passes`` bare forward+backward passes of the all-ones input (float32, batch 1),
-  scaled to ``--iterations`` passes;
 - **pruning**: ``compute_masks(model, "synflow", compression=100, iterations=100)``, with its peak RSS
   growth (VmHWM reset before the call) against the prunable weights' bytes, and the bytes its masks take.
-  The floor runs first, so the pruning run may reuse memory its gradients left in the allocator (up to
-  1x the prunable bytes): the growth is a lower bound.
+  Two rounds on a one-block model run first and the C heap's free pages are then handed back to the
+  kernel, so that the peak counts neither library code paged in by a first run nor freed memory;
+- **floor**: ``--floor-passes`` bare forward+backward passes of the all-ones input (float32, batch 1),
+  scaled to ``--iterations`` passes. It runs after the pruning, whose memory it may reuse.
 
     OMP_NUM_THREADS=1 python benchmarks/synflow_scale.py --threads 1     # 10.6 M, 106 M, 1.01 B
     python benchmarks/synflow_scale.py --blocks 1 --quick                # smoke test: 2 rounds, 1 block
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from _machine import PeakMemory, cpu_model, load_average, report, run_json_child
+from _machine import PeakMemory, cpu_model, load_average, release_free_memory, report, run_json_child
 
 WIDTH = 1152  # 8 * 1152^2 = 10.6 M prunable weights per block
 DEFAULT_BLOCKS = (1, 10, 95)  # 10.6 M, 106 M, 1.01 B
@@ -69,19 +69,20 @@ def measure(blocks: int, args: argparse.Namespace) -> dict[str, Any]:
     prunable = sum(params[n].numel() for n in names)
     x = torch.ones(1, args.width)
 
+    compute_masks(build(1, args.width), "synflow", compression=args.compression, iterations=2, example_input=x)
+    gc.collect()
+    release_free_memory()
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        masks = compute_masks(model, "synflow", compression=args.compression, iterations=args.iterations, example_input=x)
+        seconds = time.perf_counter() - start
+
     model(x).sum().backward()  # warm-up
     start = time.perf_counter()
     for _ in range(args.floor_passes):
         model.zero_grad(set_to_none=True)
         model(x).sum().backward()
     floor = (time.perf_counter() - start) * args.iterations / args.floor_passes
-    model.zero_grad(set_to_none=True)
-    gc.collect()
-
-    with PeakMemory() as memory:
-        start = time.perf_counter()
-        masks = compute_masks(model, "synflow", compression=args.compression, iterations=args.iterations, example_input=x)
-        seconds = time.perf_counter() - start
     kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
     return {
         "blocks": blocks,

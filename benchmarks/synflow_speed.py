@@ -195,7 +195,8 @@ def _run_child(model: str, method: str, args: argparse.Namespace, masks_out: str
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median pruning/floor ratio, with the spread of all runs (machine noise shows here)."""
+    """The run with the median pruning/floor ratio (the lower of the middle two for an even count), with the
+    spread of all runs (machine noise shows here)."""
     ok = sorted((r for r in runs if "error" not in r), key=lambda r: r["ratio"])
     if not ok:
         return runs[0]
@@ -225,7 +226,7 @@ def _differences(masks_dir: Path, model: str) -> dict[str, int]:
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"SynFlow, {args.iterations} rounds, compression {args.compression:g}, {args.threads} thread(s), fresh process per"
-        f" run, {args.repeat} run(s) per row (the median ratio, min-max); {cpu_model()}, {os.cpu_count()} cores, torch {next((r['torch'] for r in rows if 'torch' in r), '?')},"
+        f" run, {args.repeat} run(s) per row (the median ratio, the lower middle one for an even count; min-max); {cpu_model()}, {os.cpu_count()} cores, torch {next((r['torch'] for r in rows if 'torch' in r), '?')},"
         f" Python {platform.python_version()}, {allocator_settings()}, load average {load_average()} at the end."
         f"{' QUICK RUN: not for reporting.' if args.quick else ''}",
         "",
