@@ -1,7 +1,8 @@
 """Time and peak memory of every registered scorer: one ``compute_masks`` call at compression 100.
 
-Each (model, scorer) pair runs in a fresh Python process on one thread (``OMP_NUM_THREADS=1``,
-``torch.set_num_threads(1)``), with the scorer's default arguments, iterations and number of batches.
+Each (model, scorer) pair runs in a fresh Python process on ``--threads`` threads (default 1:
+``OMP_NUM_THREADS`` and ``torch.set_num_threads``), with the scorer's default arguments, iterations and
+number of batches.
 Data-driven scorers get random CIFAR-shaped batches (N(0, 1) images 3x32x32, uniform labels over 10
 classes) of ``--batch-size`` (128) images, as many batches as the scorer's default ``num_batches``
 except GraSP and GraSP-abs, which get 2 (256 images, the published-code timing's setting); data-free
@@ -23,6 +24,7 @@ operations of the published GraSP scoring on the same data for comparison (see :
     OMP_NUM_THREADS=1 python benchmarks/scorers.py                      # every scorer, resnet20 + vgg16_bn
     OMP_NUM_THREADS=1 python benchmarks/scorers.py --models resnet20 --scorers synflow snip
     OMP_NUM_THREADS=1 python benchmarks/scorers.py --models resnet18 --scorers grasp grasp_published
+    python benchmarks/scorers.py --threads 2 --models resnet18 --scorers snip grasp   # both cores here
     python benchmarks/scorers.py --quick --models resnet20 --scorers magnitude   # smoke test, seconds
 
 Measure on an otherwise idle machine (the header prints the load average); ``--quick`` numbers (at most
@@ -96,14 +98,20 @@ def published_grasp(model: Any, batches: list[Any], names: list[str], density: f
 
 
 def measure(
-    model_name: str, scorer_name: str, quick: bool, batch_size: int, seed: int, num_batches: Optional[int] = None
+    model_name: str,
+    scorer_name: str,
+    quick: bool,
+    batch_size: int,
+    seed: int,
+    num_batches: Optional[int] = None,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """One ``compute_masks`` call on a fresh model; the caller runs this in a fresh process."""
     import gc
 
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     failed = _import_scorer_modules()
     from lightning_synflow import compute_masks, get_scorer, num_kept, select_prunable
     from lightning_synflow.models import get_model
@@ -184,12 +192,12 @@ def _list_scorers() -> tuple[list[str], dict[str, str]]:
 
 def _run_child(model: str, scorer: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", model, scorer, "--batch-size", str(args.batch_size),
-           "--seed", str(args.seed)]
+           "--seed", str(args.seed), "--threads", str(args.threads)]
     if args.quick:
         cmd.append("--quick")
     if args.num_batches is not None:
         cmd += ["--num-batches", str(args.num_batches)]
-    row = run_json_child(cmd, threads=1, timeout=args.timeout)
+    row = run_json_child(cmd, threads=args.threads, timeout=args.timeout)
     return {"model": model, "scorer": scorer, **row} if "error" in row else row
 
 
@@ -198,7 +206,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     method = ok[0]["memory_method"] if ok else "n/a"
     torch_version = ok[0]["torch"] if ok else "n/a"
     lines = [
-        f"Compression {COMPRESSION:g} (density 1%), one `compute_masks` call per row, 1 thread, fresh process per row;"
+        f"Compression {COMPRESSION:g} (density 1%), one `compute_masks` call per row, {args.threads} thread(s), fresh process per row;"
         f" torch {torch_version}, Python {platform.python_version()}, {cpu_model()},"
         f" load average {load_average()} at the end; peak memory = peak RSS during the call minus RSS before it"
         f" ({method}).{' QUICK RUN: not for reporting.' if args.quick else ''}",
@@ -229,6 +237,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help=f"images per batch (default 128, {QUICK_BATCH_SIZE} with --quick)")
     parser.add_argument("--num-batches", type=int, default=None, help="batches for data-driven scorers (default: the scorer's own; 2 for GraSP)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per (model, scorer) run")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw rows to this file")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "SCORER"), help=argparse.SUPPRESS)
@@ -239,9 +248,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.num_batches is not None and args.num_batches < 1:
         parser.error(f"--num-batches must be a positive integer, got {args.num_batches}")
+    if args.threads < 1:
+        parser.error(f"--threads must be a positive integer, got {args.threads}")
 
     if args.child:
-        print(json.dumps(measure(*args.child, quick=args.quick, batch_size=args.batch_size, seed=args.seed, num_batches=args.num_batches)))
+        print(json.dumps(measure(*args.child, quick=args.quick, batch_size=args.batch_size, seed=args.seed, num_batches=args.num_batches, threads=args.threads)))
         return 0
 
     if args.scorers is None:  # only listing needs the package in this process; the children measure

@@ -24,6 +24,13 @@ def test_scorer_benchmark_quick(tmp_path):
     assert row["seconds"] > 0 and row["peak_mb"] >= 0 and row["threads"] == 1
 
 
+def test_scorer_benchmark_runs_its_children_on_the_threads_asked(tmp_path):
+    out = tmp_path / "rows.json"
+    stdout = _run_benchmark("scorers.py", "--quick", "--threads", "2", "--models", "resnet20", "--scorers", "magnitude", "--json", str(out))
+    assert "2 thread(s), fresh process per row" in stdout
+    assert [row["threads"] for row in json.loads(out.read_text())] == [2]
+
+
 def test_mask_overhead_benchmark_quick(tmp_path):
     # One thread: on a busy machine, threads fighting other processes for the cores make steps seconds long.
     out = tmp_path / "mask_overhead.json"
