@@ -214,7 +214,7 @@ def _pct(x: float) -> str:
 
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
-        f"CPU {meta['cpu']}, {meta['cores']} cores; torch {meta['torch']}, {meta['threads']} threads; Python"
+        f"CPU {meta['cpu']}, {meta['cores']} cores; torch {meta['torch']}, {meta['threads']} thread(s); Python"
         f" {meta['python']}; load average {meta['load_start']} at the start, {meta['load_end']} at the end."
         f" Batch {meta['batch_size']}, {meta['steps']} interleaved rounds after {meta['warmup']} warm-up,"
         f" {SPARSITY:.0%} of the prunable weights pruned.{' QUICK RUN: not for reporting.' if meta['quick'] else ''}",
