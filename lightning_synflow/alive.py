@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from lightning_synflow.ranking import SCOPES, Scope, choose_extremes, extract_extremes, int32_positions
+from lightning_synflow.ranking import SCOPES, Scope, choose_extremes, compress, extract_extremes, true_positions
 from lightning_synflow.schedules import num_kept
 
 #: Keep flat indices of the living weights once at most this fraction of all weights is alive.
@@ -121,7 +121,7 @@ class AliveSet:
                 if self.index is not None:
                     keep = torch.ones_like(self.index[i], dtype=torch.bool)
                     keep[pos] = False
-                    self.index[i] = self.index[i].masked_select(keep)
+                    self.index[i] = compress(self.index[i], keep)
                 if pruned is not None:
                     pruned[n] = flat
             return pruned
@@ -138,4 +138,4 @@ class AliveSet:
 
     def _compact_if_few(self) -> None:
         if self.index is None and self.kept <= COMPACT_BELOW * self.total:
-            self.index = [int32_positions(m.view(-1).nonzero().squeeze(1), m.numel()) for m in self.masks.values()]
+            self.index = [true_positions(m) for m in self.masks.values()]

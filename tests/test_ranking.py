@@ -90,13 +90,15 @@ def sorted_top_k(scores, k, candidates):
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1e-5, 0.01, 0.3, 0.5, 0.7, 0.955, 0.999, 1.0])
-def test_top_k_over_large_tensors_equals_a_full_sort(fraction):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_top_k_over_large_tensors_equals_a_full_sort(fraction, dtype):
     # Large enough that the selection brackets from a sample instead of ranking every candidate; scores with
-    # many ties (a coarse grid) and dead candidates, as in late rounds of iterative pruning.
+    # many ties (a coarse grid) and dead candidates, as in late rounds of iterative pruning. NumPy compares
+    # and lists the CPU dtypes it has; bfloat16 takes torch's own path.
     from lightning_synflow.ranking import top_k_masks
 
     g = torch.Generator().manual_seed(7)
-    scores = [torch.randint(0, 2000, shape, generator=g).float() / 7 for shape in [(300, 400), (50_000,), (30, 3, 3, 100)]]
+    scores = [(torch.randint(0, 2000, shape, generator=g).float() / 7).to(dtype) for shape in [(300, 400), (50_000,), (30, 3, 3, 100)]]
     scores[1][:5000] = 0.0  # a block of exact ties at zero
     cands = [torch.rand(s.shape, generator=g) < 0.6 for s in scores]
     k = round(fraction * sum(int(c.sum()) for c in cands))
@@ -104,6 +106,19 @@ def test_top_k_over_large_tensors_equals_a_full_sort(fraction):
     for got, want, s in zip(masks, sorted_top_k(scores, k, cands), scores):
         assert got.shape == s.shape and torch.equal(got.reshape(-1), want)
     assert sum(int(m.sum()) for m in masks) == k
+
+
+def test_positions_and_selection_equal_torchs_own():
+    from lightning_synflow.ranking import compress, true_positions
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(30, 1001, generator=g) < 0.3
+    got = true_positions(mask)
+    assert got.dtype == torch.int32 and torch.equal(got.long(), mask.reshape(-1).nonzero().squeeze(1))
+    assert true_positions(torch.zeros(0, dtype=torch.bool)).numel() == 0
+    keep = mask.reshape(-1)
+    for values in (torch.arange(keep.numel(), dtype=torch.int32), torch.rand(keep.numel(), generator=g).bfloat16()):
+        assert torch.equal(compress(values, keep), values.masked_select(keep))
 
 
 def test_selection_leaves_the_global_random_state_alone():
