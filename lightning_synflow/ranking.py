@@ -123,7 +123,7 @@ def choose_extremes(values: list[Tensor], positions: list[Tensor], m: int, *, lo
     chosen = flat < t if lowest else flat > t
     need = m - int(torch.count_nonzero(chosen))
     if need:
-        ties = (flat == t).nonzero().squeeze(1)  # in (tensor, position) order
+        ties = true_positions(flat == t)  # in (tensor, position) order
         chosen[ties[-need:] if lowest else ties[:need]] = True
     return [compress(p, c) for p, c in zip(positions, chosen.split(sizes))]
 
@@ -145,7 +145,7 @@ def _kth_extreme(flat: Tensor, m: int, lowest: bool) -> Tensor:
         in_band = int(torch.count_nonzero(band))
         if not beyond_inner < m <= beyond_inner + in_band or in_band == n:
             break  # the sample misled: rank everything
-        flat, m = flat[band], m - beyond_inner
+        flat, m = compress(flat, band), m - beyond_inner
     return flat.kthvalue(m if lowest else flat.numel() - m + 1).values
 
 
