@@ -44,13 +44,17 @@ class PruneAtInit(Callback):
         input_shape: Input shape without the batch dimension (e.g. ``[3, 32, 32]``), for scorers that need
             one (SynFlow) when the LightningModule has no ``example_input_array``. Without either, the
             shape of the first training batch is used.
-        include_types: Layer types whose ``weight`` is pruned, as class names (e.g. ``["Conv2d"]``); default
-            every Linear, Conv1d/2d/3d and ConvTranspose layer.
+        include_types: Layer types whose weight matrices are pruned, as class names (e.g. ``["Conv2d"]``);
+            default every layer that multiplies activations by a weight matrix: Linear, Bilinear, convolutions,
+            attention projections, recurrent weights, Hugging Face ``Conv1D``
+            (``lightning_synflow.parameters.WEIGHT_MATRICES``). Embeddings, norms and biases stay dense.
         exclude_types: Layer types never pruned (e.g. ``["Linear"]``).
         num_batches: Training batches data-driven scorers (SNIP, GraSP, ...) draw, per rank; default the
             scorer's own. Their loss is the LightningModule's own ``training_step`` loss.
         include_names: Glob patterns of further parameter names to prune (e.g. ``["embed.weight"]``).
         exclude_names: Glob patterns of parameter names never pruned (e.g. ``["fc.*"]`` keeps the classifier dense).
+        include_frozen: Also prune frozen parameters (``requires_grad=False``); by default they stay dense, as
+            they are never trained and a cut could never be repaired.
         invert: Ablation: keep the lowest-scoring weights instead of the highest.
         shuffle: Ablation: move each tensor's kept positions to random places in it (same per-layer counts).
         reinit: Ablation: draw fresh initial weights after pruning, keeping the masks.
@@ -80,6 +84,7 @@ class PruneAtInit(Callback):
         exclude_types: Optional[list[str]] = None,
         include_names: Optional[list[str]] = None,
         exclude_names: Optional[list[str]] = None,
+        include_frozen: bool = False,
         invert: bool = False,
         shuffle: bool = False,
         reinit: bool = False,
@@ -121,6 +126,7 @@ class PruneAtInit(Callback):
         self.exclude_types = list(exclude_types or ())
         self.include_names = list(include_names or ())
         self.exclude_names = list(exclude_names or ())
+        self.include_frozen = include_frozen
         self.log_per_tensor = log_per_tensor
         self.verbose = verbose
         self._masks: Optional[dict[str, Tensor]] = None
@@ -201,6 +207,7 @@ class PruneAtInit(Callback):
             exclude_types=self.exclude_types,
             include_names=self.include_names,
             exclude_names=self.exclude_names,
+            include_frozen=self.include_frozen,
         )
         if not names:
             raise ValueError(

@@ -1,4 +1,5 @@
-"""Which tensors are prunable: selection by module type and by parameter-name pattern.
+"""Which tensors are prunable: the weight matrices of known layers, chosen by module type and by
+parameter-name pattern.
 
 Types and patterns are plain strings so that a YAML file can say what a Python caller says.
 """
@@ -13,32 +14,58 @@ from torch import nn
 
 ModuleType = Union[str, type]
 
-#: Layers whose ``weight`` is prunable by default: every Linear and convolution, first and last included.
-DEFAULT_PRUNABLE_TYPES: tuple[type, ...] = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
+_RECURRENT = ("weight_ih_l*", "weight_hh_l*", "weight_hr_l*")  # every layer and direction, LSTM projections
+_CELL = ("weight_ih", "weight_hh")
+
+#: Layer -> glob patterns of its parameters that are weight matrices (they multiply activations): what is
+#: pruned by default, first and last layer included. Embeddings, norms and biases stay dense. A layer
+#: matches its subclasses too (attention's ``out_proj``, timm's and bitsandbytes' layers are ``nn.Linear``
+#: or convolution subclasses); third-party layers are named by dotted path, so their packages are never
+#: imported.
+WEIGHT_MATRICES: dict[ModuleType, tuple[str, ...]] = {
+    nn.Linear: ("weight",),
+    nn.Bilinear: ("weight",),
+    nn.Conv1d: ("weight",),
+    nn.Conv2d: ("weight",),
+    nn.Conv3d: ("weight",),
+    nn.ConvTranspose1d: ("weight",),
+    nn.ConvTranspose2d: ("weight",),
+    nn.ConvTranspose3d: ("weight",),
+    nn.MultiheadAttention: ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"),
+    nn.RNN: _RECURRENT,
+    nn.LSTM: _RECURRENT,
+    nn.GRU: _RECURRENT,
+    nn.RNNCell: _CELL,
+    nn.LSTMCell: _CELL,
+    nn.GRUCell: _CELL,
+    "transformers.pytorch_utils.Conv1D": ("weight",),  # Hugging Face's linear map of GPT-2 and GPT
+}
+
+#: The layer types pruned by default: the keys of :data:`WEIGHT_MATRICES`.
+DEFAULT_PRUNABLE_TYPES: tuple[ModuleType, ...] = tuple(WEIGHT_MATRICES)
+
+
+def _is(cls: type, wanted: ModuleType) -> bool:
+    """``cls`` is ``wanted``, given as a class or by bare name (``"Conv2d"``) or dotted path
+    (``"torch.nn.modules.conv.Conv2d"``); names are case-sensitive (``"Conv1D"`` is not ``nn.Conv1d``)."""
+    if isinstance(wanted, type):
+        return cls is wanted
+    return wanted in (cls.__name__, f"{cls.__module__}.{cls.__qualname__}")
 
 
 def _type_matches(module: nn.Module, wanted: Sequence[ModuleType]) -> bool:
-    """True if the module is an instance of one of ``wanted``, given as classes or as class names.
+    """True if a class in the module's MRO is one of ``wanted``, so subclasses of a named layer match too."""
+    return any(_is(cls, w) for cls in type(module).__mro__ for w in wanted)
 
-    A name matches any class in the module's MRO, by bare name (``"Conv2d"``) or by dotted path
-    (``"torch.nn.modules.conv.Conv2d"``), so subclasses of a named layer are selected too.
-    """
+
+def weight_matrices(module: nn.Module) -> tuple[str, ...]:
+    """Patterns of the module's weight-matrix parameters: its nearest class in :data:`WEIGHT_MATRICES`,
+    else ``("weight",)`` (so that ``include_types=["Embedding"]`` prunes an embedding's ``weight``)."""
     for cls in type(module).__mro__:
-        for w in wanted:
-            if isinstance(w, type):
-                if cls is w:
-                    return True
-            elif w in (cls.__name__, f"{cls.__module__}.{cls.__qualname__}"):
-                return True
-    return False
+        for layer, patterns in WEIGHT_MATRICES.items():
+            if _is(cls, layer):
+                return patterns
+    return ("weight",)
 
 
 def _matches_any(name: str, patterns: Iterable[str]) -> bool:
@@ -52,27 +79,48 @@ def select_prunable(
     exclude_types: Sequence[ModuleType] = (),
     include_names: Sequence[str] = (),
     exclude_names: Sequence[str] = (),
+    include_frozen: bool = False,
 ) -> list[str]:
     """Names (as in ``model.named_parameters()``) of the tensors to prune, in the model's order.
 
-    A parameter is prunable when it is the ``weight`` of a module of one of ``include_types`` (default:
-    :data:`DEFAULT_PRUNABLE_TYPES`) or its name matches one of the glob patterns ``include_names``
-    (e.g. ``"embed.weight"``), and neither its module type is in ``exclude_types`` nor its name matches
-    ``exclude_names`` (e.g. ``"fc.*"`` keeps the classifier dense).
+    A parameter is prunable when it is a weight matrix (:func:`weight_matrices`) of a module of one of
+    ``include_types`` (default: :data:`DEFAULT_PRUNABLE_TYPES`) or its name matches one of the glob patterns
+    ``include_names`` (e.g. ``"embed.weight"``), and neither its module type is in ``exclude_types`` nor its
+    name matches ``exclude_names`` (e.g. ``"fc.*"`` keeps the classifier dense).
+
+    A tensor used by several modules (an embedding tied to the output head) is one tensor: it is selected
+    once, under its ``named_parameters()`` name, if any of its uses is selected and none is excluded, so it
+    is pruned consistently wherever it is used. Frozen parameters (``requires_grad=False``) are never trained,
+    so a cut could never be repaired: they stay dense unless ``include_frozen``.
     """
     types = DEFAULT_PRUNABLE_TYPES if include_types is None else tuple(include_types)
-    selected: list[str] = []
-    seen: set[int] = set()
-    for module_name, module in model.named_modules():
-        for param_name, param in module.named_parameters(recurse=False):
+    uses: dict[int, list[tuple[nn.Module, str, str]]] = {}  # tensor -> (module, local name, full name)
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for param_name, param in module.named_parameters(recurse=False, remove_duplicate=False):
             full = f"{module_name}.{param_name}" if module_name else param_name
-            if id(param) in seen:  # tied weights are pruned once, under their first name
-                continue
-            by_type = param_name == "weight" and _type_matches(module, types)
-            if not (by_type or _matches_any(full, include_names)):
-                continue
-            if _type_matches(module, exclude_types) or _matches_any(full, exclude_names):
-                continue
-            seen.add(id(param))
-            selected.append(full)
+            uses.setdefault(id(param), []).append((module, param_name, full))
+    selected: list[str] = []
+    for name, param in model.named_parameters():
+        if not (include_frozen or param.requires_grad):
+            continue
+        aliases = uses[id(param)]
+        chosen = any(
+            (_type_matches(m, types) and _matches_any(local, weight_matrices(m))) or _matches_any(full, include_names)
+            for m, local, full in aliases
+        )
+        excluded = any(_type_matches(m, exclude_types) or _matches_any(full, exclude_names) for m, _, full in aliases)
+        if chosen and not excluded:
+            selected.append(name)
     return selected
+
+
+def tied_names(model: nn.Module) -> dict[str, str]:
+    """Every further name of a tied tensor -> the one name ``model.named_parameters()`` gives it."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases

@@ -17,7 +17,7 @@ from lightning_synflow.ablations import shuffle_masks
 from lightning_synflow.alive import AliveSet
 from lightning_synflow.masks import check_masks
 from lightning_synflow.model_state import preserved_model_state
-from lightning_synflow.parameters import select_prunable
+from lightning_synflow.parameters import select_prunable, tied_names
 from lightning_synflow.ranking import SCOPES, Scope
 from lightning_synflow.schedules import Schedule, num_kept, resolve_density
 from lightning_synflow.scorers.base import (
@@ -54,13 +54,19 @@ def _initial_masks(
     names = select_prunable(model) if parameters is None else list(parameters)
     if not names:
         raise ValueError(
-            f"no prunable parameters found in {type(model).__name__}: by default the weights of Linear and"
-            f" Conv/ConvTranspose layers are pruned; pass `parameters` (names) to choose others"
+            f"no prunable parameters found in {type(model).__name__}: by default the weight matrices of Linear,"
+            f" Conv/ConvTranspose, attention and recurrent layers that require grad are pruned"
+            f" (lightning_synflow.parameters.WEIGHT_MATRICES); pass `parameters` (names) to choose others"
         )
     params = dict(model.named_parameters())
     unknown = [n for n in names if n not in params]
     if unknown:
-        raise ValueError(f"`parameters` names tensors that {type(model).__name__} does not have: {unknown}")
+        tied = tied_names(model)
+        hints = [f"{n!r} is tied to {tied[n]!r}: name it so" for n in unknown if n in tied]
+        raise ValueError(
+            f"`parameters` names tensors that {type(model).__name__} does not have: {unknown}; allowed are the"
+            f" names of model.named_parameters(), e.g. {list(params)[:5]}" + "".join(f"; {h}" for h in hints)
+        )
     return {n: torch.ones_like(params[n], dtype=torch.bool) for n in names}
 
 

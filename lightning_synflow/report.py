@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from lightning_synflow.masks import check_masks
+from lightning_synflow.parameters import select_prunable
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,15 @@ class TensorSparsity:
 
 @dataclass(frozen=True)
 class SparsityReport:
-    """Per-tensor rows and global totals; ``str(report)`` is a table."""
+    """Per-tensor rows and global totals; ``str(report)`` is a table.
+
+    ``tensors`` are the masked tensors, and the totals count them alone. ``frozen`` are weight matrices left
+    dense because they are frozen (``requires_grad=False``): listed in the table so that nobody wonders why
+    they were not pruned, and kept out of every total.
+    """
 
     tensors: tuple[TensorSparsity, ...]
+    frozen: tuple[TensorSparsity, ...] = ()
 
     @property
     def kept(self) -> int:
@@ -69,11 +77,12 @@ class SparsityReport:
 
     def __str__(self) -> str:
         header = ("tensor", "layer", "shape", "kept", "total", "density")
-        rows = [
-            (t.name, t.layer, "x".join(map(str, t.shape)), f"{t.kept:,}", f"{t.total:,}", f"{t.density:.4%}"
-             + ("  COLLAPSED" if t.collapsed else ""))
-            for t in self.tensors
-        ]
+
+        def cells(t: TensorSparsity, mark: str) -> tuple[str, ...]:
+            return (t.name, t.layer, "x".join(map(str, t.shape)), f"{t.kept:,}", f"{t.total:,}", f"{t.density:.4%}{mark}")
+
+        rows = [cells(t, "  COLLAPSED" if t.collapsed else "") for t in self.tensors]
+        rows += [cells(t, "  FROZEN") for t in self.frozen]
         rows.append(("total", "", "", f"{self.kept:,}", f"{self.total:,}", f"{self.density:.4%}"))
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         fmt = lambda r: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
@@ -82,15 +91,34 @@ class SparsityReport:
         summary = f"sparsity {self.sparsity:.4%} (compression {self.compression:.4g}x)"
         if self.collapsed:
             summary += f"; {len(self.collapsed)} collapsed tensor(s): {', '.join(self.collapsed)}"
+        if self.frozen:
+            summary += (
+                f"; {len(self.frozen)} frozen tensor(s) kept dense, not in the totals"
+                f" ({sum(t.total for t in self.frozen):,} weights): {', '.join(t.name for t in self.frozen)}"
+            )
         return "\n".join([*lines, summary])
 
 
-def sparsity_report(model: nn.Module, masks: Mapping[str, Tensor]) -> SparsityReport:
-    """Kept/total/density per masked tensor and globally, and which tensors collapsed."""
+def sparsity_report(model: nn.Module, masks: Mapping[str, Tensor], *, frozen: Optional[Sequence[str]] = None) -> SparsityReport:
+    """Kept/total/density per masked tensor and globally, and which tensors collapsed.
+
+    ``frozen``: names of frozen tensors to list as kept dense; default the frozen weight matrices that
+    :func:`~lightning_synflow.select_prunable` would otherwise pick and that have no mask.
+    """
     check_masks(model, masks)
     modules = dict(model.named_modules())
-    rows = []
-    for name, mask in masks.items():
+    params = dict(model.named_parameters())
+    if frozen is None:
+        frozen = [n for n in select_prunable(model, include_frozen=True) if n not in masks and not params[n].requires_grad]
+    unknown = [n for n in frozen if n not in params]
+    if unknown:
+        raise ValueError(f"`frozen` names tensors that {type(model).__name__} does not have: {unknown}")
+
+    def row(name: str, kept: int) -> TensorSparsity:
         owner = modules.get(name.rpartition(".")[0], model)
-        rows.append(TensorSparsity(name, type(owner).__name__, tuple(mask.shape), int(torch.count_nonzero(mask)), mask.numel()))
-    return SparsityReport(tuple(rows))
+        return TensorSparsity(name, type(owner).__name__, tuple(params[name].shape), kept, params[name].numel())
+
+    return SparsityReport(
+        tuple(row(n, int(torch.count_nonzero(m))) for n, m in masks.items()),
+        tuple(row(n, params[n].numel()) for n in frozen),
+    )

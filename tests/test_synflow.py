@@ -243,3 +243,133 @@ class NaNScorer(Scorer):
 def test_non_finite_scores_are_an_error_naming_the_tensors(tiny_cnn):
     with pytest.raises(FloatingPointError, match=r"produced non-finite scores for \['conv1.weight', 'conv2.weight', 'fc.weight'\]"):
         compute_masks(tiny_cnn, NaNScorer(), sparsity=0.5)
+
+
+# ---------------------------------------------------------------- token inputs and buffers
+
+
+class TokenLM(nn.Module):
+    """Token and position embeddings, a hidden layer, and a head tied to the token embedding."""
+
+    def __init__(self, vocab=20, dim=6, length=5):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Embedding(length, dim)
+        self.mix = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens):
+        tokens = tokens.view(-1, tokens.shape[-1])  # a view still reads the token input
+        positions = torch.arange(tokens.shape[1])
+        return self.head(torch.relu(self.mix(self.embed(tokens) + self.pos(positions))))
+
+
+def test_token_models_are_scored_as_one_hot_networks_with_positions_as_biases_and_the_tied_head_through_both_uses():
+    """The embedding of the all-ones one-hot input is the sum of |W|'s rows; the position embedding, looked
+    up with arange, enters as its absolute rows; the tied |W| gets the gradient of both its uses."""
+    torch.manual_seed(0)
+    net = TokenLM()
+    masks = {n: torch.rand(p.shape) < 0.6 for n, p in net.named_parameters() if n in ("embed.weight", "mix.weight")}
+    ours = compute_scores(net, SynFlow("float64"), masks=masks, example_input=torch.randint(0, 20, (3, 5)))
+
+    W, P, M, b = (t.detach().double().abs() for t in (net.embed.weight, net.pos.weight, net.mix.weight, net.mix.bias))
+    W = (W * masks["embed.weight"]).requires_grad_(True)
+    M = (M * masks["mix.weight"]).requires_grad_(True)
+    one_hot = torch.ones(5, 20, dtype=torch.float64)  # every token at every position
+    R = (torch.relu((one_hot @ W + P) @ M.T + b) @ W.T).sum()
+    R.backward()
+    scale = 2.0 ** -math.frexp(R.item())[1]
+    torch.testing.assert_close(ours["embed.weight"], W.detach() * W.grad * scale, rtol=1e-12, atol=0)
+    torch.testing.assert_close(ours["mix.weight"], M.detach() * M.grad * scale, rtol=1e-12, atol=0)
+
+
+class BiasFreeTokenNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(7, 5)
+        self.fc1 = nn.Linear(5, 4, bias=False)
+        self.fc2 = nn.Linear(4, 3, bias=False)
+
+    def forward(self, tokens):
+        return self.fc2(torch.relu(self.fc1(self.embed(tokens)))).sum(1)
+
+
+def test_conservation_law_holds_through_an_embedding():
+    torch.manual_seed(0)
+    net = BiasFreeTokenNet()
+    s = compute_scores(net, SynFlow("float64"), parameters=["embed.weight", "fc1.weight", "fc2.weight"],
+                       example_input=torch.zeros(2, 4, dtype=torch.long))
+    torch.testing.assert_close(s["embed.weight"].sum(0), s["fc1.weight"].sum(0), rtol=1e-12, atol=0)  # per neuron
+    torch.testing.assert_close(s["fc1.weight"].sum(1), s["fc2.weight"].sum(0), rtol=1e-12, atol=0)
+    totals = torch.stack([v.sum() for v in s.values()])
+    torch.testing.assert_close(totals, totals[0].expand(3), rtol=1e-12, atol=0)
+
+
+class CopiesItsTokens(BiasFreeTokenNet):
+    def forward(self, tokens):
+        return super().forward(tokens.clone())
+
+
+def test_integer_input_that_no_embedding_reads_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"SynFlow was given integer \(token\) input, but no nn.Embedding of CopiesItsTokens looks it up"):
+        compute_masks(CopiesItsTokens(), "synflow", sparsity=0.5, example_input=torch.zeros(1, 4, dtype=torch.long))
+
+
+class RawImages(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x.float() / 255)
+
+
+def test_uint8_images_are_not_tokens():
+    scores = compute_scores(RawImages(), "synflow", example_input=torch.zeros(1, 4, dtype=torch.uint8))
+    assert (scores["fc.weight"] > 0).all()
+
+
+class CausalMixer(nn.Module):
+    """Attention-like mixing over positions with a causal mask of -inf kept as a buffer."""
+
+    def __init__(self, length=4):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+        self.register_buffer("mask", torch.full((length, length), float("-inf")).triu(1))
+        self.register_buffer("offset", -torch.ones(3))
+
+    def forward(self, x):
+        h = self.fc(x) + self.offset
+        weights = torch.softmax(h @ h.transpose(-1, -2) + self.mask, -1)
+        return weights @ h
+
+
+def test_buffers_other_than_normalisation_statistics_enter_as_they_are():
+    torch.manual_seed(0)
+    net = CausalMixer()
+    ours = compute_scores(net, SynFlow("float64"), example_input=torch.randn(2, 4, 3))
+    W, b = net.fc.weight.detach().double().abs().requires_grad_(True), net.fc.bias.detach().double().abs()
+    h = torch.ones(4, 3, dtype=torch.float64) @ W.T + b - 1  # the offset stays -1
+    R = (torch.softmax(h @ h.T + net.mask.double(), -1) @ h).sum()  # the mask stays -inf above the diagonal
+    R.backward()
+    scale = 2.0 ** -math.frexp(R.item())[1]
+    torch.testing.assert_close(ours["fc.weight"], (W * W.grad).abs().detach() * scale, rtol=1e-12, atol=0)
+
+
+def test_frozen_batchnorm_buffers_are_normalisation_statistics_like_batchnorms():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    net = TinyCNN().eval()
+    with torch.no_grad():
+        for t in (net.bn1.weight, net.bn1.bias, net.bn1.running_mean):
+            t.normal_()
+        net.bn1.running_var.uniform_(0.5, 2)
+    frozen = TinyCNN()
+    frozen.load_state_dict(net.state_dict())
+    frozen.bn1 = torchvision.ops.FrozenBatchNorm2d(8, eps=net.bn1.eps)
+    frozen.bn1.load_state_dict({k: v for k, v in net.bn1.state_dict().items() if k != "num_batches_tracked"})
+    x = torch.ones(1, 3, 8, 8)
+    a, b = (compute_scores(m, SynFlow("float64"), example_input=x) for m in (net, frozen))
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], rtol=1e-9, atol=0)

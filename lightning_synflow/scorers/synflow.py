@@ -1,9 +1,16 @@
 """SynFlow (Tanaka et al., NeurIPS 2020): data-free scores from the synaptic flow of the network.
 
-Every parameter and floating buffer is replaced by its absolute value, the network runs in eval mode on
-an all-ones input of batch size 1, ``R`` is the sum of all outputs, and the score is ``|θ ⊙ ∂R/∂θ|``.
+Every parameter, and every floating buffer of a normalisation layer, is replaced by its absolute value, the
+network runs in eval mode on an all-ones input of batch size 1, ``R`` is the sum of all floating outputs, and
+the score is ``|θ ⊙ ∂R/∂θ|``. Other buffers (attention masks, position tables) enter as they are: a causal
+mask of ``-inf`` made positive would be no mask at all.
 
-Numerics: ``∂R/∂θ`` is taken with the output scaled by an exact power of two that brings ``R`` to
+Token inputs: an embedding is a linear map from one-hot tokens, so the all-ones input activates every token
+and an ``nn.Embedding`` that reads the model's token input gives ``Σ_v |W_v|`` at every position (gradients
+flow into ``|W|``, so a tied embedding is scored through both its uses). Embeddings looked up with other
+indices (position ids from ``arange``, token-type ids from a buffer) give their absolute rows, as biases do.
+
+Numerics: ``∂R/∂θ`` is taken with the output scaled by an exact power of two that brings ``|R|`` to
 [0.5, 1): every score is scaled by the same constant without rounding, so the ranking is that of the
 unscaled scores while the scores and gradients stay far from overflow. ``R`` itself is a product of
 layer gains: it overflows float32 (3.4e38) from CIFAR ResNet-32 on (1e139 on ResNet-110, 1e220 on
@@ -20,7 +27,8 @@ weights are alive, only those are scored.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Callable, Literal, Optional
 
 import torch
@@ -33,13 +41,64 @@ from lightning_synflow.scorers.base import ALIVE_POSITIONS, NEWLY_PRUNED, Exampl
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def is_tokens(x: object) -> bool:
+    """An int32/int64 tensor: token ids (the index dtypes of ``nn.Embedding``; uint8 images are not)."""
+    return isinstance(x, Tensor) and x.dtype in (torch.int32, torch.int64)
+
+
 def all_ones_input(example_input: ExampleInput, dtype: torch.dtype) -> ExampleInput:
-    """The SynFlow input: ones of the example's shape with batch size 1 (per tensor for tuples)."""
+    """The SynFlow input: ones of the example's shape with batch size 1 (per tensor for tuples). Token
+    tensors become zeros of their dtype, a valid index whose embeddings :func:`_one_hot_tokens` replaces."""
     if isinstance(example_input, Tensor):
-        return torch.ones((1, *example_input.shape[1:]), dtype=dtype, device=example_input.device)
+        shape = (1, *example_input.shape[1:])
+        if is_tokens(example_input):
+            return torch.zeros(shape, dtype=example_input.dtype, device=example_input.device)
+        return torch.ones(shape, dtype=dtype, device=example_input.device)
     if isinstance(example_input, (tuple, list)) and all(isinstance(x, Tensor) for x in example_input):
         return tuple(all_ones_input(x, dtype) for x in example_input)
     raise TypeError(f"SynFlow needs a tensor or a tuple of tensors as example input, got {type(example_input).__name__}")
+
+
+@contextmanager
+def _one_hot_tokens(model: nn.Module, inputs: tuple[Tensor, ...]) -> Iterator[None]:
+    """Every ``nn.Embedding`` that looks up the token input itself (same storage, views included) gives
+    ``|W|.sum(0)`` at each position: its rows summed over the all-ones one-hot input. Raises if token input
+    is given and no embedding reads it."""
+    tokens = {x.untyped_storage().data_ptr() for x in inputs if is_tokens(x)}
+    if not tokens:
+        yield
+        return
+    readers: list[nn.Embedding] = []
+
+    def every_token(module: nn.Embedding, args: tuple[Tensor, ...], output: Tensor) -> Optional[Tensor]:
+        indices = args[0]
+        if indices.untyped_storage().data_ptr() not in tokens:
+            return None
+        readers.append(module)
+        return module.weight.sum(0).expand(*indices.shape, -1).contiguous()  # module.weight: the linearised |W|
+
+    handles = [m.register_forward_hook(every_token) for m in model.modules() if isinstance(m, nn.Embedding)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+    if not readers:
+        raise ValueError(
+            f"SynFlow was given integer (token) input, but no nn.Embedding of {type(model).__name__} looks it up:"
+            f" token ids are scored through the embeddings that read them as given (a copy such as .clone() or"
+            f" .long() of an int32 input is not recognised); give int64 token ids, or a floating example input"
+        )
+
+
+def _normalisation_buffers(model: nn.Module) -> set[str]:
+    """The floating buffers of normalisation layers (modules with a ``running_var``: BatchNorm, InstanceNorm,
+    torchvision's FrozenBatchNorm2d), their per-channel scale and shift, linearised like parameters."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        if isinstance(getattr(module, "running_var", None), Tensor):
+            names.update(f"{prefix}.{n}" if prefix else n for n, b in module.named_buffers(recurse=False) if b.is_floating_point())
+    return names
 
 
 @register_scorer("synflow")
@@ -82,9 +141,10 @@ class SynFlow(Scorer):
 
 @torch.no_grad()
 def _linearised(model: nn.Module, masks: Mapping[str, Tensor], dtype: torch.dtype, cache: dict) -> dict[str, Tensor]:
-    """|parameters| and |floating buffers| in ``dtype``, the prunable ones leaves that require grad, pruned
-    weights ``-0.0``: zero to the network, and their sign bit marks them pruned where the tensor has been
-    overwritten by scores (``w * |g|`` keeps it), so that one ``copysign`` restores every living weight.
+    """|parameters|, |normalisation buffers| and the other floating buffers as they are, in ``dtype``; the
+    prunable tensors leaves that require grad, pruned weights ``-0.0``: zero to the network, and their sign
+    bit marks them pruned where the tensor has been overwritten by scores (``w * |g|`` keeps it), so that one
+    ``copysign`` restores every living weight.
 
     Built once per run and dtype (``cache``); later rounds restore the tensors that were scored in place
     and mark just the weights pruned since (``cache[NEWLY_PRUNED]``), or re-apply every mask when those are
@@ -96,8 +156,13 @@ def _linearised(model: nn.Module, masks: Mapping[str, Tensor], dtype: torch.dtyp
             name: p.detach().to(dtype, memory_format=torch.contiguous_format, copy=True).abs_()
             for name, p in model.named_parameters()
         }
+        norms = _normalisation_buffers(model)
         for name, b in model.named_buffers():
-            state[name] = b.detach().to(dtype, copy=True).abs_() if b.is_floating_point() else b
+            if b.is_floating_point():
+                b = b.detach().to(dtype, copy=True)
+                state[name] = b.abs_() if name in norms else b
+            else:
+                state[name] = b
         for name, m in masks.items():
             state[name].masked_fill_(~m, -0.0).requires_grad_(True)
         for stale in [k for k in cache if k.startswith("synflow_state_")]:
@@ -125,7 +190,7 @@ def _scores(
     example_input: ExampleInput,
     alive: Optional[Mapping[str, Tensor]],
 ) -> Optional[dict[str, Tensor]]:
-    """``|θ ⊙ ∂R/∂θ|`` scaled by the power of two that brings ``R`` to [0.5, 1), or ``None`` if anything
+    """``|θ ⊙ ∂R/∂θ|`` scaled by the power of two that brings ``|R|`` to [0.5, 1), or ``None`` if anything
     overflowed. With ``alive`` (flat positions of the living weights) only those are scored, as 1-D tensors.
 
     Each tensor is scored the moment backward has its gradient (a post-accumulate hook), which is freed
@@ -133,16 +198,18 @@ def _scores(
     scoring holds one tensor's gradient at a time instead of a second copy of every weight."""
     weights = [state[n] for n in masks]
     inputs = all_ones_input(example_input, weights[0].dtype)
-    outputs = functional_call(model, dict(state), inputs if isinstance(inputs, tuple) else (inputs,))
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    with _one_hot_tokens(model, inputs):
+        outputs = functional_call(model, dict(state), inputs)
     R = sum(t.sum() for t in tree_leaves(outputs) if isinstance(t, Tensor) and t.is_floating_point())
     if not isinstance(R, Tensor):
         raise TypeError(f"{type(model).__name__} returned no floating tensor, so SynFlow has no R to differentiate")
     r = float(R.detach())
     if not math.isfinite(r):
         return None
-    scale = 2.0 ** -math.frexp(r)[1] if r > 0 else 1.0  # exact: R * scale in [0.5, 1)
+    scale = 2.0 ** -math.frexp(r)[1] if r else 1.0  # exact: |R| * scale in [0.5, 1) (R < 0 after a signed buffer or LayerNorm)
     scores: dict[str, Tensor] = {}
-    sums: list[Tensor] = []  # each layer's scores sum to about R * scale <= 1: a non-finite sum is an overflow
+    sums: list[Tensor] = []  # each layer's scores sum to about |R| * scale <= 1: a non-finite sum is an overflow
     if alive is not None:  # allocated before backward, so that no score lands between two gradients in the heap
         sizes = [alive[n].numel() for n in masks]
         gathered = dict(zip(masks, weights[0].new_empty(sum(sizes)).split(sizes)))
