@@ -11,6 +11,7 @@ from fnmatch import fnmatchcase
 from typing import Union
 
 from torch import nn
+from torch.nn.utils.parametrize import ParametrizationList
 
 ModuleType = Union[str, type]
 
@@ -91,14 +92,22 @@ def select_prunable(
     A tensor used by several modules (an embedding tied to the output head) is one tensor: it is selected
     once, under its ``named_parameters()`` name, if any of its uses is selected and none is excluded, so it
     is pruned consistently wherever it is used. Frozen parameters (``requires_grad=False``) are never trained,
-    so a cut could never be repaired: they stay dense unless ``include_frozen``.
+    so a cut could never be repaired: they stay dense unless ``include_frozen``. A parametrized weight
+    (``torch.nn.utils.parametrizations.weight_norm``, ``spectral_norm``) is pruned through its stored tensor
+    laid out like it (``layer.parametrizations.weight.original1`` / ``.original``): its zeros stay zeros
+    in the computed weight.
     """
     types = DEFAULT_PRUNABLE_TYPES if include_types is None else tuple(include_types)
     uses: dict[int, list[tuple[nn.Module, str, str]]] = {}  # tensor -> (module, local name, full name)
-    for module_name, module in model.named_modules(remove_duplicate=False):
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for module_name, module in modules.items():
         for param_name, param in module.named_parameters(recurse=False, remove_duplicate=False):
             full = f"{module_name}.{param_name}" if module_name else param_name
             uses.setdefault(id(param), []).append((module, param_name, full))
+        if isinstance(module, ParametrizationList):
+            for param_name, param in _parametrized_originals(module):
+                owner, _, local = module_name.rpartition(".parametrizations.")
+                uses.setdefault(id(param), []).append((modules[owner], local, f"{module_name}.{param_name}"))
     selected: list[str] = []
     for name, param in model.named_parameters():
         if not (include_frozen or param.requires_grad):
@@ -112,6 +121,15 @@ def select_prunable(
         if chosen and not excluded:
             selected.append(name)
     return selected
+
+
+def _parametrized_originals(parametrization: ParametrizationList) -> list[tuple[str, nn.Parameter]]:
+    """The stored tensors of a parametrized weight that are laid out like it, so that zeros in them are zeros
+    in the weight: weight_norm's direction ``original1`` (not its norms ``original0``), spectral_norm's
+    ``original``. They are the largest of its originals."""
+    originals = list(parametrization.named_parameters(recurse=False))
+    largest = max((p.numel() for _, p in originals), default=0)
+    return [(n, p) for n, p in originals if p.numel() == largest]
 
 
 def tied_names(model: nn.Module) -> dict[str, str]:

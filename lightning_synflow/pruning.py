@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from lightning_synflow.ablations import shuffle_masks
 from lightning_synflow.alive import AliveSet
-from lightning_synflow.masks import check_masks
+from lightning_synflow.masks import check_masks, check_weight_norm
 from lightning_synflow.model_state import preserved_model_state
 from lightning_synflow.parameters import select_prunable, tied_names
 from lightning_synflow.ranking import SCOPES, Scope
@@ -66,6 +66,12 @@ def _initial_masks(
         raise ValueError(
             f"`parameters` names tensors that {type(model).__name__} does not have: {unknown}; allowed are the"
             f" names of model.named_parameters(), e.g. {list(params)[:5]}" + "".join(f"; {h}" for h in hints)
+        )
+    lazy = [n for n in names if isinstance(params[n], nn.parameter.UninitializedParameter)]
+    if lazy:
+        raise ValueError(
+            f"{type(model).__name__} has uninitialised (lazy) parameters {lazy}: run one forward pass before"
+            f" pruning so that their shapes are known"
         )
     return {n: torch.ones_like(params[n], dtype=torch.bool) for n in names}
 
@@ -230,4 +236,6 @@ def compute_masks(
             current = scorer.allocate(scores, d, scope, current if scorer.monotone else None)
     if alive is not None:
         current = alive.masks
-    return shuffle_masks(current) if shuffle else current
+    current = shuffle_masks(current) if shuffle else current
+    check_weight_norm(model, current)
+    return current

@@ -286,3 +286,121 @@ def test_prune_at_init_scores_a_token_model_from_its_first_batch_and_keeps_froze
     if not include_frozen:
         assert (model.lm.block.linear2.weight != 0).all()
         assert [t.name for t in sparsity_report(model, pruner.masks).frozen] == [frozen]
+
+
+class LightningBert(LightningModule):
+    """A Hugging Face model called with keyword inputs, trained on dict batches, as HF users write it."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import BertConfig, BertForSequenceClassification
+
+        config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=32, num_labels=3)
+        self.bert = BertForSequenceClassification(config)
+        self.example_input_array = {"input_ids": torch.zeros(1, 16, dtype=torch.long),
+                                    "attention_mask": torch.ones(1, 16, dtype=torch.long)}
+
+    def forward(self, input_ids, attention_mask):
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        data = [{"input_ids": torch.randint(0, 100, (16,), generator=g), "attention_mask": torch.ones(16, dtype=torch.long),
+                 "labels": torch.tensor(i % 3)} for i in range(16)]
+        return DataLoader(data, batch_size=8)
+
+
+@pytest.mark.parametrize("scorer", ["synflow", "snip", "grasp"])
+def test_a_keyword_input_model_on_dict_batches_in_lightning(tmp_path, scorer):
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = LightningBert()
+    pruner = PruneAtInit(scorer=scorer, sparsity=SPARSITY, iterations=3)
+    Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=tmp_path, callbacks=[pruner]).fit(model)
+    params = dict(model.named_parameters())
+    assert "bert.bert.encoder.layer.0.attention.self.query.weight" in pruner.masks
+    total = sum(params[n].numel() for n in pruner.masks)
+    assert sum(int(m.sum()) for m in pruner.masks.values()) == num_kept(1 - SPARSITY, total)
+    assert all((params[n][~m] == 0).all() for n, m in pruner.masks.items())
+
+
+def test_a_keyword_input_gives_synflow_the_same_scores_as_the_positional_one():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+    class Keyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)
+
+    positional = compute_scores(net, "synflow", example_input=torch.zeros(1, 8))
+    keyword = compute_scores(Keyword(), "synflow", example_input={"x": torch.zeros(1, 8)})
+    assert all(torch.equal(positional[n], keyword[f"net.{n}"]) for n in positional)
+
+
+class WeightNormed(LightningModule):
+    def __init__(self):
+        super().__init__()
+        from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+        self.net = nn.Sequential(weight_norm(nn.Linear(32, 32)), nn.ReLU(), spectral_norm(nn.Linear(32, 32)), nn.ReLU(),
+                                 nn.Linear(32, 4))
+        self.example_input_array = torch.zeros(1, 32)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.randn(32, 32), torch.randint(0, 4, (32,))), batch_size=8)
+
+
+@pytest.mark.parametrize("scorer", ["synflow", "snip", "magnitude"])
+def test_weight_norm_and_spectral_norm_layers_are_pruned_through_their_stored_weight(tmp_path, scorer):
+    torch.manual_seed(0)
+    model = WeightNormed()
+    expected = ["net.0.parametrizations.weight.original1", "net.2.parametrizations.weight.original", "net.4.weight"]
+    assert select_prunable(model) == expected
+    pruner = PruneAtInit(scorer=scorer, sparsity=0.5)  # leaves no weight_norm row empty
+    Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=tmp_path, callbacks=[pruner]).fit(model)
+    assert list(pruner.masks) == expected
+    assert sum(int(m.sum()) for m in pruner.masks.values()) == num_kept(0.5, 32 * 32 + 32 * 32 + 32 * 4)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with torch.no_grad():  # the weights the layers compute from their stored tensors are pruned too
+        assert (model.net[0].weight[~pruner.masks[expected[0]]] == 0).all()
+        assert (model.net[2].weight[~pruner.masks[expected[1]]] == 0).all()
+
+
+def test_uninitialised_lazy_layers_get_a_clear_error():
+    model = nn.Sequential(nn.LazyLinear(16), nn.ReLU(), nn.Linear(16, 4))
+    with pytest.raises(ValueError, match=r"uninitialised \(lazy\) parameters \['0.weight'\]: run one forward pass"):
+        compute_masks(model, "magnitude", sparsity=0.5)
+
+
+def test_emptying_a_weight_norm_row_is_refused_before_any_weight_is_touched():
+    torch.manual_seed(0)
+    model = WeightNormed()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruner = PruneAtInit(scorer="magnitude", sparsity=0.99)
+    trainer = Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=[pruner])
+    with pytest.raises(ValueError, match=r"pruning empties slice\(s\) \[\d+.*\(dim 0\) of 'net.0.parametrizations.weight.original1', the direction of a weight_norm layer"):
+        trainer.fit(model)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

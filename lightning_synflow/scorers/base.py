@@ -19,7 +19,8 @@ from torch.nn import functional as F
 from lightning_synflow.ranking import Scope, select_masks
 from lightning_synflow.schedules import Schedule, density_schedule
 
-ExampleInput = Union[Tensor, tuple[Tensor, ...]]
+#: A tensor, a tuple of tensors (positional inputs) or a dict of tensors (keyword inputs) of the model's input.
+ExampleInput = Union[Tensor, tuple[Tensor, ...], Mapping[str, Tensor]]
 #: ``loss_fn(model, batch) -> scalar``: the loss data-driven scorers differentiate.
 LossFn = Callable[[nn.Module, Any], Tensor]
 

@@ -47,16 +47,21 @@ def is_tokens(x: object) -> bool:
 
 
 def all_ones_input(example_input: ExampleInput, dtype: torch.dtype) -> ExampleInput:
-    """The SynFlow input: ones of the example's shape with batch size 1 (per tensor for tuples). Token
-    tensors become zeros of their dtype, a valid index whose embeddings :func:`_one_hot_tokens` replaces."""
+    """The SynFlow input: ones of the example's shape with batch size 1, per tensor for tuples and for dicts
+    (keyword inputs, as in Lightning's ``example_input_array``). Integer tensors stay integer: ones are valid
+    token ids, whose embeddings :func:`_one_hot_tokens` replaces, and an all-ones attention mask attends
+    everywhere."""
     if isinstance(example_input, Tensor):
         shape = (1, *example_input.shape[1:])
-        if is_tokens(example_input):
-            return torch.zeros(shape, dtype=example_input.dtype, device=example_input.device)
-        return torch.ones(shape, dtype=dtype, device=example_input.device)
+        return torch.ones(shape, dtype=example_input.dtype if is_tokens(example_input) else dtype, device=example_input.device)
     if isinstance(example_input, (tuple, list)) and all(isinstance(x, Tensor) for x in example_input):
         return tuple(all_ones_input(x, dtype) for x in example_input)
-    raise TypeError(f"SynFlow needs a tensor or a tuple of tensors as example input, got {type(example_input).__name__}")
+    if isinstance(example_input, Mapping) and all(isinstance(x, Tensor) for x in example_input.values()):
+        return {k: all_ones_input(x, dtype) for k, x in example_input.items()}
+    raise TypeError(
+        f"SynFlow needs a tensor, a tuple of tensors or a dict of tensors (keyword inputs) as example input,"
+        f" got {type(example_input).__name__}"
+    )
 
 
 @contextmanager
@@ -198,9 +203,9 @@ def _scores(
     scoring holds one tensor's gradient at a time instead of a second copy of every weight."""
     weights = [state[n] for n in masks]
     inputs = all_ones_input(example_input, weights[0].dtype)
-    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-    with _one_hot_tokens(model, inputs):
-        outputs = functional_call(model, dict(state), inputs)
+    args, kwargs = ((), inputs) if isinstance(inputs, Mapping) else (inputs if isinstance(inputs, tuple) else (inputs,), {})
+    with _one_hot_tokens(model, (*args, *kwargs.values())):
+        outputs = functional_call(model, dict(state), args, kwargs)
     R = sum(t.sum() for t in tree_leaves(outputs) if isinstance(t, Tensor) and t.is_floating_point())
     if not isinstance(R, Tensor):
         raise TypeError(f"{type(model).__name__} returned no floating tensor, so SynFlow has no R to differentiate")
