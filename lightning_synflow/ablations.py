@@ -13,11 +13,21 @@ from torch import Tensor, nn
 
 
 def shuffle_masks(masks: Mapping[str, Tensor], generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
-    """Each mask with its kept positions moved to random places in the same tensor (same count)."""
+    """Each mask with its kept positions moved to random places in the same tensor (same count).
+
+    Each permutation is drawn on the mask's device from that device's default generator, or on ``generator``'s
+    device (give one on the masks' device to keep the draw there). It is int32 where it fits, half the bytes of
+    int64: on CPU torch draws the same permutation in either dtype, so a seed gives the masks it always gave."""
     shuffled = {}
     for name, mask in masks.items():
-        order = torch.randperm(mask.numel(), generator=generator).to(mask.device)
-        shuffled[name] = mask.reshape(-1)[order].view_as(mask)
+        n = mask.numel()
+        order = torch.randperm(
+            n,
+            generator=generator,
+            dtype=torch.int32 if n <= torch.iinfo(torch.int32).max else torch.int64,
+            device=mask.device if generator is None else generator.device,
+        )
+        shuffled[name] = mask.reshape(-1).index_select(0, order.to(mask.device)).view_as(mask)
     return shuffled
 
 

@@ -132,10 +132,10 @@ def _kth_extreme(flat: Tensor, m: int, lowest: bool) -> Tensor:
     """The ``m``-th lowest (highest) value of ``flat``. Brackets from a sample narrow large inputs first (a
     pass counts the values beyond the inner bracket and keeps just those between the two), so that
     ``kthvalue``, whose cost per value is several passes', ranks only the few whose order matters."""
-    g = torch.Generator().manual_seed(0)
+    g = _private_generator(flat.device)
     while flat.numel() > 4 * _SAMPLE_SIZE:
         n = flat.numel()
-        sample = flat[torch.randint(n, (_SAMPLE_SIZE,), generator=g).to(flat.device)]
+        sample = flat.index_select(0, torch.randint(n, (_SAMPLE_SIZE,), generator=g, device=flat.device))
         inner, outer = (_bracket(sample, m / n, slack, lowest) for slack in (-4.0, 4.0))
         if inner is None or outer is None:
             break
@@ -151,16 +151,22 @@ def _kth_extreme(flat: Tensor, m: int, lowest: bool) -> Tensor:
 
 def _sample(flats: list[Tensor], cands: list[Optional[Tensor]], counts: list[int]) -> Tensor:
     """Scores of candidates at random positions, about ``_SAMPLE_SIZE`` of them, from a fixed generator."""
-    g = torch.Generator().manual_seed(0)
+    g = _private_generator(flats[0].device)
     total = sum(f.numel() for f in flats)
     parts = []
     for f, c, count in zip(flats, cands, counts):
         size = min(f.numel(), math.ceil(_SAMPLE_SIZE * f.numel() / total)) if count else 0
         if size:
-            at = torch.randint(f.numel(), (size,), generator=g).to(f.device)
+            at = torch.randint(f.numel(), (size,), generator=g, device=f.device)
             at_f = f.index_select(0, at)
             parts.append(at_f if c is None else at_f.masked_select(c.index_select(0, at)))
     return torch.cat(parts)
+
+
+def _private_generator(device: torch.device) -> torch.Generator:
+    """A generator on ``device`` with a fixed seed: samples are drawn where the scores live (on CPU the same
+    draws as ever), and torch's global random state is left alone."""
+    return torch.Generator(device=device).manual_seed(0)
 
 
 def _bracket(sample: Tensor, fraction: float, slack: float, lowest: bool) -> Optional[Tensor]:
@@ -182,7 +188,7 @@ def _beyond(flat: Tensor, cand: Optional[Tensor], bound: Optional[Tensor], lowes
         hit = torch.ones_like(flat, dtype=torch.bool) if cand is None else cand
     else:
         hit = hits[: flat.numel()]
-        scores = _as_numpy(flat)
+        scores = as_numpy(flat)
         if scores is not None:
             (np.less if lowest else np.greater)(scores, bound.item(), out=hit.numpy())
         else:
@@ -196,11 +202,12 @@ def _beyond(flat: Tensor, cand: Optional[Tensor], bound: Optional[Tensor], lowes
 # float32: `<` 0.26 ms against 1.8-2.8 ms, `nonzero` at 5% hits 2.5 against 4.1 ms, at 1% 0.7 against
 # 4.4 ms, boolean selection of int32 0.5 against 1.1 ms); NumPy views share the tensor's memory, and
 # the results are the same, element for element. Other devices and dtypes NumPy lacks stay in torch.
-_NUMPY_DTYPES = (torch.bool, torch.int32, torch.int64, torch.float16, torch.float32, torch.float64)
+_NUMPY_DTYPES = (torch.bool, torch.uint8, torch.int32, torch.int64, torch.float16, torch.float32, torch.float64)
 
 
-def _as_numpy(t: Tensor) -> Optional[np.ndarray]:
-    """``t`` as a NumPy array sharing its memory, or None where NumPy cannot view it."""
+def as_numpy(t: Tensor) -> Optional[np.ndarray]:
+    """``t`` as a NumPy array sharing its memory, or None where NumPy cannot view it (then torch's kernels
+    run: the path of every other device, which tests take on CPU by making this return None)."""
     return t.detach().numpy() if t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES else None
 
 
@@ -209,7 +216,7 @@ def true_positions(mask: Tensor) -> Tensor:
     the memory of int64)."""
     flat = mask.reshape(-1)
     small = flat.numel() < 2**31
-    array = _as_numpy(flat)
+    array = as_numpy(flat)
     if array is not None:
         found = np.flatnonzero(array)
         return torch.from_numpy(found.astype(np.int32) if small else found)
@@ -219,7 +226,7 @@ def true_positions(mask: Tensor) -> Tensor:
 
 def compress(values: Tensor, keep: Tensor) -> Tensor:
     """The 1-D ``values`` where the bool ``keep`` is set, in order."""
-    array, chosen = _as_numpy(values), _as_numpy(keep)
+    array, chosen = as_numpy(values), as_numpy(keep)
     if array is not None and chosen is not None:
         return torch.from_numpy(array[chosen])
     return values.masked_select(keep)  # faster than values[keep] when most are kept

@@ -51,3 +51,13 @@ def tiny_cnn():
 def image_batch():
     torch.manual_seed(1)
     return torch.randn(2, 3, 8, 8)
+
+
+@pytest.fixture(params=["numpy", "torch"])
+def ranking_branch(request, monkeypatch):
+    """Runs a test through each CPU path of the ranking (and of the masks' bit-packing): NumPy views of the
+    tensors (the CPU default) and torch's own kernels (what a GPU, or a dtype NumPy lacks, takes), which must
+    give the same masks."""
+    if request.param == "torch":
+        monkeypatch.setattr("lightning_synflow.ranking.as_numpy", lambda t: None)
+    return request.param

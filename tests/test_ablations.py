@@ -37,6 +37,21 @@ def test_shuffle_keeps_every_per_tensor_count_and_moves_the_positions(tiny_cnn):
     assert all(torch.equal(again[n], shuffled[n]) for n in masks)
 
 
+def test_shuffle_gives_the_masks_of_an_int64_randperm_for_the_same_generator():
+    # The shuffle used to index with an int64 permutation; it now draws int32, the same permutation on CPU.
+    g = torch.Generator().manual_seed(0)
+    masks = {"a": torch.rand(40, 30, generator=g) < 0.2, "b": torch.rand(7, generator=g) < 0.5}
+    old = torch.Generator().manual_seed(1)
+    want = {n: m.reshape(-1)[torch.randperm(m.numel(), generator=old)].view_as(m) for n, m in masks.items()}
+    got = shuffle_masks(masks, generator=torch.Generator().manual_seed(1))
+    assert all(torch.equal(got[n], want[n]) for n in masks)
+    torch.manual_seed(4)  # and from torch's global generator when none is given
+    want = {n: m.reshape(-1)[torch.randperm(m.numel())].view_as(m) for n, m in masks.items()}
+    torch.manual_seed(4)
+    got = shuffle_masks(masks)
+    assert all(torch.equal(got[n], want[n]) for n in masks)
+
+
 def test_compute_masks_shuffle(tiny_cnn, image_batch):
     plain = compute_masks(tiny_cnn, "synflow", sparsity=0.9, iterations=5, example_input=image_batch)
     torch.manual_seed(0)
@@ -52,7 +67,7 @@ def test_compute_masks_shuffle(tiny_cnn, image_batch):
 
 
 @pytest.mark.parametrize("scope", ["global", "layerwise"])
-def test_invert_with_magnitude_keeps_the_smallest_weights(tiny_cnn, scope):
+def test_invert_with_magnitude_keeps_the_smallest_weights(ranking_branch, tiny_cnn, scope):
     masks = compute_masks(tiny_cnn, "magnitude", sparsity=0.7, scope=scope, invert=True)
     normal = compute_masks(tiny_cnn, "magnitude", sparsity=0.7, scope=scope)
     params = dict(tiny_cnn.named_parameters())
@@ -66,7 +81,7 @@ def test_invert_with_magnitude_keeps_the_smallest_weights(tiny_cnn, scope):
         assert kept.max() <= pruned.min()
 
 
-def test_invert_keeps_zero_scores_first_and_never_produces_nan():
+def test_invert_keeps_zero_scores_first_and_never_produces_nan(ranking_branch):
     # The SynFlow code inverts with 1/score: a zero score becomes inf/NaN. Negating the ranking keeps the
     # zeros (the lowest scores) first, and everything stays finite.
     lin = nn.Linear(10, 10, bias=False)
@@ -79,14 +94,14 @@ def test_invert_keeps_zero_scores_first_and_never_produces_nan():
     assert all(torch.isfinite(s).all() for s in scores.values())
 
 
-def test_invert_equals_selecting_the_negated_scores(tiny_cnn, image_batch):
+def test_invert_equals_selecting_the_negated_scores(ranking_branch, tiny_cnn, image_batch):
     scores = compute_scores(tiny_cnn, "synflow", example_input=image_batch)
     inverted = compute_masks(tiny_cnn, "synflow", sparsity=0.8, iterations=1, example_input=image_batch, invert=True)
     expected = select_masks({n: -s for n, s in scores.items()}, 0.2)
     assert all(torch.equal(inverted[n], expected[n]) for n in scores)
 
 
-def test_invert_over_iterations_is_monotone_and_exact(tiny_cnn, image_batch):
+def test_invert_over_iterations_is_monotone_and_exact(ranking_branch, tiny_cnn, image_batch):
     one = compute_masks(tiny_cnn, "synflow", sparsity=0.4, iterations=1, example_input=image_batch, invert=True)
     masks = compute_masks(tiny_cnn, "synflow", sparsity=0.9, iterations=2, example_input=image_batch, invert=True,
                           masks=one)  # densities 0.316, 0.1
@@ -160,7 +175,7 @@ def test_callback_shuffle_and_invert(tmp_path):
 # ---------------------------------------------------------------- continuing from given masks
 
 
-def test_continuing_from_sparser_masks_over_iterations(tiny_cnn):
+def test_continuing_from_sparser_masks_over_iterations(ranking_branch, tiny_cnn):
     start = compute_masks(tiny_cnn, "magnitude", sparsity=0.6)
     masks = compute_masks(tiny_cnn, "magnitude", sparsity=0.9, iterations=4, masks=start)
     assert all(not (masks[n] & ~start[n]).any() for n in masks)

@@ -5,7 +5,7 @@ import torch
 from lightning.pytorch import Trainer
 
 import lightning_synflow.scorers.erk  # noqa: F401  (registers "erk" and "uniform" until the package imports it)
-from lightning_synflow import PruneAtInit, available_scorers, compute_masks, get_scorer, num_kept
+from lightning_synflow import PruneAtInit, Random, available_scorers, compute_masks, get_scorer, num_kept
 from lightning_synflow.distributions import erk_densities, kept_counts
 from lightning_synflow.scorers.erk import ERK, Uniform
 from lightning_helpers import MLP
@@ -84,6 +84,33 @@ def test_positions_are_random_and_reproducible(tiny_cnn, cls):
     torch.manual_seed(5)
     g2 = compute_masks(tiny_cnn, cls(), sparsity=0.8)
     assert all(torch.equal(g1[n], g2[n]) for n in g1)
+
+
+def _drawn_as_before(cls):
+    """``cls`` scoring as it did before draws moved to the masks' device: one CPU generator, moved over."""
+
+    class Before(cls):
+        def __init__(self, seed=None):
+            super().__init__(seed)
+            self.before = None if seed is None else torch.Generator().manual_seed(seed)
+
+        def score(self, model, masks, context):
+            return {n: torch.rand(m.shape, generator=self.before).to(m.device) * m for n, m in masks.items()}
+
+    return Before
+
+
+@pytest.mark.parametrize("cls", [Random, ERK, Uniform])
+def test_a_seed_gives_the_masks_it_gave_before_draws_moved_to_the_masks_device(tiny_cnn, cls, ranking_branch):
+    for iterations in (1, 3):  # later rounds continue the generator's stream
+        now = compute_masks(tiny_cnn, cls(seed=3), sparsity=0.9, iterations=iterations)
+        before = compute_masks(tiny_cnn, _drawn_as_before(cls)(seed=3), sparsity=0.9, iterations=iterations)
+        assert all(torch.equal(now[n], before[n]) for n in now)
+    torch.manual_seed(7)  # without a seed, from torch's global generator
+    now = compute_masks(tiny_cnn, cls(), sparsity=0.8)
+    torch.manual_seed(7)
+    before = compute_masks(tiny_cnn, _drawn_as_before(cls)(), sparsity=0.8)
+    assert all(torch.equal(now[n], before[n]) for n in now)
 
 
 def test_positions_are_uniform_within_a_tensor():

@@ -3,6 +3,8 @@ import torch
 
 from lightning_synflow import num_kept, select_masks, top_k_mask
 
+pytestmark = pytest.mark.usefixtures("ranking_branch")  # NumPy and torch branches alike
+
 
 def brute_force_top_k(scores: torch.Tensor, k: int, candidates=None) -> torch.Tensor:
     """Independent reference: sort by (-score, index) and keep the first k candidates."""

@@ -35,7 +35,32 @@ class Random(Scorer):
 
     def __init__(self, seed: Optional[int] = None) -> None:
         self.seed = seed
-        self._generator = None if seed is None else torch.Generator().manual_seed(seed)
+        self._generators = DeviceGenerators(seed)
 
     def score(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:
-        return {n: torch.rand(m.shape, generator=self._generator).to(m.device) * m for n, m in masks.items()}
+        return random_scores(masks, self._generators)
+
+
+class DeviceGenerators:
+    """Generators seeded with ``seed``, one per device, each made when that device first asks: random scores
+    are drawn where the masks live instead of on the host and copied over, and on CPU the draws are those
+    of ``torch.Generator().manual_seed(seed)``. Without a seed, each device's default generator (which
+    ``seed_everything`` seeds)."""
+
+    def __init__(self, seed: Optional[int]) -> None:
+        self.seed = seed
+        self._made: dict[torch.device, torch.Generator] = {}
+
+    def on(self, device: torch.device) -> Optional[torch.Generator]:
+        if self.seed is None:
+            return None
+        if device not in self._made:
+            self._made[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._made[device]
+
+
+def random_scores(masks: Mapping[str, Tensor], generators: DeviceGenerators) -> dict[str, Tensor]:
+    """Uniform random scores in [0, 1) on each mask's device, zero where the mask is False (pruned)."""
+    return {
+        n: torch.rand(m.shape, generator=generators.on(m.device), device=m.device).mul_(m) for n, m in masks.items()
+    }

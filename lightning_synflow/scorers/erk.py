@@ -19,6 +19,7 @@ from lightning_synflow.distributions import check_power_scale, erk_densities, ke
 from lightning_synflow.ranking import Scope, top_k_mask
 from lightning_synflow.schedules import num_kept
 from lightning_synflow.scorers.base import Scorer, ScoringContext, register_scorer
+from lightning_synflow.scorers.baselines import DeviceGenerators, random_scores
 
 
 class LayerwiseRandom(Scorer):
@@ -41,14 +42,14 @@ class LayerwiseRandom(Scorer):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"`seed` must be an int or None, got {seed!r}")
         self.seed = seed
-        self._generator = None if seed is None else torch.Generator().manual_seed(seed)
+        self._generators = DeviceGenerators(seed)
 
     @abstractmethod
     def layer_densities(self, shapes: Mapping[str, Sequence[int]], density: float) -> dict[str, float]:
         """Each tensor's density (in [0, 1]) at the global ``density``; ``Σ d_l·n_l`` should be ``density·N``."""
 
     def score(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:
-        return {n: torch.rand(m.shape, generator=self._generator).to(m.device) * m for n, m in masks.items()}
+        return random_scores(masks, self._generators)
 
     def allocate(
         self, scores: Mapping[str, Tensor], density: float, scope: Scope, candidates: Optional[Mapping[str, Tensor]]
