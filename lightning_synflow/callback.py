@@ -7,10 +7,10 @@ optimizer state of pruned weights stays zero, and stores the masks in its own ch
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from itertools import islice
+import weakref
+from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 import torch
@@ -20,6 +20,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_synflow.ablations import reinitialize
+from lightning_synflow.collectives import broadcast_masks, broadcast_tensors_
+from lightning_synflow.isolation import preserved_module_state, preserved_rng
 from lightning_synflow.masks import BoundMasks, check_masks
 from lightning_synflow.parameters import select_prunable
 from lightning_synflow.pruning import compute_masks
@@ -27,9 +29,13 @@ from lightning_synflow.ranking import SCOPES, Scope
 from lightning_synflow.report import SparsityReport, sparsity_report
 from lightning_synflow.schedules import Schedule, density_schedule, resolve_density
 from lightning_synflow.scorers.base import ExampleInput, Scorer, get_scorer
+from lightning_synflow.spawn import carry_state_back
+from lightning_synflow.strategies import check_strategy
+from lightning_synflow.trainer_data import setup_training_data, training_batches, training_step_loss
 from lightning_synflow.validation import check_positive_int, is_positive_int
 
 
+@carry_state_back
 class PruneAtInit(Callback):
     """Prune the model at the start of ``fit`` and keep it sparse for the whole of training.
 
@@ -132,6 +138,8 @@ class PruneAtInit(Callback):
         self._masks: Optional[dict[str, Tensor]] = None
         self._bound: Optional[BoundMasks] = None
         self._hooks: list[Any] = []
+        self._owner: Optional[weakref.ref[LightningModule]] = None  # the model the masks were computed for
+        self._restored: Optional[dict[str, Any]] = None  # a checkpoint's state, until on_fit_start adopts it
 
     @property
     def masks(self) -> Optional[dict[str, Tensor]]:
@@ -140,28 +148,82 @@ class PruneAtInit(Callback):
 
     # ------------------------------------------------------------------ life cycle
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        check_strategy(trainer.strategy)
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        fresh = self._masks is None
+        masks, origin = self._masks_to_keep(trainer, pl_module)
+        fresh = masks is None
         if fresh:
-            probe = self._probe_inputs(trainer, pl_module) if self.log_jacobian else None
-            spectra = {} if probe is None else {"init": self._spectrum(trainer, pl_module, probe, "init")}
-            start = time.perf_counter()
-            masks = self._prune(trainer, pl_module)
-            seconds = time.perf_counter() - start
-        else:  # resumed (or fit again): the masks we hold are not scored again
-            masks, seconds = self._masks, None
+            masks, seconds, probe, spectra = self._prune(trainer, pl_module)
+        else:
+            seconds = None
             try:
                 check_masks(pl_module, masks)
             except (ValueError, TypeError) as err:
-                raise ValueError(f"PruneAtInit: the masks restored from the checkpoint do not fit {type(pl_module).__name__}: {err}") from err
+                raise ValueError(f"PruneAtInit: the masks {origin} do not fit {type(pl_module).__name__}: {err}") from err
         bound = BoundMasks(pl_module, masks)
         bound.apply_()
         self._masks = dict(zip(bound.names, bound.masks))
+        self._owner = weakref.ref(pl_module)
         self._bound = bound
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
-        self._report(trainer, sparsity_report(pl_module, self._masks), seconds)
+        params = dict(pl_module.named_parameters())
+        frozen = [n for n in self._select(pl_module, True) if n not in self._masks and not params[n].requires_grad]
+        self._report(trainer, sparsity_report(pl_module, self._masks, frozen=frozen), seconds, origin)
         if fresh:
-            self._diagnose(trainer, pl_module, probe, spectra)
+            with preserved_rng(pl_module.device), preserved_module_state(pl_module):
+                self._diagnose(trainer, pl_module, probe, spectra)
+
+    def _prune(
+        self, trainer: Trainer, pl_module: LightningModule
+    ) -> tuple[dict[str, Tensor], float, Optional[Tensor], dict[str, Tensor]]:
+        """Rank zero's masks, the seconds scoring took, and (with ``log_jacobian``) the probe inputs and the
+        Jacobian spectrum at initialisation.
+        Nothing training uses is drawn or changed meanwhile: random states and module state are restored."""
+        if self._reads_training_data(pl_module):
+            setup_training_data(trainer)  # outside the isolation: training expects the draws it makes
+        with preserved_rng(pl_module.device), preserved_module_state(pl_module):
+            probe = self._probe_inputs(trainer, pl_module) if self.log_jacobian else None
+            spectra = {} if probe is None else {"init": self._spectrum(trainer, pl_module, probe, "init")}
+            start = time.perf_counter()
+            masks = self._score(trainer, pl_module)
+            seconds = time.perf_counter() - start
+        masks = broadcast_masks(masks, device=trainer.strategy.root_device)  # bit-packed, through the process group
+        if self.reinit:
+            self._reinitialize(trainer, pl_module)
+        return masks, seconds, probe, spectra
+
+    def _reads_training_data(self, pl_module: LightningModule) -> bool:
+        """Scoring or diagnostics will draw training batches (for data, or for the input shape)."""
+        needs_shape = self.scorer.needs_input or self.log_effective_sparsity or self.log_jacobian
+        shape_from_data = needs_shape and pl_module.example_input_array is None and self.input_shape is None
+        return self.scorer.needs_data or self.log_jacobian or shape_from_data
+
+    def _masks_to_keep(self, trainer: Trainer, pl_module: LightningModule) -> tuple[Optional[dict[str, Tensor]], str]:
+        """The masks this fit keeps instead of pruning, and where they come from: a checkpoint's, or those of
+        this same model's previous fit; ``None`` when the model is to be pruned now."""
+        restored, self._restored = self._restored, None
+        if restored is not None:
+            self._warn_if_arguments_differ(restored)
+            return dict(restored["masks"]), "restored from the checkpoint"
+        if self._masks is not None and self._owner is not None and self._owner() is pl_module:
+            return self._masks, "of this model's previous fit"
+        if self._masks is not None:
+            rank_zero_info(f"PruneAtInit: {type(pl_module).__name__} is not the model the masks it holds were computed for; pruning it afresh")
+        if trainer.ckpt_path is not None:
+            rank_zero_warn(
+                f"PruneAtInit: resuming from {trainer.ckpt_path}, which holds no pruning state: the weights it"
+                f" restored (trained ones, if it was saved during training) are pruned now"
+            )
+        return None, "scored now"
+
+    def _warn_if_arguments_differ(self, restored: Mapping[str, Any]) -> None:
+        own = self._settings()
+        differ = {k: (v, own[k]) for k, v in restored.items() if k in own and not _same(v, own[k])}
+        if differ:
+            said = "; ".join(f"{k}: checkpoint {_shown(old)}, callback {_shown(new)}" for k, (old, new) in differ.items())
+            rank_zero_warn(f"PruneAtInit: resuming with the checkpoint's masks, which were made with other arguments ({said})")
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
         # After AMP unscaling and before gradient clipping, on real step boundaries only.
@@ -182,11 +244,9 @@ class PruneAtInit(Callback):
         self._hooks = []
         self._bound = None
 
-    def state_dict(self) -> dict[str, Any]:
-        if self._masks is None:
-            return {}
+    def _settings(self) -> dict[str, Any]:
+        """What decides the masks, stored beside them so that a resume with other arguments is noticed."""
         return {
-            "masks": {n: m.cpu() for n, m in self._masks.items()},
             "scorer": self.scorer.name or type(self.scorer).__qualname__,
             "density": self.density,
             "iterations": self.iterations,
@@ -194,21 +254,51 @@ class PruneAtInit(Callback):
             "scope": self.scope,
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        if self._masks is None:
+            return {}
+        return {"masks": {n: m.cpu() for n, m in self._masks.items()}, **self._settings()}
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "masks" in state_dict:
-            self._masks = dict(state_dict["masks"])
+            self._restored = dict(state_dict)
+
+    def spawn_state(self) -> dict[str, Any]:
+        """Rank zero's state, sent back from a spawned worker (:mod:`lightning_synflow.spawn`)."""
+        return self.state_dict()
+
+    def adopt_spawn_state(self, state: dict[str, Any], module: LightningModule) -> None:
+        """In the main process after a spawned fit: the masks belong to the main process's model, which got
+        the pruned weights back, so that its next ``fit`` keeps them."""
+        self._masks = dict(state["masks"])
+        self._owner = weakref.ref(module)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A spawned fit pickles the Trainer with the model: the owner goes as a plain reference so that it
+        # unpickles as that same model object in the worker; weak references cannot be pickled.
+        state = self.__dict__.copy()
+        state["_owner"] = None if self._owner is None else self._owner()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        owner = state["_owner"]
+        self.__dict__.update(state, _owner=None if owner is None else weakref.ref(owner))
 
     # ------------------------------------------------------------------ helpers
 
-    def _prune(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Tensor]:
-        names = select_prunable(
+    def _select(self, pl_module: LightningModule, include_frozen: bool) -> list[str]:
+        return select_prunable(
             pl_module,
             include_types=self.include_types,
             exclude_types=self.exclude_types,
             include_names=self.include_names,
             exclude_names=self.exclude_names,
-            include_frozen=self.include_frozen,
+            include_frozen=include_frozen,
         )
+
+    def _score(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Tensor]:
+        """This rank's masks (the caller adopts rank zero's)."""
+        names = self._select(pl_module, self.include_frozen)
         if not names:
             raise ValueError(
                 f"PruneAtInit found no prunable parameters in {type(pl_module).__name__} with"
@@ -229,8 +319,8 @@ class PruneAtInit(Callback):
             schedule=self.schedule,
             scope=self.scope,
             example_input=self._example_input(trainer, pl_module) if self.scorer.needs_input else None,
-            dataloader=_training_batches(trainer, num_batches) if self.scorer.needs_data else None,
-            loss_fn=_training_step_loss,
+            dataloader=training_batches(trainer, num_batches) if self.scorer.needs_data else None,
+            loss_fn=training_step_loss(trainer) if self.scorer.needs_data else None,
             num_batches=num_batches,
             all_reduce=(lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None,
             parameters=names,
@@ -238,14 +328,16 @@ class PruneAtInit(Callback):
             shuffle=self.shuffle,
             progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
         )
-        masks = _broadcast_masks(trainer, masks)
-        if self.reinit:  # the same fresh weights on every rank: draw them from rank 0's seed
-            seed = trainer.strategy.broadcast(int(torch.randint(2**31 - 1, ())), src=0)
-            cuda = [pl_module.device.index] if pl_module.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=cuda):
-                torch.manual_seed(seed)
-                reinitialize(pl_module)
         return masks
+
+    @staticmethod
+    def _reinitialize(trainer: Trainer, pl_module: LightningModule) -> None:
+        """The ``reinit`` ablation: the same fresh weights on every rank, drawn from rank zero's seed."""
+        seed = trainer.strategy.broadcast(int(torch.randint(2**31 - 1, ())), src=0)
+        cuda = [pl_module.device.index] if pl_module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            reinitialize(pl_module)
 
     def _example_input(self, trainer: Trainer, pl_module: LightningModule) -> ExampleInput:
         """The model's input: ``example_input_array``, else ``input_shape``, else the first training batch."""
@@ -253,7 +345,7 @@ class PruneAtInit(Callback):
             return pl_module.example_input_array
         if self.input_shape is not None:
             return torch.zeros(1, *self.input_shape)
-        batches = _training_batches(trainer, 1)
+        batches = training_batches(trainer, 1)
         batch = batches[0] if batches else None
         if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
             batch = batch[0]
@@ -261,13 +353,15 @@ class PruneAtInit(Callback):
             raise ValueError(
                 f"PruneAtInit(scorer={self.scorer.name!r}) needs the model's input shape: set `example_input_array`"
                 f" on {type(pl_module).__name__}, pass `input_shape=[...]` (without the batch dimension), or train on"
-                f" batches that are tensors or (input, target) pairs"
+                f" batches that are tensors or (input, target) pairs; a model called with keyword inputs"
+                f" (`model(**inputs)`, e.g. Hugging Face's input_ids and attention_mask) needs"
+                f" `example_input_array` as a dict of example tensors"
             )
         return batch
 
-    def _report(self, trainer: Trainer, report: SparsityReport, seconds: Optional[float]) -> None:
+    def _report(self, trainer: Trainer, report: SparsityReport, seconds: Optional[float], origin: str) -> None:
         if seconds is None:
-            rank_zero_info(f"PruneAtInit: kept the masks it holds (restored, not re-scored), sparsity {report.sparsity:.4%}")
+            rank_zero_info(f"PruneAtInit: kept the masks {origin} (not scored again), sparsity {report.sparsity:.4%}")
             return
         metrics = {
             "pruning/sparsity": report.sparsity,
@@ -299,7 +393,7 @@ class PruneAtInit(Callback):
             spectra["pruned"] = self._spectrum(trainer, pl_module, probe, "pruned")
         if self.isometry_steps:
             result = analysis.approximate_isometry(pl_module, self._masks, steps=self.isometry_steps, lr=self.isometry_lr)
-            _broadcast_tensors(trainer, self._bound.params)  # bitwise-equal weights on every rank
+            broadcast_tensors_(self._bound.params, device=trainer.strategy.root_device)  # bitwise-equal weights on every rank
             self._log(trainer, result.as_metrics("isometry"))
             if probe is not None:
                 spectra["isometry"] = self._spectrum(trainer, pl_module, probe, "isometry")
@@ -313,7 +407,7 @@ class PruneAtInit(Callback):
 
     def _probe_inputs(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:
         """Up to 8 inputs of the first training batch, else Gaussian inputs of the example shape."""
-        batches = _training_batches(trainer, 1)
+        batches = training_batches(trainer, 1)
         batch = batches[0] if batches else None
         x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
         if not isinstance(x, Tensor):
@@ -348,58 +442,11 @@ class PruneAtInit(Callback):
                 logger.log_metrics(metrics, step=trainer.global_step)
 
 
-def _training_batches(trainer: Trainer, n: int) -> list[Any]:
-    """The first ``n`` batches of the Trainer's own training data (with its distributed sampler), on the
-    model's device through the module's batch-transfer hooks."""
-    trainer.fit_loop.setup_data()  # builds the train dataloader early; Lightning reuses it afterwards
-    loader = trainer.train_dataloader
-    if isinstance(loader, Mapping):
-        loader = next(iter(loader.values()), None)
-    elif isinstance(loader, (list, tuple)):
-        loader = loader[0] if loader else None
-    if loader is None:
-        return []
-    return [trainer.strategy.batch_to_device(b) for b in islice(iter(loader), n)]
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return a == b
 
 
-@contextmanager
-def _silenced_logging(module: LightningModule) -> Iterator[None]:
-    """``self.log`` raises outside the training loop; scoring calls ``training_step`` from ``on_fit_start``."""
-    module.log = module.log_dict = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        del module.log, module.log_dict
-
-
-def _training_step_loss(module: LightningModule, batch: Any) -> Tensor:
-    """The loss the LightningModule trains on, so data-driven scorers work for any task."""
-    with _silenced_logging(module):
-        out = module.training_step(batch, 0)
-    loss = out.get("loss") if isinstance(out, Mapping) else out
-    if not isinstance(loss, Tensor):
-        raise TypeError(
-            f"{type(module).__name__}.training_step must return the loss (a tensor, or a dict with 'loss') for"
-            f" data-driven scoring, got {type(out).__name__}"
-        )
-    return loss
-
-
-def _broadcast_tensors(trainer: Trainer, tensors: list[Tensor]) -> None:
-    """Overwrite ``tensors`` with rank zero's values (one collective)."""
-    if trainer.world_size == 1:
-        return
-    flat = trainer.strategy.broadcast(torch.cat([t.detach().reshape(-1) for t in tensors]).cpu(), src=0)
-    with torch.no_grad():
-        for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
-            t.copy_(part.view_as(t))
-
-
-def _broadcast_masks(trainer: Trainer, masks: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rank zero's masks on every rank, so that all ranks prune identically whatever their own scores."""
-    if trainer.world_size == 1:
-        return masks
-    flat = torch.cat([m.reshape(-1) for m in masks.values()]).cpu()
-    flat = trainer.strategy.broadcast(flat, src=0)
-    parts = flat.split([m.numel() for m in masks.values()])
-    return {n: p.view_as(m).to(m.device) for (n, m), p in zip(masks.items(), parts)}
+def _shown(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else repr(value)
