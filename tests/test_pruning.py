@@ -13,6 +13,8 @@ from lightning_synflow import (
     register_scorer,
 )
 
+pytestmark = pytest.mark.usefixtures("ranking_branch")  # every test through the NumPy and the torch ranking
+
 
 class Spy(Scorer):
     """Wraps a scorer and records the masks it was asked to score on."""
@@ -151,14 +153,16 @@ def test_model_without_prunable_layers_is_an_error():
         compute_scores(nn.Sequential(nn.BatchNorm1d(3)), "magnitude")
 
 
-def test_a_users_scorer_by_instance_and_by_registered_name(tiny_cnn):
-    @register_scorer("test_first_weights")
+def test_a_users_scorer_by_instance_and_by_registered_name(tiny_cnn, ranking_branch):
+    name = f"test_first_weights_{ranking_branch}"  # registered once per run of this test
+
+    @register_scorer(name)
     class FirstWeights(Scorer):
         def score(self, model, masks, context):
             return {n: -torch.arange(m.numel(), dtype=torch.float32).view(m.shape) for n, m in masks.items()}
 
-    assert "test_first_weights" in available_scorers()
-    by_name = compute_masks(tiny_cnn, "test_first_weights", sparsity=0.5, scope="layerwise")
+    assert name in available_scorers()
+    by_name = compute_masks(tiny_cnn, name, sparsity=0.5, scope="layerwise")
     by_instance = compute_masks(tiny_cnn, FirstWeights(), sparsity=0.5, scope="layerwise")
     assert all(torch.equal(by_name[n], by_instance[n]) for n in by_name)
     assert by_name["fc.weight"].flatten()[:32].all() and not by_name["fc.weight"].flatten()[32:].any()

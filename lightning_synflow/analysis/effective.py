@@ -1,8 +1,8 @@
 """Effective sparsity (Vysogorets & Kempe): kept weights on no input-output path are dead too.
 
 A kept weight is *effective* iff its SynFlow score on the masked network is positive: SynFlow's
-``|θ ⊙ ∂R/∂θ|`` on the linearised network (all parameters and buffers replaced by their absolute values,
-all-ones input) is the total weight of the input-output paths through it, so it is zero exactly when no
+``|θ ⊙ ∂R/∂θ|`` on the linearised network (parameters and normalisation statistics replaced by their
+absolute values, all-ones input) is the total weight of the input-output paths through it, so it is zero exactly when no
 path through the weight connects an input to an output (a zero-valued kept weight also scores 0 and is
 counted dead: it carries nothing).
 
