@@ -411,7 +411,16 @@ class PruneAtInit(Callback):
         batch = batches[0] if batches else None
         x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
         if not isinstance(x, Tensor):
-            x = torch.randn(8, *self._example_input(trainer, pl_module).shape[1:], device=pl_module.device)
+            x = self._example_input(trainer, pl_module)
+            if isinstance(x, Tensor) and x.is_floating_point():
+                x = torch.randn(8, *x.shape[1:], dtype=x.dtype, device=pl_module.device)
+        if not (isinstance(x, Tensor) and x.is_floating_point()):
+            got = f"{x.dtype} tensors" if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"PruneAtInit(log_jacobian=True) takes the Jacobian with respect to the model's input, which must be"
+                f" one floating tensor; {type(pl_module).__name__} gets {got} (token ids or keyword inputs have no"
+                f" such Jacobian): set log_jacobian=False"
+            )
         return x[:8]
 
     def _spectrum(self, trainer: Trainer, pl_module: LightningModule, probe: Tensor, stage: str) -> Tensor:

@@ -404,3 +404,14 @@ def test_emptying_a_weight_norm_row_is_refused_before_any_weight_is_touched():
     with pytest.raises(ValueError, match=r"pruning empties slice\(s\) \[\d+.*\(dim 0\) of 'net.0.parametrizations.weight.original1', the direction of a weight_norm layer"):
         trainer.fit(model)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_jacobian_logging_on_a_token_model_is_refused_before_any_weight_is_touched(tmp_path):
+    torch.manual_seed(0)
+    model = LightningLM()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path, callbacks=[PruneAtInit(sparsity=0.5, log_jacobian=True)])
+    with pytest.raises(ValueError, match=r"log_jacobian=True\) takes the Jacobian .* LightningLM gets torch.int64 tensors"):
+        trainer.fit(model)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
