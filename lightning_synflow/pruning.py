@@ -50,7 +50,7 @@ def _initial_masks(
     (default: :func:`select_prunable`)."""
     if masks is not None:
         check_masks(model, masks)
-        return dict(masks)
+        return {n: m.contiguous() for n, m in masks.items()}
     names = select_prunable(model) if parameters is None else list(parameters)
     if not names:
         raise ValueError(
@@ -73,7 +73,9 @@ def _initial_masks(
             f"{type(model).__name__} has uninitialised (lazy) parameters {lazy}: run one forward pass before"
             f" pruning so that their shapes are known"
         )
-    return {n: torch.ones_like(params[n], dtype=torch.bool) for n in names}
+    # Masks are laid out contiguously whatever the parameter's memory format (channels-last): positions in
+    # them are logical flat indices.
+    return {n: torch.ones(params[n].shape, dtype=torch.bool, device=params[n].device) for n in names}
 
 
 def _score(model: nn.Module, scorer: Scorer, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:

@@ -244,3 +244,39 @@ def test_sharded_and_other_strategies_are_refused_before_any_work():
             check_strategy(strategy)
     for strategy in ("ddp", "ddp_spawn", "ddp_notebook", "auto"):
         check_strategy(Trainer(strategy=strategy, logger=False, **QUIET).strategy)
+
+
+class ChannelsLastCNN(LightningModule):
+    """A convolutional network in channels-last memory format, a common speed setting for convnets."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3),
+                                 nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+        self.example_input_array = torch.zeros(1, 3, 8, 8)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x.contiguous(memory_format=torch.channels_last)), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        return DataLoader(list(zip(torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 4, (16,), generator=g))), batch_size=4)
+
+
+@pytest.mark.parametrize("scorer", ["synflow", "snip"])
+def test_a_channels_last_model_is_pruned_and_stays_pruned(tmp_path, scorer):
+    torch.manual_seed(0)
+    model = ChannelsLastCNN().to(memory_format=torch.channels_last)
+    pruner = PruneAtInit(scorer=scorer, sparsity=0.9, iterations=3)
+    Trainer(max_steps=4, logger=False, enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[pruner], **QUIET).fit(model)
+    assert not model.net[0].weight.is_contiguous()  # still channels-last after pruning and training
+    params = dict(model.named_parameters())
+    assert sum(int(m.sum()) for m in pruner.masks.values()) == num_kept(0.1, 8 * 27 + 16 * 72 + 4 * 16)
+    assert all((params[n][~m] == 0).all() for n, m in pruner.masks.items())

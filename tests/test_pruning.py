@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -177,3 +179,19 @@ def test_scorer_must_score_every_tensor(tiny_cnn):
 
     with pytest.raises(ValueError, match=r"returned no scores for \['conv1.weight', 'conv2.weight'\]"):
         compute_masks(tiny_cnn, Partial(), sparsity=0.5)
+
+
+@pytest.mark.parametrize("scorer", available_scorers())
+def test_a_channels_last_model_gets_the_masks_of_its_contiguous_twin(tiny_cnn, scorer):
+    data = [(torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(i)), torch.tensor([0, 1, 2, 3])) for i in range(2)]
+    kwargs = dict(sparsity=0.9, iterations=3, example_input=torch.zeros(1, 3, 8, 8), dataloader=data, num_batches=2)
+    twin = copy.deepcopy(tiny_cnn).to(memory_format=torch.channels_last)
+    assert not twin.conv1.weight.is_contiguous()
+    torch.manual_seed(0)
+    expected = compute_masks(tiny_cnn, scorer, **kwargs)
+    torch.manual_seed(0)
+    masks = compute_masks(twin, scorer, **kwargs)
+    assert all(torch.equal(masks[n], m) for n, m in expected.items())
+    continued = compute_masks(twin, scorer, masks={n: m.to(memory_format=torch.channels_last) if m.dim() == 4 else m
+                                                   for n, m in masks.items()}, **{**kwargs, "sparsity": 0.95})
+    assert sum(int(m.sum()) for m in continued.values()) == num_kept(0.05, sum(m.numel() for m in masks.values()))
