@@ -12,6 +12,7 @@ from typing import Union
 
 from torch import nn
 from torch.nn.utils.parametrize import ParametrizationList
+from torch.nn.utils.prune import BasePruningMethod
 
 ModuleType = Union[str, type]
 
@@ -94,16 +95,18 @@ def select_prunable(
     is pruned consistently wherever it is used. Frozen parameters (``requires_grad=False``) are never trained,
     so a cut could never be repaired: they stay dense unless ``include_frozen``. A parametrized weight
     (``torch.nn.utils.parametrizations.weight_norm``, ``spectral_norm``) is pruned through its stored tensor
-    laid out like it (``layer.parametrizations.weight.original1`` / ``.original``): its zeros stay zeros
-    in the computed weight.
+    laid out like it (``layer.parametrizations.weight.original1`` / ``.original``), and a weight already
+    pruned with ``torch.nn.utils.prune`` through its ``weight_orig``: their zeros stay zeros in the computed
+    weight.
     """
     types = DEFAULT_PRUNABLE_TYPES if include_types is None else tuple(include_types)
     uses: dict[int, list[tuple[nn.Module, str, str]]] = {}  # tensor -> (module, local name, full name)
     modules = dict(model.named_modules(remove_duplicate=False))
     for module_name, module in modules.items():
+        renamed = _torch_pruned(module)
         for param_name, param in module.named_parameters(recurse=False, remove_duplicate=False):
             full = f"{module_name}.{param_name}" if module_name else param_name
-            uses.setdefault(id(param), []).append((module, param_name, full))
+            uses.setdefault(id(param), []).append((module, renamed.get(param_name, param_name), full))
         if isinstance(module, ParametrizationList):
             for param_name, param in _parametrized_originals(module):
                 owner, _, local = module_name.rpartition(".parametrizations.")
@@ -121,6 +124,16 @@ def select_prunable(
         if chosen and not excluded:
             selected.append(name)
     return selected
+
+
+def _torch_pruned(module: nn.Module) -> dict[str, str]:
+    """``{"weight_orig": "weight"}`` for a tensor already pruned with ``torch.nn.utils.prune``, which keeps it
+    as ``weight_orig`` and computes ``weight = weight_orig * weight_mask``: zeros in it are zeros in the weight."""
+    return {
+        f"{hook._tensor_name}_orig": hook._tensor_name
+        for hook in module._forward_pre_hooks.values()
+        if isinstance(hook, BasePruningMethod)
+    }
 
 
 def _parametrized_originals(parametrization: ParametrizationList) -> list[tuple[str, nn.Parameter]]:

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_synflow import compute_masks, select_prunable
+from lightning_synflow import apply_masks, compute_masks, select_prunable
 
 
 class Mixed(nn.Module):
@@ -138,3 +138,16 @@ def test_frozen_parameters_stay_dense_unless_asked_for():
 def test_naming_a_tied_tensor_by_its_second_name_is_an_error_that_gives_its_name():
     with pytest.raises(ValueError, match=r"does not have: \['head.weight'\];.*; 'head.weight' is tied to 'embed.weight': name it so"):
         compute_masks(TiedLM(), "magnitude", sparsity=0.5, parameters=["head.weight"])
+
+
+def test_a_layer_pruned_with_torch_prune_is_selected_through_its_weight_orig():
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    prune.l1_unstructured(model[0], "weight", amount=0.5)  # leaves weight_orig (a parameter) and weight_mask
+    assert select_prunable(model) == ["0.weight_orig", "2.weight"]
+    masks = compute_masks(model, "magnitude", sparsity=0.9)
+    apply_masks(model, masks)
+    assert (model(torch.randn(2, 8)).isfinite()).all()  # the pre-hook recomputes weight from weight_orig
+    assert (model[0].weight[~masks["0.weight_orig"]] == 0).all()
