@@ -109,8 +109,8 @@ def select_prunable(
             uses.setdefault(id(param), []).append((module, renamed.get(param_name, param_name), full))
         if isinstance(module, ParametrizationList):
             for param_name, param in _parametrized_originals(module):
-                owner, _, local = module_name.rpartition(".parametrizations.")
-                uses.setdefault(id(param), []).append((modules[owner], local, f"{module_name}.{param_name}"))
+                *owner, _, local = module_name.split(".")  # <owner>.parametrizations.<tensor name>
+                uses.setdefault(id(param), []).append((modules[".".join(owner)], local, f"{module_name}.{param_name}"))
     selected: list[str] = []
     for name, param in model.named_parameters():
         if not (include_frozen or param.requires_grad):

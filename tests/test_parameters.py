@@ -151,3 +151,11 @@ def test_a_layer_pruned_with_torch_prune_is_selected_through_its_weight_orig():
     apply_masks(model, masks)
     assert (model(torch.randn(2, 8)).isfinite()).all()  # the pre-hook recomputes weight from weight_orig
     assert (model[0].weight[~masks["0.weight_orig"]] == 0).all()
+
+
+def test_a_parametrized_weight_is_selected_through_its_stored_tensor_at_any_depth():
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+    assert select_prunable(weight_norm(nn.Linear(4, 3))) == ["parametrizations.weight.original1"]
+    nested = nn.Sequential(nn.Sequential(spectral_norm(nn.Conv2d(3, 4, 3))), weight_norm(nn.Linear(4, 2)))
+    assert select_prunable(nested) == ["0.0.parametrizations.weight.original", "1.parametrizations.weight.original1"]
