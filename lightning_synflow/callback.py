@@ -21,9 +21,9 @@ from torch.optim import Optimizer
 
 from lightning_synflow.ablations import reinitialize
 from lightning_synflow.collectives import broadcast_masks, broadcast_tensors_
-from lightning_synflow.isolation import preserved_module_state, preserved_rng
+from lightning_synflow.isolation import preserved_attributes, preserved_rng
 from lightning_synflow.masks import BoundMasks, check_masks
-from lightning_synflow.parameters import select_prunable
+from lightning_synflow.parameters import frozen_weight_matrices, select_prunable
 from lightning_synflow.pruning import compute_masks
 from lightning_synflow.ranking import SCOPES, Scope
 from lightning_synflow.report import SparsityReport, sparsity_report
@@ -168,11 +168,10 @@ class PruneAtInit(Callback):
         self._owner = weakref.ref(pl_module)
         self._bound = bound
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
-        params = dict(pl_module.named_parameters())
-        frozen = [n for n in self._select(pl_module, True) if n not in self._masks and not params[n].requires_grad]
+        frozen = frozen_weight_matrices(pl_module, **self._selection())
         self._report(trainer, sparsity_report(pl_module, self._masks, frozen=frozen), seconds, origin)
         if fresh:
-            with preserved_rng(pl_module.device), preserved_module_state(pl_module):
+            with preserved_rng(pl_module.device), preserved_attributes(pl_module):
                 self._diagnose(trainer, pl_module, probe, spectra)
 
     def _prune(
@@ -183,7 +182,7 @@ class PruneAtInit(Callback):
         Nothing training uses is drawn or changed meanwhile: random states and module state are restored."""
         if self._reads_training_data(pl_module):
             setup_training_data(trainer)  # outside the isolation: training expects the draws it makes
-        with preserved_rng(pl_module.device), preserved_module_state(pl_module):
+        with preserved_rng(pl_module.device), preserved_attributes(pl_module):
             probe = self._probe_inputs(trainer, pl_module) if self.log_jacobian else None
             spectra = {} if probe is None else {"init": self._spectrum(trainer, pl_module, probe, "init")}
             start = time.perf_counter()
@@ -286,24 +285,22 @@ class PruneAtInit(Callback):
 
     # ------------------------------------------------------------------ helpers
 
-    def _select(self, pl_module: LightningModule, include_frozen: bool) -> list[str]:
-        return select_prunable(
-            pl_module,
+    def _selection(self) -> dict[str, Any]:
+        """The arguments of :func:`select_prunable` that say which tensors are prunable, frozen ones aside."""
+        return dict(
             include_types=self.include_types,
             exclude_types=self.exclude_types,
             include_names=self.include_names,
             exclude_names=self.exclude_names,
-            include_frozen=include_frozen,
         )
 
     def _score(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Tensor]:
         """This rank's masks (the caller adopts rank zero's)."""
-        names = self._select(pl_module, self.include_frozen)
+        names = select_prunable(pl_module, include_frozen=self.include_frozen, **self._selection())
         if not names:
             raise ValueError(
-                f"PruneAtInit found no prunable parameters in {type(pl_module).__name__} with"
-                f" include_types={self.include_types}, exclude_types={self.exclude_types},"
-                f" include_names={self.include_names}, exclude_names={self.exclude_names}"
+                f"PruneAtInit found no prunable parameters in {type(pl_module).__name__} with "
+                + ", ".join(f"{k}={v}" for k, v in {**self._selection(), "include_frozen": self.include_frozen}.items())
             )
         if self.scorer.needs_data and not pl_module.automatic_optimization:
             raise ValueError(

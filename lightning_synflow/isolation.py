@@ -60,9 +60,11 @@ def _restore(current: Any, saved: Any) -> Any:
 
 
 @contextmanager
-def preserved_module_state(model: nn.Module) -> Iterator[None]:
+def preserved_attributes(model: nn.Module) -> Iterator[None]:
     """Give every submodule's attributes (metric states, counters, lists, plain tensors) and buffers back as
-    they were, and drop attributes added meanwhile. Parameters are not copied: scorers never write to them.
+    they were, and drop attributes added meanwhile: what a training step changes. Parameters are not copied
+    (scorers never write to them); modes, ``requires_grad`` and gradients are
+    :func:`~lightning_synflow.model_state.preserved_model_state`'s, which every scoring pass runs under.
     """
     modules = list(model.modules())
     attributes = [{k: _snapshot(v) for k, v in vars(m).items() if k not in _MODULE_INTERNALS} for m in modules]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
-from typing import Union
+from typing import Any, Union
 
 from torch import nn
 from torch.nn.utils.parametrize import ParametrizationList
@@ -124,6 +124,13 @@ def select_prunable(
         if chosen and not excluded:
             selected.append(name)
     return selected
+
+
+def frozen_weight_matrices(model: nn.Module, **selection: Any) -> list[str]:
+    """The tensors :func:`select_prunable` with ``selection`` would pick but for being frozen: left dense, and
+    listed as such in the sparsity report."""
+    params = dict(model.named_parameters())
+    return [n for n in select_prunable(model, include_frozen=True, **selection) if not params[n].requires_grad]
 
 
 def _torch_pruned(module: nn.Module) -> dict[str, str]:

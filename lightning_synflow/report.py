@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_synflow.masks import check_masks
-from lightning_synflow.parameters import select_prunable
+from lightning_synflow.parameters import frozen_weight_matrices
 
 
 @dataclass(frozen=True)
@@ -102,14 +102,13 @@ class SparsityReport:
 def sparsity_report(model: nn.Module, masks: Mapping[str, Tensor], *, frozen: Optional[Sequence[str]] = None) -> SparsityReport:
     """Kept/total/density per masked tensor and globally, and which tensors collapsed.
 
-    ``frozen``: names of frozen tensors to list as kept dense; default the frozen weight matrices that
-    :func:`~lightning_synflow.select_prunable` would otherwise pick and that have no mask.
+    ``frozen``: names of frozen tensors to list as kept dense (those with a mask are not); default the
+    frozen weight matrices that :func:`~lightning_synflow.select_prunable` would otherwise pick.
     """
     check_masks(model, masks)
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())
-    if frozen is None:
-        frozen = [n for n in select_prunable(model, include_frozen=True) if n not in masks and not params[n].requires_grad]
+    frozen = [n for n in (frozen_weight_matrices(model) if frozen is None else frozen) if n not in masks]
     unknown = [n for n in frozen if n not in params]
     if unknown:
         raise ValueError(f"`frozen` names tensors that {type(model).__name__} does not have: {unknown}")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_synflow.isolation import preserved_module_state, preserved_rng
+from lightning_synflow.isolation import preserved_attributes, preserved_rng
 
 
 def draws():
@@ -53,13 +53,13 @@ class Stateful(nn.Module):
         self.outputs.append(logits.sum())
 
 
-def test_preserved_module_state_undoes_a_steps_side_effects_in_place():
+def test_preserved_attributes_undoes_a_steps_side_effects_in_place():
     model = Stateful()
     x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
     model.step(x, y)
     outputs, accuracy_state = model.outputs, {k: getattr(model.accuracy, k).clone() for k in model.accuracy._defaults}
     seen = model.seen
-    with preserved_module_state(model):
+    with preserved_attributes(model):
         for _ in range(3):
             model.step(x, 1 - y)
         model.extra = "added while scoring"
@@ -75,7 +75,7 @@ def test_preserved_module_state_undoes_a_steps_side_effects_in_place():
 
 def test_parameters_are_not_copied_or_restored():
     model = Stateful()
-    with preserved_module_state(model):
+    with preserved_attributes(model):
         with torch.no_grad():
             model.fc.weight.zero_()
     assert (model.fc.weight == 0).all()
