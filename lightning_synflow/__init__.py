@@ -7,7 +7,7 @@ from lightning_synflow.pruning import compute_masks, compute_scores
 from lightning_synflow.ranking import select_masks, top_k_mask
 from lightning_synflow.report import SparsityReport, TensorSparsity, sparsity_report
 from lightning_synflow.schedules import density_schedule, num_kept, resolve_density
-from lightning_synflow.distributions import erk_densities, kept_counts, uniform_densities
+from lightning_synflow.distributions import Distribution, erk_densities, get_distribution, kept_counts, uniform_densities
 from lightning_synflow.scorers import (
     ERK,
     FORCE,
@@ -22,6 +22,8 @@ from lightning_synflow.scorers import (
     Random,
     Scorer,
     ScoringContext,
+    IncrementalScorer,
+    LivingWeights,
     SynFlow,
     Uniform,
     available_scorers,
@@ -30,23 +32,28 @@ from lightning_synflow.scorers import (
     register_scorer,
 )
 from lightning_synflow.callback import PruneAtInit  # noqa: E402  (imports the functional core above)
+from lightning_synflow.diagnostics import PruningDiagnostics  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_PRUNABLE_TYPES",
+    "Distribution",
     "ERK",
     "FORCE",
     "NTKSAP",
     "SNIP",
     "BoundMasks",
+    "IncrementalScorer",
     "IterSNIP",
+    "LivingWeights",
     "GraSP",
     "GraSPAbs",
     "SNIPit",
     "LossFn",
     "Magnitude",
     "PruneAtInit",
+    "PruningDiagnostics",
     "Random",
     "Scorer",
     "ScoringContext",
@@ -62,6 +69,7 @@ __all__ = [
     "cross_entropy_loss",
     "density_schedule",
     "erk_densities",
+    "get_distribution",
     "get_scorer",
     "kept_counts",
     "num_kept",

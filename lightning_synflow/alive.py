@@ -21,8 +21,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from lightning_synflow.ranking import SCOPES, Scope, choose_extremes, compress, extract_extremes, true_positions
-from lightning_synflow.schedules import num_kept
+from lightning_synflow.distributions import Budget
+from lightning_synflow.ranking import budget_groups, choose_extremes, compress, extract_extremes, true_positions
 
 #: Keep flat indices of the living weights once at most this fraction of all weights is alive.
 COMPACT_BELOW = 0.125
@@ -52,27 +52,24 @@ class AliveSet:
         return sum(self.counts)
 
     @property
+    def alive_counts(self) -> dict[str, int]:
+        """Per tensor name, the weights still alive."""
+        return dict(zip(self.names, self.counts))
+
+    @property
     def positions(self) -> Optional[dict[str, Tensor]]:
         """Per tensor name, the sorted flat positions of its living weights; ``None`` while many are alive."""
         return None if self.index is None else dict(zip(self.names, self.index))
 
-    def update(
-        self, scores: MutableMapping[str, Tensor], density: float, scope: Scope = "global", *, release: bool = False
-    ) -> None:
-        """Keep the highest-scoring living weights at ``density`` of all weights: ``round(density * N)``
-        in total (``global``) or ``round(density * n_l)`` per tensor (``layerwise``). ``scores[name]`` is
-        shaped like the mask or, once :attr:`positions` are listed, may hold just the living weights' scores.
+    def update(self, scores: MutableMapping[str, Tensor], budget: Budget, *, release: bool = False) -> None:
+        """Keep the highest-scoring living weights within ``budget``: one count over all tensors, or a count per
+        tensor (:data:`~lightning_synflow.distributions.Budget`). ``scores[name]`` is shaped like the mask or,
+        once :attr:`positions` are listed, may hold just the living weights' scores.
 
         ``release`` empties ``scores`` as soon as they are ranked, so that the rest of the round reuses their
         memory (the pruning loop passes its own dict and holds no other reference)."""
-        if scope not in SCOPES:
-            raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}")
-        if scope == "global":
-            groups = [(list(range(len(self.names))), num_kept(density, self.total))]
-        else:
-            groups = [([i], num_kept(density, self.masks[n].numel())) for i, n in enumerate(self.names)]
         pruned: Optional[dict[str, Tensor]] = {}
-        for ids, k in groups:
+        for ids, k in budget_groups(self.names, budget):
             pruned = self._narrow(ids, scores, k, pruned, release)
         self.pruned = pruned
         self._compact_if_few()

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 import weakref
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -21,18 +22,19 @@ from torch.optim import Optimizer
 
 from lightning_synflow.ablations import reinitialize
 from lightning_synflow.collectives import broadcast_masks, broadcast_tensors_
+from lightning_synflow.diagnostics import PruningDiagnostics, log_metrics
 from lightning_synflow.isolation import preserved_attributes, preserved_rng
 from lightning_synflow.masks import BoundMasks, check_masks
 from lightning_synflow.parameters import frozen_weight_matrices, select_prunable
-from lightning_synflow.pruning import compute_masks
-from lightning_synflow.ranking import SCOPES, Scope
+from lightning_synflow.distributions import Distribution
+from lightning_synflow.pruning import compute_masks, resolve_distribution
 from lightning_synflow.report import SparsityReport, sparsity_report
 from lightning_synflow.schedules import Schedule, density_schedule, resolve_density
-from lightning_synflow.scorers.base import ExampleInput, Scorer, get_scorer
+from lightning_synflow.scorers.base import Scorer, get_scorer
 from lightning_synflow.spawn import carry_state_back
 from lightning_synflow.strategies import check_strategy
-from lightning_synflow.trainer_data import setup_training_data, training_batches, training_step_loss
-from lightning_synflow.validation import check_positive_int, is_positive_int
+from lightning_synflow.trainer_data import example_input, setup_training_data, training_batches, training_step_loss
+from lightning_synflow.validation import check_bool, check_int, check_number, check_shape
 
 
 @carry_state_back
@@ -46,7 +48,12 @@ class PruneAtInit(Callback):
         compression: Ratio of total to kept prunable weights, >= 1 (the SynFlow paper's 10^x), e.g. 100.
         iterations: Pruning rounds; default the scorer's own (100 for SynFlow, 1 for magnitude and random).
         schedule: Density after round t of T: ``"exponential"`` d^(t/T) (the paper's) or ``"linear"``.
-        scope: ``"global"`` ranks all tensors together; ``"layerwise"`` prunes each tensor to the same density.
+        distribution: How the kept weights are shared among the tensors in every round: ``"global"`` (one
+            ranking over all tensors), ``"uniform"`` (each tensor at the same density), ``"erk"``
+            (Erdős–Rényi-Kernel), a mapping of tensor-name glob to density (e.g. ``{"fc.*": 0.5}``; others at
+            the global density), or a ``lightning_synflow.distributions.Distribution`` (from YAML:
+            ``class_path``). Default: the scorer's own (``erk``, ``uniform``), else ``"global"``.
+        scope: Deprecated: ``"global"`` / ``"layerwise"``, now ``distribution: global`` / ``uniform``.
         input_shape: Input shape without the batch dimension (e.g. ``[3, 32, 32]``), for scorers that need
             one (SynFlow) when the LightningModule has no ``example_input_array``. Without either, the
             shape of the first training batch is used.
@@ -67,13 +74,14 @@ class PruneAtInit(Callback):
         isometry_steps: After pruning, this many plain-SGD steps towards approximate isometry (Lee et al. 2020):
             minimise sum_l ||(C*W)^T (C*W) - I||_F with the masks fixed (the paper used 10,000). 0: off.
         isometry_lr: Learning rate of those steps.
-        log_jacobian: Log the input-output Jacobian's singular values (mean/std/min/max) after init, after
-            pruning and after isometry, on up to 8 examples of the first training batch (Gaussian inputs
-            of the example shape without one); as a histogram too where a TensorBoard logger is attached.
-        log_effective_sparsity: Also log the effective sparsity: kept weights on no input-output path are
-            dead too (needs the input shape, like SynFlow).
-        log_per_tensor: Also log each tensor's density after pruning.
         verbose: Print the per-tensor sparsity table after pruning.
+        log_jacobian: Deprecated: ``PruningDiagnostics(log_jacobian=True)`` in the Trainer's callbacks.
+        log_effective_sparsity: Deprecated: ``PruningDiagnostics(log_effective_sparsity=True)``.
+        log_per_tensor: Deprecated: ``PruningDiagnostics(log_per_tensor=True)``.
+
+    Diagnostics (Jacobian spectra after init, pruning and isometry; per-tensor densities; effective
+    sparsity) come from a :class:`~lightning_synflow.PruningDiagnostics` among the Trainer's callbacks,
+    which this callback tells when it prunes.
     """
 
     def __init__(
@@ -83,7 +91,8 @@ class PruneAtInit(Callback):
         compression: Optional[float] = None,
         iterations: Optional[int] = None,
         schedule: Schedule = "exponential",
-        scope: Scope = "global",
+        distribution: Optional[Union[str, dict[str, float], Distribution]] = None,
+        scope: Optional[Literal["global", "layerwise"]] = None,
         input_shape: Optional[list[int]] = None,
         num_batches: Optional[int] = None,
         include_types: Optional[list[str]] = None,
@@ -96,45 +105,35 @@ class PruneAtInit(Callback):
         reinit: bool = False,
         isometry_steps: int = 0,
         isometry_lr: float = 0.1,
+        verbose: bool = True,
         log_jacobian: bool = False,
         log_effective_sparsity: bool = False,
         log_per_tensor: bool = False,
-        verbose: bool = True,
     ) -> None:
         self.scorer = get_scorer(scorer)
         self.density = resolve_density(sparsity, compression)
         self.iterations = self.scorer.default_iterations if iterations is None else iterations
         density_schedule(self.density, self.iterations, schedule)  # validates iterations and schedule
-        if scope not in SCOPES:
-            raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}")
-        if input_shape is not None and (
-            not isinstance(input_shape, (list, tuple)) or not input_shape or not all(map(is_positive_int, input_shape))
-        ):
-            raise ValueError(f"`input_shape` must be a non-empty list of positive ints without the batch dimension, got {input_shape!r}")
+        self.distribution = resolve_distribution(self.scorer, distribution, scope, self.density)
+        if input_shape is not None:
+            check_shape("input_shape", input_shape, "without the batch dimension")
         if num_batches is not None:
-            check_positive_int("num_batches", num_batches)
-        if isinstance(isometry_steps, bool) or not isinstance(isometry_steps, int) or isometry_steps < 0:
-            raise ValueError(f"`isometry_steps` must be a non-negative integer (0 = off), got {isometry_steps!r}")
-        if isinstance(isometry_lr, bool) or not isinstance(isometry_lr, (int, float)) or not 0 < isometry_lr < float("inf"):
-            raise ValueError(f"`isometry_lr` must be a positive finite number, got {isometry_lr!r}")
-        self.isometry_steps = isometry_steps
-        self.isometry_lr = float(isometry_lr)
-        self.log_jacobian = log_jacobian
-        self.log_effective_sparsity = log_effective_sparsity
+            check_int("num_batches", num_batches)
+        self.isometry_steps = check_int("isometry_steps", isometry_steps, 0, meaning="0 = off")
+        self.isometry_lr = check_number("isometry_lr", isometry_lr, "a positive finite number", low=0, open_low=True)
+        self._legacy_diagnostics = _legacy_diagnostics(log_jacobian, log_effective_sparsity, log_per_tensor, input_shape)
         self.num_batches = num_batches
-        self.invert = invert
-        self.shuffle = shuffle
-        self.reinit = reinit
+        self.invert = check_bool("invert", invert)
+        self.shuffle = check_bool("shuffle", shuffle)
+        self.reinit = check_bool("reinit", reinit)
         self.schedule = schedule
-        self.scope = scope
         self.input_shape = None if input_shape is None else list(input_shape)
         self.include_types = include_types
         self.exclude_types = list(exclude_types or ())
         self.include_names = list(include_names or ())
         self.exclude_names = list(exclude_names or ())
-        self.include_frozen = include_frozen
-        self.log_per_tensor = log_per_tensor
-        self.verbose = verbose
+        self.include_frozen = check_bool("include_frozen", include_frozen)
+        self.verbose = check_bool("verbose", verbose)
         self._masks: Optional[dict[str, Tensor]] = None
         self._bound: Optional[BoundMasks] = None
         self._hooks: list[Any] = []
@@ -150,12 +149,17 @@ class PruneAtInit(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         check_strategy(trainer.strategy)
+        if self._legacy_diagnostics is not None and self._legacy_diagnostics not in trainer.callbacks:
+            trainer.callbacks.append(self._legacy_diagnostics)  # its own hooks run from here on, this one's too
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         masks, origin = self._masks_to_keep(trainer, pl_module)
         fresh = masks is None
+        observers = [cb for cb in trainer.callbacks if isinstance(cb, PruningDiagnostics)] if fresh else []
+        for observer in observers:
+            observer.before_pruning(trainer, pl_module)
         if fresh:
-            masks, seconds, probe, spectra = self._prune(trainer, pl_module)
+            masks, seconds = self._prune(trainer, pl_module)
         else:
             seconds = None
             try:
@@ -170,34 +174,40 @@ class PruneAtInit(Callback):
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
         frozen = frozen_weight_matrices(pl_module, **self._selection())
         self._report(trainer, sparsity_report(pl_module, self._masks, frozen=frozen), seconds, origin)
-        if fresh:
-            with preserved_rng(pl_module.device), preserved_attributes(pl_module):
-                self._diagnose(trainer, pl_module, probe, spectra)
+        for observer in observers:
+            observer.after_pruning(trainer, pl_module, self._masks)
+        if fresh and self.isometry_steps:
+            self._isometry(trainer, pl_module)
+            for observer in observers:
+                observer.after_isometry(trainer, pl_module, self._masks)
 
-    def _prune(
-        self, trainer: Trainer, pl_module: LightningModule
-    ) -> tuple[dict[str, Tensor], float, Optional[Tensor], dict[str, Tensor]]:
-        """Rank zero's masks, the seconds scoring took, and (with ``log_jacobian``) the probe inputs and the
-        Jacobian spectrum at initialisation.
-        Nothing training uses is drawn or changed meanwhile: random states and module state are restored."""
+    def _prune(self, trainer: Trainer, pl_module: LightningModule) -> tuple[dict[str, Tensor], float]:
+        """Rank zero's masks and the seconds scoring took. Nothing training uses is drawn or changed
+        meanwhile: random states and module state are restored."""
         if self._reads_training_data(pl_module):
             setup_training_data(trainer)  # outside the isolation: training expects the draws it makes
         with preserved_rng(pl_module.device), preserved_attributes(pl_module):
-            probe = self._probe_inputs(trainer, pl_module) if self.log_jacobian else None
-            spectra = {} if probe is None else {"init": self._spectrum(trainer, pl_module, probe, "init")}
             start = time.perf_counter()
             masks = self._score(trainer, pl_module)
             seconds = time.perf_counter() - start
         masks = broadcast_masks(masks, device=trainer.strategy.root_device)  # bit-packed, through the process group
         if self.reinit:
             self._reinitialize(trainer, pl_module)
-        return masks, seconds, probe, spectra
+        return masks, seconds
 
     def _reads_training_data(self, pl_module: LightningModule) -> bool:
-        """Scoring or diagnostics will draw training batches (for data, or for the input shape)."""
-        needs_shape = self.scorer.needs_input or self.log_effective_sparsity or self.log_jacobian
-        shape_from_data = needs_shape and pl_module.example_input_array is None and self.input_shape is None
-        return self.scorer.needs_data or self.log_jacobian or shape_from_data
+        """Scoring will draw training batches (for data, or for the input shape)."""
+        shape_from_data = pl_module.example_input_array is None and self.input_shape is None
+        return self.scorer.needs_data or (self.scorer.needs_input and shape_from_data)
+
+    def _isometry(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The approximate-isometry steps on the kept weights, the same result on every rank."""
+        from lightning_synflow.analysis import approximate_isometry
+
+        with preserved_rng(pl_module.device), preserved_attributes(pl_module):
+            result = approximate_isometry(pl_module, self._masks, steps=self.isometry_steps, lr=self.isometry_lr)
+        broadcast_tensors_(self._bound.params, device=trainer.strategy.root_device)  # bitwise-equal weights on every rank
+        log_metrics(trainer, result.as_metrics("isometry"))
 
     def _masks_to_keep(self, trainer: Trainer, pl_module: LightningModule) -> tuple[Optional[dict[str, Tensor]], str]:
         """The masks this fit keeps instead of pruning, and where they come from: a checkpoint's, or those of
@@ -235,7 +245,7 @@ class PruneAtInit(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._bound is not None:
-            self._log(trainer, {"pruning/measured_sparsity": 1.0 - self._bound.measured_density()})
+            log_metrics(trainer, {"pruning/measured_sparsity": 1.0 - self._bound.measured_density()})
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         for handle in self._hooks:
@@ -250,7 +260,7 @@ class PruneAtInit(Callback):
             "density": self.density,
             "iterations": self.iterations,
             "schedule": self.schedule,
-            "scope": self.scope,
+            "distribution": repr(self.distribution),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -314,8 +324,10 @@ class PruneAtInit(Callback):
             compression=1.0 / self.density,
             iterations=self.iterations,
             schedule=self.schedule,
-            scope=self.scope,
-            example_input=self._example_input(trainer, pl_module) if self.scorer.needs_input else None,
+            distribution=self.distribution,
+            example_input=example_input(trainer, pl_module, self.input_shape, f"PruneAtInit(scorer={self.scorer.name!r})")
+            if self.scorer.needs_input
+            else None,
             dataloader=training_batches(trainer, num_batches) if self.scorer.needs_data else None,
             loss_fn=training_step_loss(trainer) if self.scorer.needs_data else None,
             num_batches=num_batches,
@@ -336,26 +348,6 @@ class PruneAtInit(Callback):
             torch.manual_seed(seed)
             reinitialize(pl_module)
 
-    def _example_input(self, trainer: Trainer, pl_module: LightningModule) -> ExampleInput:
-        """The model's input: ``example_input_array``, else ``input_shape``, else the first training batch."""
-        if pl_module.example_input_array is not None:
-            return pl_module.example_input_array
-        if self.input_shape is not None:
-            return torch.zeros(1, *self.input_shape)
-        batches = training_batches(trainer, 1)
-        batch = batches[0] if batches else None
-        if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-            batch = batch[0]
-        if not isinstance(batch, Tensor):
-            raise ValueError(
-                f"PruneAtInit(scorer={self.scorer.name!r}) needs the model's input shape: set `example_input_array`"
-                f" on {type(pl_module).__name__}, pass `input_shape=[...]` (without the batch dimension), or train on"
-                f" batches that are tensors or (input, target) pairs; a model called with keyword inputs"
-                f" (`model(**inputs)`, e.g. Hugging Face's input_ids and attention_mask) needs"
-                f" `example_input_array` as a dict of example tensors"
-            )
-        return batch
-
     def _report(self, trainer: Trainer, report: SparsityReport, seconds: Optional[float], origin: str) -> None:
         if seconds is None:
             rank_zero_info(f"PruneAtInit: kept the masks {origin} (not scored again), sparsity {report.sparsity:.4%}")
@@ -368,9 +360,7 @@ class PruneAtInit(Callback):
             "pruning/collapsed": float(len(report.collapsed)),
             "pruning/time_s": seconds,
         }
-        if self.log_per_tensor:
-            metrics.update({f"pruning/density/{t.name}": t.density for t in report.tensors})
-        self._log(trainer, metrics)
+        log_metrics(trainer, metrics)
         if self.verbose:
             rank_zero_info(f"PruneAtInit ({self.scorer!r}, {seconds:.2f} s):\n{report}")
         if report.collapsed:
@@ -380,72 +370,23 @@ class PruneAtInit(Callback):
                 " use more iterations, or exclude them."
             )
 
-    def _diagnose(
-        self, trainer: Trainer, pl_module: LightningModule, probe: Optional[Tensor], spectra: dict[str, Tensor]
-    ) -> None:
-        """The signal-propagation options, after pruning: Jacobian spectra, isometry, effective sparsity."""
-        from lightning_synflow import analysis
 
-        if probe is not None:
-            spectra["pruned"] = self._spectrum(trainer, pl_module, probe, "pruned")
-        if self.isometry_steps:
-            result = analysis.approximate_isometry(pl_module, self._masks, steps=self.isometry_steps, lr=self.isometry_lr)
-            broadcast_tensors_(self._bound.params, device=trainer.strategy.root_device)  # bitwise-equal weights on every rank
-            self._log(trainer, result.as_metrics("isometry"))
-            if probe is not None:
-                spectra["isometry"] = self._spectrum(trainer, pl_module, probe, "isometry")
-        if self.log_effective_sparsity:
-            report = analysis.effective_sparsity_report(
-                pl_module, self._masks, example_input=self._example_input(trainer, pl_module)
-            )
-            self._log(trainer, report.as_metrics("pruning/sparsity"))
-        if spectra:
-            self._log_histogram(trainer, spectra)
-
-    def _probe_inputs(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:
-        """Up to 8 inputs of the first training batch, else Gaussian inputs of the example shape."""
-        batches = training_batches(trainer, 1)
-        batch = batches[0] if batches else None
-        x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
-        if not isinstance(x, Tensor):
-            x = self._example_input(trainer, pl_module)
-            if isinstance(x, Tensor) and x.is_floating_point():
-                x = torch.randn(8, *x.shape[1:], dtype=x.dtype, device=pl_module.device)
-        if not (isinstance(x, Tensor) and x.is_floating_point()):
-            got = f"{x.dtype} tensors" if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(
-                f"PruneAtInit(log_jacobian=True) takes the Jacobian with respect to the model's input, which must be"
-                f" one floating tensor; {type(pl_module).__name__} gets {got} (token ids or keyword inputs have no"
-                f" such Jacobian): set log_jacobian=False"
-            )
-        return x[:8]
-
-    def _spectrum(self, trainer: Trainer, pl_module: LightningModule, probe: Tensor, stage: str) -> Tensor:
-        """The Jacobian singular values on ``probe``, logged as ``jacobian_sv/<stage>/{mean,std,min,max}``."""
-        from lightning_synflow import analysis
-
-        sv = analysis.jacobian_singular_values(pl_module, probe)
-        self._log(trainer, analysis.singular_value_stats(sv).as_metrics(f"jacobian_sv/{stage}"))
-        return sv
-
-    @staticmethod
-    def _log_histogram(trainer: Trainer, spectra: dict[str, Tensor]) -> None:
-        """The singular-value histograms as an image, for loggers that take figures (TensorBoard)."""
-        loggers = [lg for lg in trainer.loggers if callable(getattr(getattr(lg, "experiment", None), "add_figure", None))]
-        if not trainer.is_global_zero or not loggers:
-            return
-        from lightning_synflow.analysis.figures import plot_singular_values
-
-        figure = plot_singular_values(spectra, title="Jacobian singular values")
-        for logger in loggers:
-            logger.experiment.add_figure("jacobian_singular_values", figure, trainer.global_step)
-
-    @staticmethod
-    def _log(trainer: Trainer, metrics: dict[str, float]) -> None:
-        # `self.log` is not allowed in on_fit_start; talk to the loggers directly, from rank zero.
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
+def _legacy_diagnostics(
+    log_jacobian: bool, log_effective_sparsity: bool, log_per_tensor: bool, input_shape: Optional[list[int]]
+) -> Optional[PruningDiagnostics]:
+    """The PruningDiagnostics that PruneAtInit's deprecated diagnostic arguments stand for, or None."""
+    flags = {"log_jacobian": log_jacobian, "log_effective_sparsity": log_effective_sparsity, "log_per_tensor": log_per_tensor}
+    given = [name for name, on in flags.items() if on]
+    if not given:
+        return None
+    yaml = "{class_path: lightning_synflow.PruningDiagnostics, init_args: {%s}}" % ", ".join(f"{k}: true" for k in given)
+    warnings.warn(
+        f"PruneAtInit({', '.join(f'{k}=True' for k in given)}) is deprecated: add"
+        f" PruningDiagnostics({', '.join(f'{k}=True' for k in given)}) to the Trainer's callbacks (YAML: {yaml})",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return PruningDiagnostics(**flags, input_shape=input_shape)
 
 
 def _same(a: Any, b: Any) -> bool:

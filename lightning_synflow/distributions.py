@@ -1,4 +1,10 @@
-"""Layerwise sparsity distributions: how many weights each prunable tensor keeps at a global density.
+"""Layer budgets: how many weights each prunable tensor keeps in a pruning round.
+
+A :class:`Distribution` turns a round's global density into a :data:`Budget`: one count for a single
+ranking over all tensors (:class:`Global`, the default), or a count per tensor (:class:`Uniform`,
+:class:`ERK`, :class:`DensityMap`, or your own :class:`LayerDensities`). Scorers only rank weights; the
+budget says how many survive where, so every scorer works with every distribution (Frankle et al.,
+ICLR 2021, and Liu et al., ICLR 2022, compare methods at the same per-layer densities this way).
 
 ``erk_densities`` is the Erdős–Rényi-Kernel distribution of RigL (Evci et al., "Rigging the lottery",
 ICML 2020): a tensor's density is proportional to ``(Σ dims) / (Π dims)`` — for a conv weight
@@ -19,14 +25,23 @@ ideal counts.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Optional
+from fnmatch import fnmatchcase
+from typing import Callable, Optional, Union
+
+from lightning_synflow.schedules import num_kept
+from lightning_synflow.validation import check_number
+
+#: Weights to keep after a round: one count for a single ranking over all tensors, or a count per tensor.
+Budget = Union[int, dict[str, int]]
+#: Tensor name -> shape, in the model's order.
+Shapes = Mapping[str, Sequence[int]]
 
 
 def _check(shapes: Mapping[str, Sequence[int]], density: float) -> dict[str, int]:
     """Sizes of the tensors, after checking ``shapes`` and ``density``."""
-    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0.0 < density <= 1.0:
-        raise ValueError(f"`density` must be a number in (0, 1] (the fraction of weights kept), got {density!r}")
+    check_number("density", density, "a number in (0, 1] (the fraction of weights kept)", low=0.0, high=1.0, open_low=True)
     if not shapes:
         raise ValueError("`shapes` is empty: give the shape of at least one prunable tensor")
     sizes = {}
@@ -40,9 +55,7 @@ def _check(shapes: Mapping[str, Sequence[int]], density: float) -> dict[str, int
 
 def check_power_scale(power_scale: float) -> float:
     """``power_scale`` of :func:`erk_densities`, checked: a finite number >= 0."""
-    if isinstance(power_scale, bool) or not isinstance(power_scale, (int, float)) or not 0.0 <= power_scale < math.inf:
-        raise ValueError(f"`power_scale` must be a finite number >= 0, got {power_scale!r}")
-    return float(power_scale)
+    return check_number("power_scale", power_scale, "a finite number >= 0", low=0.0)
 
 
 def proportional_fill(weights: Sequence[float], caps: Sequence[float], total: float) -> list[float]:
@@ -155,3 +168,181 @@ def kept_counts(
             frac[k] = 2.0
         remainder = total - sum(counts)
     return dict(zip(names, counts))
+
+
+class Distribution(ABC):
+    """How the weights kept in a pruning round are shared among the prunable tensors.
+
+    The pruning loop calls :meth:`budget` once per round with that round's global density (the schedule's),
+    so a distribution shapes every round of an iterative scorer, not only the last.
+    """
+
+    @abstractmethod
+    def budget(self, shapes: Shapes, density: float, alive: Optional[Mapping[str, int]]) -> Budget:
+        """The round's budget at global ``density``.
+
+        Args:
+            shapes: The prunable tensors' shapes, in the model's order.
+            density: The round's global fraction of weights kept, in (0, 1].
+            alive: Weights still alive per tensor when pruned weights stay pruned (a monotone scorer), so
+                that no count exceeds them; ``None`` when every weight competes again.
+        """
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class Global(Distribution):
+    """One ranking over all tensors keeps ``round(density·N)`` weights: each tensor's share follows from the
+    scores (SynFlow's, SNIP's and GraSP's published setting)."""
+
+    def budget(self, shapes: Shapes, density: float, alive: Optional[Mapping[str, int]]) -> Budget:
+        return num_kept(density, sum(_check(shapes, density).values()))
+
+
+class LayerDensities(Distribution):
+    """Per-tensor densities at a global density; subclass and implement :meth:`densities` for your own.
+
+    Args:
+        exact_total: ``False``: each tensor keeps ``round(d_l·n_l)`` on its own, so the per-tensor density
+            is as close as it can be. ``True``: the counts are each the floor or the ceiling of ``d_l·n_l`` and
+            sum to exactly ``round(Σ d_l·n_l)`` (largest remainder, see :func:`kept_counts`). Either way no
+            count exceeds the weights still alive in its tensor.
+    """
+
+    def __init__(self, exact_total: bool = False) -> None:
+        self.exact_total = exact_total
+
+    @abstractmethod
+    def densities(self, shapes: Shapes, density: float) -> dict[str, float]:
+        """Each tensor's density in [0, 1] at the global ``density``."""
+
+    def budget(self, shapes: Shapes, density: float, alive: Optional[Mapping[str, int]]) -> Budget:
+        sizes = _check(shapes, density)
+        densities = self.densities(shapes, density)
+        bad = {n: densities.get(n) for n in sizes if not _is_density(densities.get(n), low=0.0)}
+        if bad:
+            raise ValueError(f"{self!r} gave densities outside [0, 1] or none for {bad}")
+        if self.exact_total:
+            return kept_counts(sizes, densities, self.total(sizes, density, densities), alive)
+        return {n: min(num_kept(densities[n], size), size if alive is None else alive[n]) for n, size in sizes.items()}
+
+    def total(self, sizes: Mapping[str, int], density: float, densities: Mapping[str, float]) -> int:
+        """Weights kept in all with ``exact_total``: ``round(Σ d_l·n_l)``."""
+        return math.floor(sum(densities[n] * sizes[n] for n in sizes) + 0.5)
+
+
+class _GlobalTotal:
+    """For distributions whose densities keep ``density·N`` by construction: the total counted directly,
+    free of the float error of summing the per-tensor products."""
+
+    def total(self, sizes: Mapping[str, int], density: float, densities: Mapping[str, float]) -> int:
+        return num_kept(density, sum(sizes.values()))
+
+
+class Uniform(_GlobalTotal, LayerDensities):
+    """Every tensor at the global density (the layerwise pruning of SNIP's ablations and of Frankle et al.);
+    first and last layers included: leave a layer out of pruning to keep it dense."""
+
+    def densities(self, shapes: Shapes, density: float) -> dict[str, float]:
+        return uniform_densities(shapes, density)
+
+
+class ERK(_GlobalTotal, LayerDensities):
+    """Erdős–Rényi-Kernel densities (RigL): ``d_l ∝ ((Σ dims)/(Π dims))^power_scale``, scaled so that
+    ``density·N`` weights are kept, tensors that would exceed 1 kept dense; small tensors (first conv,
+    classifier) stay denser than large ones. Counts sum to exactly ``round(density·N)``.
+
+    Args:
+        power_scale: RigL's ``erk_power_scale``: 1 is ERK, 0 gives every tensor the same density.
+    """
+
+    def __init__(self, power_scale: float = 1.0) -> None:
+        super().__init__(exact_total=True)
+        self.power_scale = check_power_scale(power_scale)
+
+    def densities(self, shapes: Shapes, density: float) -> dict[str, float]:
+        return erk_densities(shapes, density, self.power_scale)
+
+    def __repr__(self) -> str:
+        return f"ERK(power_scale={self.power_scale!r})"
+
+
+class DensityMap(LayerDensities):
+    """Densities by tensor name: ``{"conv1.*": 1.0, "fc.*": 0.5}`` (glob patterns, the first that matches
+    wins); tensors no pattern names follow the global density.
+
+    In iterative pruning a tensor bound for density ``D`` moves along the schedule with the global density:
+    at a round where the global density is ``d_t`` of a final ``d`` it is at ``D ** (ln d_t / ln d)``, which is
+    ``D ** (t / T)`` on the exponential schedule (with ``d = 1`` it is at ``D`` from the first round).
+
+    Args:
+        densities: Glob pattern -> final density in (0, 1].
+        final_density: The global density of the last round (``compute_masks`` passes it).
+    """
+
+    def __init__(self, densities: Mapping[str, float], final_density: float = 1.0) -> None:
+        super().__init__(exact_total=False)
+        if not isinstance(densities, Mapping) or not densities:
+            raise ValueError(f"`distribution` as a mapping must map glob patterns to densities, got {densities!r}")
+        bad = {k: v for k, v in densities.items() if not isinstance(k, str) or not _is_density(v, low=None)}
+        if bad:
+            raise ValueError(f"`distribution` maps tensor-name patterns to densities in (0, 1]; not allowed: {bad}")
+        self.patterns = {k: float(v) for k, v in densities.items()}
+        self.final_density = final_density
+
+    def densities(self, shapes: Shapes, density: float) -> dict[str, float]:
+        unused = [p for p in self.patterns if not any(fnmatchcase(n, p) for n in shapes)]
+        if unused:
+            raise ValueError(f"`distribution` patterns {unused} match no prunable tensor; the tensors are {list(shapes)}")
+        progress = math.log(density) / math.log(self.final_density) if self.final_density < 1.0 else 1.0
+        out = {}
+        for name in shapes:
+            target = next((d for p, d in self.patterns.items() if fnmatchcase(name, p)), None)
+            out[name] = density if target is None else target**progress
+        return out
+
+
+class DensityFunction(LayerDensities):
+    """A plain function ``fn(shapes, density) -> {name: density}`` as a distribution (each tensor keeps
+    ``round(d_l·n_l)``)."""
+
+    def __init__(self, fn: Callable[[Shapes, float], Mapping[str, float]]) -> None:
+        super().__init__(exact_total=False)
+        self.fn = fn
+
+    def densities(self, shapes: Shapes, density: float) -> dict[str, float]:
+        return dict(self.fn(shapes, density))
+
+
+#: Distributions by name, for ``distribution="erk"`` in Python or YAML.
+DISTRIBUTIONS: dict[str, type[Distribution]] = {"global": Global, "uniform": Uniform, "erk": ERK}
+#: What ``distribution`` may be: a name, a mapping of glob -> density, a :class:`Distribution`, or a function.
+DistributionSpec = Union[str, Mapping[str, float], Distribution, Callable[[Shapes, float], Mapping[str, float]]]
+
+
+def get_distribution(spec: DistributionSpec, final_density: float = 1.0) -> Distribution:
+    """A :class:`Distribution` from a registered name (``"global"``, ``"uniform"``, ``"erk"``), a mapping of
+    tensor-name glob -> density, a function ``fn(shapes, density)``, or an instance (returned as it is).
+    ``final_density`` is the last round's global density, which a mapping schedules towards."""
+    if isinstance(spec, Distribution):
+        return spec
+    if isinstance(spec, str):
+        if spec in DISTRIBUTIONS:
+            return DISTRIBUTIONS[spec]()
+    elif isinstance(spec, Mapping):
+        return DensityMap(spec, final_density)
+    elif callable(spec):
+        return DensityFunction(spec)
+    raise ValueError(
+        f"`distribution` must be one of {list(DISTRIBUTIONS)}, a mapping of tensor-name patterns to densities,"
+        f" a lightning_synflow.distributions.Distribution or a function (shapes, density) -> densities; got {spec!r}"
+    )
+
+
+def _is_density(value: object, low: Optional[float]) -> bool:
+    """A number in (0, 1] (``low=None``) or in [low, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value <= 1.0:
+        return False
+    return value > 0.0 if low is None else value >= low

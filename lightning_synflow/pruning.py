@@ -5,6 +5,7 @@ Neither needs Lightning; :class:`~lightning_synflow.PruneAtInit` only adapts the
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Any, Callable, Optional, Union
@@ -18,19 +19,20 @@ from lightning_synflow.alive import AliveSet
 from lightning_synflow.masks import check_masks, check_weight_norm
 from lightning_synflow.model_state import preserved_model_state
 from lightning_synflow.parameters import select_prunable, tied_names
-from lightning_synflow.ranking import SCOPES, Scope
+from lightning_synflow.distributions import Distribution, DistributionSpec, get_distribution
+from lightning_synflow.ranking import select
 from lightning_synflow.schedules import Schedule, num_kept, resolve_density
 from lightning_synflow.scorers.base import (
-    ALIVE_POSITIONS,
-    NEWLY_PRUNED,
     ExampleInput,
+    IncrementalScorer,
+    LivingWeights,
     LossFn,
     Scorer,
     ScoringContext,
     cross_entropy_loss,
     get_scorer,
 )
-from lightning_synflow.validation import check_positive_int
+from lightning_synflow.validation import check_choice, check_int
 
 
 def _to_device(x: Any, device: torch.device) -> Any:
@@ -78,9 +80,20 @@ def _initial_masks(
     return {n: torch.ones(params[n].shape, dtype=torch.bool, device=params[n].device) for n in names}
 
 
-def _score(model: nn.Module, scorer: Scorer, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:
+def _score(
+    model: nn.Module,
+    scorer: Scorer,
+    masks: Mapping[str, Tensor],
+    context: ScoringContext,
+    incremental: Optional[tuple[LivingWeights, Any]] = None,
+) -> dict[str, Tensor]:
+    """One round's scores: ``scorer.score``, or ``score_round`` on ``(living weights, state)`` for an
+    :class:`IncrementalScorer`; checked to cover every tensor of ``masks`` and to be finite."""
     with preserved_model_state(model):
-        scores = scorer.score(model, masks, context)
+        if incremental is None:
+            scores = scorer.score(model, masks, context)
+        else:
+            scores = scorer.score_round(model, *incremental, context)
     missing = [n for n in masks if n not in scores]
     if missing:
         raise ValueError(f"scorer {scorer!r} returned no scores for {missing}")
@@ -105,7 +118,7 @@ def _context(
 ) -> ScoringContext:
     """Check that the scorer gets what it needs, and fetch its batches once (the same in every round)."""
     if num_batches is not None:
-        check_positive_int("num_batches", num_batches)
+        check_int("num_batches", num_batches)
     if scorer.needs_input and example_input is None:
         raise ValueError(f"scorer {scorer!r} needs `example_input`: any tensor of the model's input shape")
     if scorer.needs_data and dataloader is None:
@@ -172,7 +185,7 @@ def compute_masks(
     compression: Optional[float] = None,
     iterations: Optional[int] = None,
     schedule: Schedule = "exponential",
-    scope: Scope = "global",
+    distribution: Optional[DistributionSpec] = None,
     example_input: Optional[ExampleInput] = None,
     dataloader: Optional[Iterable[Any]] = None,
     loss_fn: Optional[LossFn] = None,
@@ -183,61 +196,109 @@ def compute_masks(
     invert: bool = False,
     shuffle: bool = False,
     progress: bool = False,
+    scope: Optional[str] = None,
 ) -> dict[str, Tensor]:
     """Prune iteratively (SynFlow's Algorithm 1) and return the masks; the model is not changed.
 
-    At step ``t`` of ``T`` the network, masked as it stands, is scored and the highest scores are kept
-    at density ``d ** (t / T)`` (``schedule="exponential"``) or ``1 - (1 - d) * t / T`` (``"linear"``).
-    Exactly ``round(d * N)`` weights survive (``scope="global"``), or ``round(d * n_l)`` per tensor
-    (``"layerwise"``); ties go to the earlier tensor and lower index. For monotone scorers a pruned
-    weight never returns.
+    Each round scores the network as masked so far, asks the distribution how many weights each tensor
+    keeps at the round's density (``d ** (t / T)`` at round ``t`` of ``T`` with ``schedule="exponential"``,
+    ``1 - (1 - d) * t / T`` with ``"linear"``) and keeps exactly that many of the highest scores; ties go to
+    the earlier tensor and lower index. For monotone scorers a pruned weight never returns.
 
     Args:
         sparsity: Fraction of weights removed, in [0, 1). Give this or ``compression``.
         compression: total / kept, >= 1 (the SynFlow paper's 10^x).
         iterations: Pruning rounds ``T``; default the scorer's (100 for SynFlow, 1 for magnitude/random).
+        distribution: How each round's kept weights are shared among the tensors
+            (:mod:`lightning_synflow.distributions`): ``"global"`` (one ranking over all tensors, exactly
+            ``round(d * N)`` kept; the default), ``"uniform"`` (``round(d * n_l)`` per tensor), ``"erk"``
+            (Erdős–Rényi-Kernel), a mapping of tensor-name glob -> density (others at ``d``), a
+            :class:`~lightning_synflow.distributions.Distribution`, or a function ``(shapes, density) ->
+            densities``. Default: the scorer's own (``"erk"``, ``"uniform"``), else ``"global"``.
         masks: Masks to continue from (their keys are the prunable tensors).
         invert: Ablation: keep the *lowest* scores instead (the ranking negated, ties as before).
         shuffle: Ablation: finally move each tensor's kept positions to random places in that tensor
             (per-tensor counts kept; torch's global generator).
         progress: Show a progress bar over the iterations.
+        scope: Deprecated: ``"global"`` or ``"layerwise"``, now ``distribution="global"`` or ``"uniform"``.
 
     Other arguments as in :func:`compute_scores`. Returns ``dict[name, BoolTensor]``.
     """
     density = resolve_density(sparsity, compression)
     scorer = get_scorer(scorer)
-    if scope not in SCOPES:
-        raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}")
-    steps = scorer.densities(density, scorer.default_iterations if iterations is None else iterations, schedule)
+    layers = resolve_distribution(scorer, distribution, scope, density)
+    rounds = scorer.densities(density, scorer.default_iterations if iterations is None else iterations, schedule)
     current = _initial_masks(model, parameters, masks)
-    total = sum(m.numel() for m in current.values())
-    if scope == "global" and num_kept(density, total) == 0:
-        raise ValueError(
-            f"sparsity {1 - density!r} keeps 0 of the {total} prunable weights; allowed: a sparsity below {1 - 0.5 / total}"
-        )
-    kept = sum(int(torch.count_nonzero(m)) for m in current.values())
-    if scorer.monotone and kept < num_kept(density, total):
-        raise ValueError(f"the given `masks` keep {kept} weights, fewer than the {num_kept(density, total)} requested")
-    if scorer.monotone:  # continuing from sparser masks: no round may ask for more than is still alive
-        steps = [min(d, kept / total) for d in steps]
+    shapes = {n: tuple(m.shape) for n, m in current.items()}
+    rounds = _reachable(rounds, current, layers, shapes, scorer.monotone)
     context = _context(model, scorer, example_input, dataloader, loss_fn, num_batches, all_reduce)
-    # Monotone scorers ranked by the default rule narrow an AliveSet in place (cost in proportion to the
-    # living weights); others (FORCE's revivals, ERK's own allocation) get fresh masks every round.
-    default_ranking = scorer.monotone and type(scorer).allocate is Scorer.allocate
-    alive = AliveSet(current, copy=masks is not None) if default_ranking else None
-    for d in tqdm(steps, desc=f"pruning ({scorer.name or type(scorer).__name__})", disable=not progress, leave=False):
-        if alive is not None:
-            context.cache.update({NEWLY_PRUNED: alive.pruned, ALIVE_POSITIONS: alive.positions})
-            current = alive.masks
-        scores = _score(model, scorer, current, context)
-        if invert:
-            scores = {n: -s for n, s in scores.items()}
-        if alive is not None:
-            alive.update(scores, d, scope, release=True)
-        else:
-            current = scorer.allocate(scores, d, scope, current if scorer.monotone else None)
-    if alive is not None:
+    sign = -1 if invert else 1
+    bar = dict(desc=f"pruning ({scorer.name or type(scorer).__name__})", disable=not progress, leave=False)
+    if scorer.monotone:
+        # Pruned weights stay pruned: the living set narrows in place, costing in proportion to what lives.
+        alive = AliveSet(current, copy=masks is not None)
+        state = scorer.start(model, alive.masks, context) if isinstance(scorer, IncrementalScorer) else None
+        for d in tqdm(rounds, **bar):
+            living = None if state is None else (LivingWeights(alive.masks, alive.pruned, alive.positions), state)
+            scores = _score(model, scorer, alive.masks, context, living)
+            budget = layers.budget(shapes, d, alive.alive_counts)
+            alive.update({n: sign * s for n, s in scores.items()} if invert else scores, budget, release=True)
         current = alive.masks
+    else:
+        # Every weight competes again each round (FORCE): fresh masks from all the scores.
+        for d in tqdm(rounds, **bar):
+            scores = _score(model, scorer, current, context)
+            current = select({n: sign * s for n, s in scores.items()}, layers.budget(shapes, d, None))
     current = shuffle_masks(current) if shuffle else current
     check_weight_norm(model, current)
     return current
+
+
+def resolve_distribution(
+    scorer: Scorer, distribution: Optional[DistributionSpec], scope: Optional[str], density: float
+) -> Distribution:
+    """The distribution asked for: ``distribution``, else the deprecated ``scope``'s, else the scorer's own
+    (the random baselines), else global. A scorer with its own distribution takes no other."""
+    if scope is not None:
+        check_choice("scope", scope, list(_SCOPES))
+        warnings.warn(
+            f"`scope` is deprecated: write distribution={_SCOPES[scope]!r} instead of scope={scope!r}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if distribution is not None:
+            raise ValueError(f"give `distribution` or the deprecated `scope`, not both; got scope={scope!r}")
+        if scorer.distribution is None:
+            distribution = _SCOPES[scope]
+    if scorer.distribution is not None:
+        if distribution is not None and distribution is not scorer.distribution:
+            raise ValueError(
+                f"scorer {scorer.name!r} is random pruning in its own distribution {scorer.distribution!r};"
+                f" for random scores in distribution={distribution!r} use scorer='random'"
+            )
+        return scorer.distribution
+    return get_distribution("global" if distribution is None else distribution, density)
+
+
+def _reachable(
+    rounds: list[float], masks: Mapping[str, Tensor], layers: Distribution, shapes: dict, monotone: bool
+) -> list[float]:
+    """The round densities, checked to keep at least one weight and, for a monotone scorer continuing from
+    given masks, lowered to what those keep so that no round asks for more than is still alive."""
+    total = sum(m.numel() for m in masks.values())
+    final = layers.budget(shapes, rounds[-1], None)
+    if (final if isinstance(final, int) else sum(final.values())) == 0:
+        raise ValueError(
+            f"sparsity {1 - rounds[-1]!r} keeps 0 of the {total} prunable weights with {layers!r}; allowed: a"
+            f" sparsity below {1 - 0.5 / total}"
+        )
+    if not monotone:
+        return rounds
+    kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
+    if kept < num_kept(rounds[-1], total):
+        raise ValueError(f"the given `masks` keep {kept} weights, fewer than the {num_kept(rounds[-1], total)} requested")
+    return [min(d, kept / total) for d in rounds]
+
+
+#: The deprecated ``scope`` values and the distributions they now are.
+_SCOPES = {"global": "global", "layerwise": "uniform"}

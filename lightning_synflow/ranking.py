@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Literal, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_synflow.schedules import num_kept
-
-Scope = Literal["global", "layerwise"]
-SCOPES: tuple[str, ...] = ("global", "layerwise")
+from lightning_synflow.distributions import Budget, DistributionSpec, get_distribution
 
 #: Sampled scores per selection; the bracket's rank error shrinks as 1/sqrt of this.
 _SAMPLE_SIZE = 1 << 14
@@ -238,27 +235,44 @@ def top_k_mask(scores: Tensor, k: int, candidates: Optional[Tensor] = None) -> T
     return top_k_masks([scores], k, None if candidates is None else [candidates])[0]
 
 
+def budget_groups(names: Sequence[str], budget: Budget) -> list[tuple[list[int], int]]:
+    """The rankings a budget asks for, as (indices into ``names``, weights kept): one over every tensor for a
+    single count, one per tensor for per-tensor counts."""
+    if isinstance(budget, int):
+        return [(list(range(len(names))), budget)]
+    missing = [n for n in names if n not in budget]
+    if missing:
+        raise ValueError(f"the budget has no count for {missing}")
+    return [([i], budget[n]) for i, n in enumerate(names)]
+
+
+def select(
+    scores: Mapping[str, Tensor], budget: Budget, candidates: Optional[Mapping[str, Tensor]] = None
+) -> dict[str, Tensor]:
+    """Masks keeping, within each ranking of ``budget``, exactly its count of the highest scores among
+    ``candidates`` (every weight if None); ties to the earlier tensor, then the lower flat index."""
+    names = list(scores)
+    masks: dict[str, Tensor] = {}
+    for ids, k in budget_groups(names, budget):
+        group = [names[i] for i in ids]
+        cands = None if candidates is None else [candidates[n] for n in group]
+        masks.update(zip(group, top_k_masks([scores[n] for n in group], k, cands)))
+    return {n: masks[n] for n in names}
+
+
 def select_masks(
     scores: Mapping[str, Tensor],
     density: float,
     *,
-    scope: Scope = "global",
+    distribution: DistributionSpec = "global",
     candidates: Optional[Mapping[str, Tensor]] = None,
 ) -> dict[str, Tensor]:
-    """Masks keeping the highest scores at ``density``.
-
-    ``global`` ranks all tensors together and keeps ``round(density * N)`` weights in total;
-    ``layerwise`` keeps ``round(density * n_l)`` in each tensor. Only ``candidates`` (e.g. the weights
-    still alive) can be kept; ``None`` means every weight is a candidate.
+    """Masks keeping the highest scores at ``density``, shared among the tensors by ``distribution``
+    (:func:`~lightning_synflow.distributions.get_distribution`): ``"global"`` ranks all tensors together
+    and keeps ``round(density * N)`` weights in total, ``"uniform"`` keeps ``round(density * n_l)`` in each
+    tensor. Only ``candidates`` (e.g. the weights still alive) can be kept; ``None`` means every weight is a
+    candidate.
     """
-    if scope not in SCOPES:
-        raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}")
-    names = list(scores)
-    cands = None if candidates is None else [candidates[n] for n in names]
-    if scope == "layerwise":
-        return {
-            n: top_k_mask(scores[n], num_kept(density, scores[n].numel()), None if cands is None else cands[i])
-            for i, n in enumerate(names)
-        }
-    total = sum(scores[n].numel() for n in names)
-    return dict(zip(names, top_k_masks([scores[n] for n in names], num_kept(density, total), cands)))
+    shapes = {n: tuple(s.shape) for n, s in scores.items()}
+    alive = None if candidates is None else {n: int(torch.count_nonzero(candidates[n])) for n in scores}
+    return select(scores, get_distribution(distribution, density).budget(shapes, density, alive), candidates)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Literal, Optional
 
-from lightning_synflow.validation import check_positive_int
+from lightning_synflow.validation import check_choice, check_int, check_number
 
 Schedule = Literal["exponential", "linear"]
 SCHEDULES: tuple[str, ...] = ("exponential", "linear")
@@ -24,24 +24,15 @@ def resolve_density(sparsity: Optional[float] = None, compression: Optional[floa
             f" got sparsity={sparsity!r}, compression={compression!r}"
         )
     if sparsity is not None:
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"`sparsity` must be a number in [0, 1) (the fraction of weights removed), got {sparsity!r}")
-        return 1.0 - float(sparsity)
-    if (
-        isinstance(compression, bool)
-        or not isinstance(compression, (int, float))
-        or not math.isfinite(compression)
-        or compression < 1.0
-    ):
-        raise ValueError(f"`compression` must be a finite number >= 1 (total/kept weights), got {compression!r}")
-    return 1.0 / float(compression)
+        allowed = "a number in [0, 1) (the fraction of weights removed)"
+        return 1.0 - check_number("sparsity", sparsity, allowed, low=0.0, high=1.0, open_high=True)
+    return 1.0 / check_number("compression", compression, "a finite number >= 1 (total/kept weights)", low=1.0)
 
 
 def density_schedule(final_density: float, iterations: int, schedule: Schedule = "exponential") -> list[float]:
     """Densities ``d_1 .. d_T`` after each of ``iterations`` steps; the last is exactly ``final_density``."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {schedule!r}")
-    check_positive_int("iterations", iterations)
+    check_choice("schedule", schedule, SCHEDULES)
+    check_int("iterations", iterations)
     if not 0.0 < final_density <= 1.0:
         raise ValueError(f"the final density must be in (0, 1], got {final_density!r}")
     steps = range(1, iterations + 1)

@@ -8,10 +8,12 @@ does the same, on a loader iterator of its own that it shuts down afterwards, so
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import islice
-from typing import Any
+from typing import Any, Optional
+
+import torch
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
@@ -19,7 +21,7 @@ from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signatu
 from torch import Tensor
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-from lightning_synflow.scorers.base import LossFn
+from lightning_synflow.scorers.base import ExampleInput, LossFn
 
 
 def setup_training_data(trainer: Trainer) -> None:
@@ -100,3 +102,37 @@ def training_step_loss(trainer: Trainer) -> LossFn:
         return loss
 
     return loss_fn
+
+
+def first_batch_input(trainer: Trainer) -> Any:
+    """The model input of the first training batch as ``training_step`` receives it: the batch itself, or the
+    first element of a tuple or list batch; ``None`` without training data."""
+    batches = training_batches(trainer, 1)
+    batch = batches[0] if batches else None
+    return batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+
+
+def example_input(
+    trainer: Trainer,
+    pl_module: LightningModule,
+    input_shape: Optional[Sequence[int]],
+    requester: str,
+    batch_input: Optional[Callable[[Trainer], Any]] = None,
+) -> ExampleInput:
+    """The model's input: ``example_input_array``, else zeros of ``input_shape``, else the first training
+    batch's input (``batch_input(trainer)``, default :func:`first_batch_input`). Raises a ValueError that starts
+    with ``requester`` (e.g. ``"PruneAtInit(scorer='synflow')"``) and says what to provide."""
+    if pl_module.example_input_array is not None:
+        return pl_module.example_input_array
+    if input_shape is not None:
+        return torch.zeros(1, *input_shape)
+    x = (batch_input or first_batch_input)(trainer)
+    if not isinstance(x, Tensor):
+        raise ValueError(
+            f"{requester} needs the model's input shape: set `example_input_array`"
+            f" on {type(pl_module).__name__}, pass `input_shape=[...]` (without the batch dimension), or train on"
+            f" batches that are tensors or (input, target) pairs; a model called with keyword inputs"
+            f" (`model(**inputs)`, e.g. Hugging Face's input_ids and attention_mask) needs"
+            f" `example_input_array` as a dict of example tensors"
+        )
+    return x

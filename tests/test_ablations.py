@@ -66,15 +66,15 @@ def test_compute_masks_shuffle(tiny_cnn, image_batch):
 # ---------------------------------------------------------------- invert
 
 
-@pytest.mark.parametrize("scope", ["global", "layerwise"])
-def test_invert_with_magnitude_keeps_the_smallest_weights(ranking_branch, tiny_cnn, scope):
-    masks = compute_masks(tiny_cnn, "magnitude", sparsity=0.7, scope=scope, invert=True)
-    normal = compute_masks(tiny_cnn, "magnitude", sparsity=0.7, scope=scope)
+@pytest.mark.parametrize("distribution", ["global", "uniform"])
+def test_invert_with_magnitude_keeps_the_smallest_weights(ranking_branch, tiny_cnn, distribution):
+    masks = compute_masks(tiny_cnn, "magnitude", sparsity=0.7, distribution=distribution, invert=True)
+    normal = compute_masks(tiny_cnn, "magnitude", sparsity=0.7, distribution=distribution)
     params = dict(tiny_cnn.named_parameters())
-    if scope == "layerwise":
+    if distribution == "uniform":
         assert counts_of(masks) == counts_of(normal)
     assert sum(counts_of(masks).values()) == sum(counts_of(normal).values())
-    groups = [[n] for n in masks] if scope == "layerwise" else [list(masks)]
+    groups = [[n] for n in masks] if distribution == "uniform" else [list(masks)]
     for names in groups:
         kept = torch.cat([params[n].detach().abs()[masks[n]] for n in names])
         pruned = torch.cat([params[n].detach().abs()[~masks[n]] for n in names])

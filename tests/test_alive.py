@@ -2,11 +2,16 @@ import pytest
 import torch
 
 from lightning_synflow.alive import COMPACT_BELOW, AliveSet
+from lightning_synflow.distributions import get_distribution
 from lightning_synflow.ranking import select_masks
 
 pytestmark = pytest.mark.usefixtures("ranking_branch")  # NumPy and torch branches alike
 
 SHAPES = {"a": (40, 30), "b": (500,), "c": (8, 3, 3, 3)}
+
+
+def _budget(density, distribution="global", shapes=SHAPES):
+    return get_distribution(distribution).budget(shapes, density, None)
 
 
 def _scores(g, ties=False):
@@ -15,9 +20,9 @@ def _scores(g, ties=False):
     return {n: torch.rand(s, generator=g) for n, s in SHAPES.items()}
 
 
-@pytest.mark.parametrize("scope", ["global", "layerwise"])
+@pytest.mark.parametrize("distribution", ["global", "uniform", "erk"])
 @pytest.mark.parametrize("ties", [False, True])
-def test_rounds_narrow_exactly_as_a_fresh_selection_among_the_living(scope, ties):
+def test_rounds_narrow_exactly_as_a_fresh_selection_among_the_living(distribution, ties):
     """Round after round (through the switch to index bookkeeping), the masks equal a stateless selection
     among the weights alive before the round, and `pruned` lists exactly the weights that died."""
     g = torch.Generator().manual_seed(0)
@@ -28,12 +33,13 @@ def test_rounds_narrow_exactly_as_a_fresh_selection_among_the_living(scope, ties
         density = 0.01 ** (t / 20)
         scores = _scores(g, ties)
         before = {n: m.clone() for n, m in alive.masks.items()}
-        expected = select_masks(scores, density, scope=scope, candidates=expected)
-        alive.update(scores, density, scope)
+        expected = select_masks(scores, density, distribution=distribution, candidates=expected)
+        alive.update(scores, get_distribution(distribution).budget(SHAPES, density, alive.alive_counts))
         for n in SHAPES:
             assert torch.equal(alive.masks[n], expected[n]), (t, n)
             died = (before[n] & ~expected[n]).view(-1).nonzero().squeeze(1)
-            assert torch.equal(alive.pruned[n].sort().values, died)
+            if alive.pruned is not None or distribution == "global":  # None: a tensor lost most of its weights
+                assert torch.equal(alive.pruned[n].sort().values, died)
         assert alive.counts == [int(m.sum()) for m in expected.values()]
     assert alive.index is not None and alive.kept <= COMPACT_BELOW * total  # the index bookkeeping was exercised
     for n, idx in zip(SHAPES, alive.index):
@@ -44,7 +50,7 @@ def test_a_large_one_shot_step_keeps_the_highest_and_asks_scorers_to_reread_the_
     g = torch.Generator().manual_seed(1)
     scores = _scores(g)
     alive = AliveSet({n: torch.ones(s, dtype=torch.bool) for n, s in SHAPES.items()})
-    alive.update(scores, 0.05)
+    alive.update(scores, _budget(0.05))
     assert all(torch.equal(alive.masks[n], m) for n, m in select_masks(scores, 0.05).items())
     assert alive.pruned is None
 
@@ -52,24 +58,24 @@ def test_a_large_one_shot_step_keeps_the_highest_and_asks_scorers_to_reread_the_
 def test_given_masks_are_copied_unless_handed_over_and_release_empties_the_scores():
     masks = {n: torch.ones(s, dtype=torch.bool) for n, s in SHAPES.items()}
     scores = _scores(torch.Generator().manual_seed(2))
-    AliveSet(masks).update(scores, 0.5, release=True)
+    AliveSet(masks).update(scores, _budget(0.5), release=True)
     assert all(m.all() for m in masks.values()) and scores == {}
-    AliveSet(masks, copy=False).update(_scores(torch.Generator().manual_seed(2)), 0.5)
+    AliveSet(masks, copy=False).update(_scores(torch.Generator().manual_seed(2)), _budget(0.5))
     assert sum(int(m.sum()) for m in masks.values()) == round(0.5 * sum(m.numel() for m in masks.values()))
 
 
 def test_a_tensor_left_with_nothing_is_emptied():
     alive = AliveSet({"a": torch.ones(10, dtype=torch.bool), "b": torch.ones(1000, dtype=torch.bool)})
-    alive.update({"a": torch.rand(10), "b": torch.rand(1000)}, 0.02, "layerwise")
+    alive.update({"a": torch.rand(10), "b": torch.rand(1000)}, {"a": 0, "b": 20})
     assert not alive.masks["a"].any() and int(alive.masks["b"].sum()) == 20 and alive.counts == [0, 20]
 
 
-def test_bad_scope_and_impossible_counts_are_rejected():
-    alive = AliveSet({"a": torch.tensor([True, False, False, False])})
-    with pytest.raises(ValueError, match=r"`scope` must be one of \('global', 'layerwise'\), got 'local'"):
-        alive.update({"a": torch.rand(4)}, 0.5, "local")
+def test_budgets_without_a_count_and_impossible_counts_are_rejected():
+    alive = AliveSet({"a": torch.tensor([True, False, False, False]), "b": torch.ones(3, dtype=torch.bool)})
+    with pytest.raises(ValueError, match=r"the budget has no count for \['b'\]"):
+        alive.update({"a": torch.rand(4), "b": torch.rand(3)}, {"a": 1})
     with pytest.raises(ValueError, match="cannot keep 2 of 1 candidate weights"):
-        alive.update({"a": torch.rand(4)}, 0.5)
+        alive.update({"a": torch.rand(4), "b": torch.rand(3)}, {"a": 2, "b": 3})
 
 
 def test_scores_of_just_the_living_weights_rank_as_the_full_tensors():
@@ -77,14 +83,14 @@ def test_scores_of_just_the_living_weights_rank_as_the_full_tensors():
     g = torch.Generator().manual_seed(3)
     full, compact = (AliveSet({n: torch.ones(s, dtype=torch.bool) for n, s in SHAPES.items()}) for _ in range(2))
     first = _scores(g)
-    full.update(dict(first), 0.1)
-    compact.update(dict(first), 0.1)
+    full.update(dict(first), _budget(0.1))
+    compact.update(dict(first), _budget(0.1))
     assert full.positions is not None and compact.positions is not None
     for density in (0.09, 0.08, 0.06):
         scores = _scores(g, ties=True)
         living = {n: scores[n].reshape(-1)[at.long()] for n, at in compact.positions.items()}
-        full.update(scores, density)
-        compact.update(living, density)
+        full.update(scores, _budget(density))
+        compact.update(living, _budget(density))
         assert all(torch.equal(full.masks[n], compact.masks[n]) for n in SHAPES)
         assert all(torch.equal(full.pruned[n], compact.pruned[n]) for n in SHAPES)
 

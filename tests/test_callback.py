@@ -19,10 +19,10 @@ class CountingSynFlow(SynFlow):
         self.calls = 0
         self.input_shapes = []
 
-    def score(self, model, masks, context):
+    def score_round(self, model, living, state, context):  # the pruning loop's call, once per round
         self.calls += 1
         self.input_shapes.append(tuple(context.example_input.shape[1:]))
-        return super().score(model, masks, context)
+        return super().score_round(model, living, state, context)
 
 
 def fit(model, pruner, tmp_path, *, steps=6, **trainer_kwargs):
@@ -129,7 +129,8 @@ def test_restored_masks_that_do_not_fit_the_model_are_rejected(tmp_path):
 def test_logs_pruning_metrics_and_measured_sparsity_to_every_logger(tmp_path, caplog):
     torch.manual_seed(0)
     loggers = [MemoryLogger(), MemoryLogger()]
-    pruner = PruneAtInit(sparsity=0.9, iterations=5, log_per_tensor=True)
+    with pytest.warns(DeprecationWarning, match=r"PruneAtInit\(log_per_tensor=True\) is deprecated"):
+        pruner = PruneAtInit(sparsity=0.9, iterations=5, log_per_tensor=True)  # today's YAML keeps working
     with caplog.at_level(logging.INFO):
         fit(MLP(), pruner, tmp_path, steps=16, logger=loggers, log_every_n_steps=1)
     kept = num_kept(0.1, N_PRUNABLE)
@@ -149,7 +150,7 @@ def test_logs_pruning_metrics_and_measured_sparsity_to_every_logger(tmp_path, ca
 def test_collapse_is_warned_once(tmp_path):
     torch.manual_seed(0)
     with pytest.warns(UserWarning, match=r"1 tensor\(s\) collapsed \(no weight kept\): \['net.4.weight'\]"):
-        fit(MLP(), PruneAtInit(scorer="magnitude", sparsity=0.997, scope="layerwise"), tmp_path, steps=2)
+        fit(MLP(), PruneAtInit(scorer="magnitude", sparsity=0.997, distribution="uniform"), tmp_path, steps=2)
 
 
 @pytest.mark.parametrize("enabled", [True, False])
@@ -192,7 +193,7 @@ def test_selection_arguments_from_yaml_style_strings(tmp_path):
     ({"scorer": "synflw", "sparsity": 0.5}, r"`scorer` must be one of \[.*'synflow'.*\].*got 'synflw'"),
     ({"sparsity": 0.5, "iterations": 0}, r"`iterations` must be a positive integer, got 0"),
     ({"sparsity": 0.5, "schedule": "cosine"}, r"`schedule` must be one of \('exponential', 'linear'\), got 'cosine'"),
-    ({"sparsity": 0.5, "scope": "local"}, r"`scope` must be one of \('global', 'layerwise'\), got 'local'"),
+    ({"sparsity": 0.5, "distribution": "local"}, r"`distribution` must be one of \['global', 'uniform', 'erk'\].*got 'local'"),
     ({"sparsity": 0.5, "input_shape": [3, -1]}, r"`input_shape` must be a non-empty list of positive ints.*got \[3, -1\]"),
 ])
 def test_bad_arguments_fail_at_construction(kwargs, match):

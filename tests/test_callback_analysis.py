@@ -1,4 +1,5 @@
-"""PruneAtInit's signal-propagation options: isometry, Jacobian spectra and effective sparsity, logged."""
+"""Signal propagation around pruning: PruneAtInit's isometry steps, and the Jacobian spectra and effective sparsity
+that PruningDiagnostics logs beside it when PruneAtInit prunes."""
 
 import copy
 
@@ -8,14 +9,17 @@ from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
 
 from lightning_helpers import MLP, AssertPrunedStayZero, MemoryLogger, random_data
-from lightning_synflow import PruneAtInit, apply_masks
+from lightning_synflow import PruneAtInit, PruningDiagnostics, apply_masks
 from lightning_synflow.analysis import effective_sparsity_report, isometry_penalty, jacobian_singular_values
 
 
-def fit(model, pruner, loggers, steps=3):
+def fit(model, pruner, loggers, steps=3, **diagnostics):
+    """Fit with ``pruner``, and a PruningDiagnostics that logs just what ``diagnostics`` turns on, if any."""
+    flags = {k: diagnostics.get(k, False) for k in ("log_jacobian", "log_effective_sparsity", "log_per_tensor")}
+    extra = [PruningDiagnostics(**flags)] if diagnostics else []
     trainer = Trainer(max_steps=steps, accelerator="cpu", logger=loggers, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
-                      callbacks=[pruner, AssertPrunedStayZero(pruner)])
+                      callbacks=[pruner, *extra, AssertPrunedStayZero(pruner)])
     trainer.fit(model)
     return trainer
 
@@ -44,8 +48,8 @@ def test_jacobian_spectra_after_init_pruning_and_isometry_equal_an_independent_c
     torch.manual_seed(0)
     model, logger = MLP(example_input=False), MemoryLogger()
     initial = copy.deepcopy(model)
-    pruner = PruneAtInit(scorer="synflow", sparsity=0.9, iterations=5, log_jacobian=True, isometry_steps=5)
-    fit(model, pruner, [logger], steps=1)
+    pruner = PruneAtInit(scorer="synflow", sparsity=0.9, iterations=5, isometry_steps=5)
+    fit(model, pruner, [logger], steps=1, log_jacobian=True)
     probe = next(iter(DataLoader(random_data(), batch_size=8)))[0]
     sv = jacobian_singular_values(initial, probe)
     assert logger.values("jacobian_sv/init/mean")[0] == pytest.approx(float(sv.mean()), rel=1e-5)
@@ -60,8 +64,8 @@ def test_jacobian_spectra_after_init_pruning_and_isometry_equal_an_independent_c
 def test_effective_sparsity_is_logged_beside_the_nominal_one():
     torch.manual_seed(0)
     model, logger = MLP(), MemoryLogger()
-    pruner = PruneAtInit(scorer="random", sparsity=0.97, log_effective_sparsity=True)
-    fit(model, pruner, [logger], steps=1)
+    pruner = PruneAtInit(scorer="random", sparsity=0.97)
+    fit(model, pruner, [logger], steps=1, log_effective_sparsity=True)
     nominal, effective = logger.values("pruning/sparsity/nominal")[0], logger.values("pruning/sparsity/effective")[0]
     assert nominal == pytest.approx(logger.values("pruning/sparsity")[0])
     assert effective >= nominal
@@ -88,12 +92,28 @@ class FigureLogger(MemoryLogger):
 def test_spectra_histogram_goes_to_loggers_that_take_figures():
     pytest.importorskip("matplotlib")
     logger = FigureLogger()
-    fit(MLP(), PruneAtInit(sparsity=0.9, iterations=2, log_jacobian=True), [logger], steps=1)
+    fit(MLP(), PruneAtInit(sparsity=0.9, iterations=2), [logger], steps=1, log_jacobian=True)
     assert [tag for tag, _ in logger.figures] == ["jacobian_singular_values"]
 
 
+def test_the_deprecated_diagnostic_arguments_still_log_through_pruning_diagnostics():
+    """Today's YAML with ``log_jacobian: true`` on PruneAtInit keeps working, and says what to write instead."""
+    torch.manual_seed(0)
+    with pytest.warns(DeprecationWarning, match=r"PruneAtInit\(log_jacobian=True\) is deprecated: add PruningDiagnostics\("
+                                                r"log_jacobian=True\) to the Trainer's callbacks \(YAML: \{class_path:"
+                                                r" lightning_synflow.PruningDiagnostics, init_args: \{log_jacobian: true\}\}\)"):
+        old = PruneAtInit(sparsity=0.9, iterations=2, log_jacobian=True)
+    old_logger, new_logger = MemoryLogger(), MemoryLogger()
+    trainer = fit(MLP(), old, [old_logger], steps=1)
+    torch.manual_seed(0)
+    fit(MLP(), PruneAtInit(sparsity=0.9, iterations=2), [new_logger], steps=1, log_jacobian=True)
+    for stat in ("init/mean", "pruned/max"):
+        assert old_logger.values(f"jacobian_sv/{stat}") == new_logger.values(f"jacobian_sv/{stat}") != []
+    assert sum(isinstance(cb, PruningDiagnostics) for cb in trainer.callbacks) == 1
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"isometry_steps": -1}, r"`isometry_steps` must be a non-negative integer \(0 = off\), got -1"),
+    ({"isometry_steps": -1}, r"`isometry_steps` \(0 = off\) must be a non-negative integer, got -1"),
     ({"isometry_steps": 2.5}, r"`isometry_steps`.*got 2.5"),
     ({"isometry_lr": 0}, r"`isometry_lr` must be a positive finite number, got 0"),
 ])

@@ -159,9 +159,9 @@ class CountingSynFlow(SynFlow):
         super().__init__()
         self.calls = 0
 
-    def score(self, model, masks, context):
+    def score_round(self, model, living, state, context):  # the pruning loop's call, once per round
         self.calls += 1
-        return super().score(model, masks, context)
+        return super().score_round(model, living, state, context)
 
 
 def fit_once(model, pruner, tmp_path, ckpt_path=None, callbacks=(), **kwargs):

@@ -112,13 +112,38 @@ def test_scorer_given_by_class_path(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "distribution",
+    [{"class_path": "lightning_synflow.distributions.ERK", "init_args": {"power_scale": 0.5}}, {"backbone.net.3.*": 0.5}],
+    ids=["class_path", "mapping"],
+)
+def test_distribution_from_yaml(tmp_path, distribution):
+    """A distribution by class path, or a mapping of tensor-name patterns to densities, from the YAML file."""
+    from lightning_synflow.distributions import ERK
+
+    config = digits_config(tmp_path, distribution=distribution, scorer="magnitude", sparsity=0.9)
+    result = train("fit", "--config", str(config), f"--trainer.default_root_dir={tmp_path}", *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = load_checkpoint(tmp_path)
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("PruneAtInit")]
+    counts = {n: int(m.sum()) for n, m in state["masks"].items()}
+    shapes = {n: tuple(m.shape) for n, m in state["masks"].items()}
+    if "class_path" in distribution:
+        assert counts == ERK(0.5).budget(shapes, 0.1, None) and state["distribution"] == "ERK(power_scale=0.5)"
+        check_pruned(checkpoint, 0.9)
+    else:
+        assert counts == {n: num_kept(0.5 if n == "backbone.net.3.weight" else 0.1, m.numel()) for n, m in state["masks"].items()}
+
+
+@pytest.mark.parametrize(
     "prune_args, messages",
     [
         ({"sparsity": 1.5}, ["`sparsity` must be a number in [0, 1) (the fraction of weights removed), got 1.5"]),
         ({"scorer": "nope"}, ["`scorer` must be one of [", *map(repr, available_scorers()), "got 'nope'"]),
         ({"scope": "per-layer"}, ['Parser key "scope"', "Literal['global', 'layerwise']", "per-layer"]),
+        ({"distribution": "per-layer"}, ["`distribution` must be one of ['global', 'uniform', 'erk']", "got 'per-layer'"]),
+        ({"distribution": {"head.*": 0.5}}, ["`distribution` patterns ['head.*'] match no prunable tensor"]),
     ],
-    ids=["sparsity", "scorer", "scope"],
+    ids=["sparsity", "scorer", "scope", "distribution", "distribution-pattern"],
 )
 def test_invalid_argument_fails_clearly(tmp_path, cli_main, capsys, prune_args, messages):
     config = digits_config(tmp_path, **prune_args)

@@ -175,15 +175,15 @@ class Recording(GraSP):
         return super().score(model, masks, context)
 
 
-@pytest.mark.parametrize("scope", ["global", "layerwise"])
-def test_exact_counts_and_pruned_weights_never_return(tiny_cnn, scope):
+@pytest.mark.parametrize("distribution", ["global", "uniform"])
+def test_exact_counts_and_pruned_weights_never_return(tiny_cnn, distribution):
     scorer = Recording()
-    final = compute_masks(tiny_cnn, scorer, sparsity=0.95, iterations=3, scope=scope, dataloader=batches(), num_batches=2)
+    final = compute_masks(tiny_cnn, scorer, sparsity=0.95, iterations=3, distribution=distribution, dataloader=batches(), num_batches=2)
     seen = [*scorer._seen, final]
     assert len(scorer._seen) == 3
     for t in range(1, 4):
         d = 0.05 ** (t / 3)
-        if scope == "global":
+        if distribution == "global":
             assert sum(int(m.sum()) for m in seen[t].values()) == num_kept(d, sum(m.numel() for m in final.values()))
         else:
             assert all(int(m.sum()) == num_kept(d, m.numel()) for m in seen[t].values())

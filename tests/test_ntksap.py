@@ -240,7 +240,7 @@ def test_errors(tiny_cnn):
         ({"batch_size": 2.5}, r"`batch_size` must be a positive integer, got 2.5"),
         ({"mode": "test"}, r"`mode` .* must be one of \('calibrated', 'train', 'eval'\), got 'test'"),
         ({"weights": "xavier"}, r"`weights` .* must be one of \('resample', 'reset_parameters'\), got 'xavier'"),
-        ({"seed": "1"}, r"`seed` must be an integer or None, got '1'"),
+        ({"seed": "1"}, r"NTKSAP `seed` must be an int or None, got '1'"),
     ]:
         with pytest.raises(ValueError, match=match):
             NTKSAP(**kwargs)

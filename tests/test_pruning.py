@@ -42,7 +42,7 @@ def total(masks):
 
 @pytest.mark.parametrize("scorer", ["synflow", "magnitude", "random"])
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.99, 0.999])
-def test_global_scope_keeps_exactly_round_d_n(tiny_cnn, image_batch, scorer, sparsity):
+def test_global_distribution_keeps_exactly_round_d_n(tiny_cnn, image_batch, scorer, sparsity):
     masks = compute_masks(tiny_cnn, scorer, sparsity=sparsity, iterations=4, example_input=image_batch)
     assert list(masks) == ["conv1.weight", "conv2.weight", "fc.weight"]
     assert all(m.dtype == torch.bool for m in masks.values())
@@ -50,8 +50,8 @@ def test_global_scope_keeps_exactly_round_d_n(tiny_cnn, image_batch, scorer, spa
 
 
 @pytest.mark.parametrize("scorer", ["synflow", "magnitude", "random"])
-def test_layerwise_scope_keeps_exactly_round_d_n_per_tensor(tiny_cnn, image_batch, scorer):
-    masks = compute_masks(tiny_cnn, scorer, compression=10, scope="layerwise", iterations=3, example_input=image_batch)
+def test_uniform_distribution_keeps_exactly_round_d_n_per_tensor(tiny_cnn, image_batch, scorer):
+    masks = compute_masks(tiny_cnn, scorer, compression=10, distribution="uniform", iterations=3, example_input=image_batch)
     assert {n: int(m.sum()) for n, m in masks.items()} == {n: num_kept(0.1, m.numel()) for n, m in masks.items()}
 
 
@@ -134,7 +134,7 @@ class Forbidden(Scorer):
     ({}, ValueError, "exactly one of"),
     ({"sparsity": 0.5, "iterations": 0}, ValueError, r"`iterations` must be a positive integer, got 0"),
     ({"sparsity": 0.5, "schedule": "cosine"}, ValueError, r"`schedule` must be one of"),
-    ({"sparsity": 0.5, "scope": "local"}, ValueError, r"`scope` must be one of \('global', 'layerwise'\), got 'local'"),
+    ({"sparsity": 0.5, "distribution": "local"}, ValueError, r"`distribution` must be one of \['global', 'uniform', 'erk'\].*got 'local'"),
     ({"sparsity": 0.9999}, ValueError, r"sparsity 0.9999.* keeps 0 of the 1432 prunable weights"),
     ({"sparsity": 0.5, "parameters": ["nope"]}, ValueError, r"`parameters` names tensors that TinyCNN does not have: \['nope'\]"),
     ({"sparsity": 0.5, "parameters": []}, ValueError, r"no prunable parameters found in TinyCNN"),
@@ -164,8 +164,8 @@ def test_a_users_scorer_by_instance_and_by_registered_name(tiny_cnn, ranking_bra
             return {n: -torch.arange(m.numel(), dtype=torch.float32).view(m.shape) for n, m in masks.items()}
 
     assert name in available_scorers()
-    by_name = compute_masks(tiny_cnn, name, sparsity=0.5, scope="layerwise")
-    by_instance = compute_masks(tiny_cnn, FirstWeights(), sparsity=0.5, scope="layerwise")
+    by_name = compute_masks(tiny_cnn, name, sparsity=0.5, distribution="uniform")
+    by_instance = compute_masks(tiny_cnn, FirstWeights(), sparsity=0.5, distribution="uniform")
     assert all(torch.equal(by_name[n], by_instance[n]) for n in by_name)
     assert by_name["fc.weight"].flatten()[:32].all() and not by_name["fc.weight"].flatten()[32:].any()
     with pytest.raises(ValueError, match="a scorer named 'synflow' is already registered"):

@@ -49,7 +49,7 @@ def test_top_k_rejects_impossible_counts():
         top_k_mask(torch.ones(4), 5)
 
 
-def test_global_scope_ranks_across_tensors_with_exact_total():
+def test_global_distribution_ranks_across_tensors_with_exact_total():
     scores = {"a": torch.arange(6.0).view(2, 3), "b": torch.arange(10.0, 14.0)}
     masks = select_masks(scores, 0.5)
     assert sum(int(m.sum()) for m in masks.values()) == num_kept(0.5, 10) == 5
@@ -62,10 +62,10 @@ def test_global_ties_go_to_the_earlier_tensor():
     assert masks["a"].all() and not masks["b"].any()
 
 
-def test_layerwise_scope_keeps_each_tensor_at_the_density():
+def test_uniform_distribution_keeps_each_tensor_at_the_density():
     g = torch.Generator().manual_seed(0)
     scores = {"a": torch.rand(100, generator=g), "b": torch.rand(7, 3, generator=g), "c": torch.rand(5, generator=g)}
-    masks = select_masks(scores, 0.3, scope="layerwise")
+    masks = select_masks(scores, 0.3, distribution="uniform")
     assert {n: int(m.sum()) for n, m in masks.items()} == {"a": 30, "b": 6, "c": 2}
 
 
@@ -75,9 +75,9 @@ def test_candidates_restrict_the_ranking_per_tensor():
     assert select_masks(scores, 0.5, candidates=cand)["a"].tolist() == [False, True, True, False]
 
 
-def test_unknown_scope_is_rejected():
-    with pytest.raises(ValueError, match=r"`scope` must be one of \('global', 'layerwise'\), got 'local'"):
-        select_masks({"a": torch.ones(2)}, 0.5, scope="local")
+def test_unknown_distribution_is_rejected():
+    with pytest.raises(ValueError, match=r"`distribution` must be one of \['global', 'uniform', 'erk'\].*got 'local'"):
+        select_masks({"a": torch.ones(2)}, 0.5, distribution="local")
 
 
 def sorted_top_k(scores, k, candidates):

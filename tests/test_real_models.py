@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_synflow import (
-    PruneAtInit, apply_masks, compute_masks, compute_scores, num_kept, select_prunable, sparsity_report,
+    PruneAtInit, PruningDiagnostics, apply_masks, compute_masks, compute_scores, num_kept, select_prunable, sparsity_report,
 )
 
 SPARSITY = 0.9
@@ -411,7 +411,7 @@ def test_jacobian_logging_on_a_token_model_is_refused_before_any_weight_is_touch
     model = LightningLM()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=tmp_path, callbacks=[PruneAtInit(sparsity=0.5, log_jacobian=True)])
-    with pytest.raises(ValueError, match=r"log_jacobian=True\) takes the Jacobian .* LightningLM gets torch.int64 tensors"):
+                      enable_model_summary=False, default_root_dir=tmp_path, callbacks=[PruneAtInit(sparsity=0.5), PruningDiagnostics(log_jacobian=True)])
+    with pytest.raises(ValueError, match=r"PruningDiagnostics\(log_jacobian=True\) takes the Jacobian .* LightningLM gets torch.int64 tensors"):
         trainer.fit(model)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

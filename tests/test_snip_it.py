@@ -84,11 +84,11 @@ def test_rounds_keep_exact_counts_are_monotone_and_score_snip_on_the_sparse_net(
 
 def test_equals_snip_iterated_by_hand_over_the_cumulative_targets(tiny_cnn):
     data = batches()
-    masks = compute_masks(tiny_cnn, "snip_it", sparsity=0.98, scope="layerwise", dataloader=data)
+    masks = compute_masks(tiny_cnn, "snip_it", sparsity=0.98, distribution="uniform", dataloader=data)
     current = {n: torch.ones_like(m) for n, m in masks.items()}
     for s in PUBLISHED:
         scores = compute_scores(tiny_cnn, SNIP(), masks=current, dataloader=data, num_batches=5)
-        current = select_masks(scores, 1 - s, scope="layerwise", candidates=current)
+        current = select_masks(scores, 1 - s, distribution="uniform", candidates=current)
     assert all(torch.equal(masks[n], current[n]) for n in masks)
     assert all(int(m.sum()) == num_kept(0.02, m.numel()) for m in masks.values())
 
@@ -117,7 +117,7 @@ def test_defaults_and_registration():
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "5"])
 def test_bad_steps_are_rejected(bad):
-    with pytest.raises(ValueError, match=r"`steps` .* must be an integer >= 0, got "):
+    with pytest.raises(ValueError, match=r"`steps` .* must be a non-negative integer, got "):
         SNIPit(steps=bad)
 
 

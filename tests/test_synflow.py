@@ -41,7 +41,7 @@ def test_iterative_masks_equal_a_naive_loop_that_rescores_a_fresh_copy_every_rou
 
 
 def test_given_the_living_positions_synflow_scores_just_those_and_the_same():
-    from lightning_synflow.scorers.base import ALIVE_POSITIONS, ScoringContext
+    from lightning_synflow.scorers.base import LivingWeights, ScoringContext
 
     torch.manual_seed(0)
     net = TinyCNN()
@@ -51,7 +51,9 @@ def test_given_the_living_positions_synflow_scores_just_those_and_the_same():
     x = torch.ones(1, 3, 8, 8)
     full = SynFlow().score(net, masks, ScoringContext(example_input=x))
     positions = {n: m.view(-1).nonzero().squeeze(1).to(torch.int32) for n, m in masks.items()}
-    living = SynFlow().score(net, masks, ScoringContext(example_input=x, cache={ALIVE_POSITIONS: positions}))
+    context = ScoringContext(example_input=x)
+    scorer = SynFlow()
+    living = scorer.score_round(net, LivingWeights(masks, positions=positions), scorer.start(net, masks, context), context)
     for n in names:
         assert living[n].shape == (int(masks[n].sum()),)
         assert torch.equal(living[n], full[n].view(-1)[positions[n].long()])
@@ -68,15 +70,16 @@ class WithAnUnusedHead(TinyCNN):
 
 @pytest.mark.parametrize("listed", [False, True], ids=["dense", "living positions"])
 def test_weights_the_output_never_reaches_score_exactly_zero(listed):
-    from lightning_synflow.scorers.base import ALIVE_POSITIONS, ScoringContext
+    from lightning_synflow.scorers.base import LivingWeights, ScoringContext
 
     torch.manual_seed(0)
     net = WithAnUnusedHead()
     masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in net.named_parameters() if n in select_prunable(net)}
     masks["conv2.weight"].view(-1)[::3] = False
     positions = {n: m.view(-1).nonzero().squeeze(1).to(torch.int32) for n, m in masks.items()}
-    cache = {ALIVE_POSITIONS: positions} if listed else {}
-    scores = SynFlow().score(net, masks, ScoringContext(example_input=torch.ones(1, 3, 8, 8), cache=cache))
+    context, scorer = ScoringContext(example_input=torch.ones(1, 3, 8, 8)), SynFlow()
+    living = LivingWeights(masks, positions=positions if listed else None)
+    scores = scorer.score_round(net, living, scorer.start(net, masks, context), context)
     assert "unused.weight" in masks
     expected_shape = positions["unused.weight"].shape if listed else masks["unused.weight"].shape
     assert scores["unused.weight"].shape == expected_shape

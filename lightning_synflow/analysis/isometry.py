@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_synflow.masks import check_masks
+from lightning_synflow.validation import check_int, check_number
 
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -103,10 +104,8 @@ def approximate_isometry(
     Returns:
         :class:`IsometryResult` with the penalty before and after (total and per tensor).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"`steps` must be a non-negative integer, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"`lr` must be positive, got {lr!r}")
+    check_int("steps", steps, 0)
+    check_number("lr", lr, "a positive finite number", low=0, open_low=True)
     params = check_masks(model, masks)
     names = list(masks)
     start = time.perf_counter()

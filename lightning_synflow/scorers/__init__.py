@@ -1,6 +1,8 @@
 """Scorers by name (``"synflow"``, ``"snip"``, ...); a user's own by subclassing :class:`Scorer`."""
 
 from lightning_synflow.scorers.base import (
+    IncrementalScorer,
+    LivingWeights,
     LossFn,
     Scorer,
     ScoringContext,
@@ -10,7 +12,7 @@ from lightning_synflow.scorers.base import (
     register_scorer,
 )
 from lightning_synflow.scorers.baselines import Magnitude, Random
-from lightning_synflow.scorers.erk import ERK, LayerwiseRandom, Uniform
+from lightning_synflow.scorers.erk import ERK, Uniform
 from lightning_synflow.scorers.force import FORCE, IterSNIP
 from lightning_synflow.scorers.grasp import GraSP, GraSPAbs
 from lightning_synflow.scorers.ntksap import NTKSAP
@@ -27,7 +29,8 @@ __all__ = [
     "GraSP",
     "GraSPAbs",
     "SNIPit",
-    "LayerwiseRandom",
+    "IncrementalScorer",
+    "LivingWeights",
     "LossFn",
     "Magnitude",
     "Random",

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Generic, Optional, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lightning_synflow.ranking import Scope, select_masks
+from lightning_synflow.distributions import Distribution
 from lightning_synflow.schedules import Schedule, density_schedule
 
 #: A tensor, a tuple of tensors (positional inputs) or a dict of tensors (keyword inputs) of the model's input.
@@ -32,19 +32,13 @@ def cross_entropy_loss(model: nn.Module, batch: Any) -> Tensor:
     return F.cross_entropy(model(x), y)
 
 
-#: Key of :attr:`ScoringContext.cache` under which the pruning loop lists the previous round's pruned positions.
-NEWLY_PRUNED = "newly_pruned"
-#: Key of :attr:`ScoringContext.cache` under which the pruning loop lists the living weights' positions.
-ALIVE_POSITIONS = "alive_positions"
-
-
 def _no_reduction(t: Tensor) -> Tensor:
     return t
 
 
 @dataclass(frozen=True)
 class ScoringContext:
-    """What a scorer may draw on besides the model, all on the model's device.
+    """What a scorer may draw on besides the model, all on the model's device; the same in every round.
 
     Attributes:
         example_input: A tensor of the model's input shape, for data-free scorers.
@@ -52,19 +46,12 @@ class ScoringContext:
         loss_fn: ``loss_fn(model, batch)``, differentiated by data-driven scorers.
         all_reduce: Sums a tensor over all processes (identity in a single process). Scorers sum their
             per-batch gradients or scores locally and reduce once, so every rank ranks the same totals.
-        cache: Scratch space a scorer may keep between the rounds of one pruning run (one context per
-            :func:`~lightning_synflow.compute_masks` call), e.g. SynFlow's linearised weights. Before each
-            round of a monotone scorer, ``cache[NEWLY_PRUNED]`` holds ``{name: flat positions}`` pruned by
-            the previous round, or ``None`` (first round, or too many to list): re-read the masks; and
-            ``cache[ALIVE_POSITIONS]`` holds ``{name: sorted flat positions}`` of the living weights once few
-            are alive (else ``None``), so that a scorer may score just those (see :meth:`Scorer.score`).
     """
 
     example_input: Optional[ExampleInput] = None
     batches: Sequence[Any] = ()
     loss_fn: LossFn = cross_entropy_loss
     all_reduce: Callable[[Tensor], Tensor] = _no_reduction
-    cache: dict[str, Any] = field(default_factory=dict)
 
     def reduce(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``all_reduce`` of a dict of tensors in one collective (flattened and concatenated)."""
@@ -74,12 +61,13 @@ class ScoringContext:
 
 
 class Scorer(ABC):
-    """Base class of pruning scorers.
+    """Base class of pruning scorers: :meth:`score` is all a scorer must write.
 
-    Subclasses implement :meth:`score` and may override the class attributes below. ``score`` is called
-    through :func:`~lightning_synflow.compute_scores`, which restores the model's train/eval modes,
-    ``requires_grad`` flags and gradients afterwards; a scorer must not change parameter or buffer
-    values (score on copies, e.g. with ``torch.func.functional_call``).
+    ``score`` is called through :func:`~lightning_synflow.compute_scores` or once per round of
+    :func:`~lightning_synflow.compute_masks`, which restore the model's train/eval modes, ``requires_grad``
+    flags and gradients afterwards; a scorer must not change parameter or buffer values (score on copies,
+    e.g. with ``torch.func.functional_call``). How many weights survive, and in which tensors, is not the
+    scorer's business: the loop's distribution decides that from the scores.
     """
 
     #: Registered name, set by :func:`register_scorer`.
@@ -97,30 +85,79 @@ class Scorer(ABC):
     #: :meth:`score` itself makes sure its scores are finite, so the pruning loop does not check them again
     #: (a pass over every score in every round).
     checks_finite: ClassVar[bool] = False
+    #: Layer budgets the scorer stands for, used when the caller gives no ``distribution`` (the random
+    #: baselines ``"erk"`` and ``"uniform"``); ``None``: the caller's, ``"global"`` by default.
+    distribution: Optional[Distribution] = None
 
     @abstractmethod
     def score(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:
         """One score per weight of every tensor named in ``masks``, shaped like it, on the network as
-        currently masked (``masks[name]`` is ``True`` where a weight is kept). The pruning loop narrows
-        ``masks`` in place between rounds: copy them to keep them. When ``context.cache[ALIVE_POSITIONS]``
-        lists a tensor's living weights, its scores may instead be a 1-D tensor of the scores at those
-        positions, in that order (pruned weights cannot be kept, so their scores are never read)."""
+        currently masked (``masks[name]`` is ``True`` where a weight is kept); higher means keep. The
+        pruning loop narrows ``masks`` in place between rounds: copy them to keep them."""
 
     def densities(self, final_density: float, iterations: int, schedule: Schedule) -> list[float]:
-        """The density after each pruning round; the default is the Trainer-wide schedule (exponential or
-        linear). Scorers with a schedule of their own (SNIP-it) override this."""
+        """The global density after each pruning round; the default is the Trainer-wide schedule
+        (exponential or linear). Scorers with a schedule of their own (SNIP-it) override this."""
         return density_schedule(final_density, iterations, schedule)
-
-    def allocate(
-        self, scores: Mapping[str, Tensor], density: float, scope: Scope, candidates: Optional[Mapping[str, Tensor]]
-    ) -> dict[str, Tensor]:
-        """Masks from scores at ``density``; the default keeps the highest scores (exact count). Scorers
-        that prescribe per-layer densities themselves (ERK, uniform) override this."""
-        return select_masks(scores, density, scope=scope, candidates=candidates)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({args})"
+
+
+@dataclass(frozen=True)
+class LivingWeights:
+    """The weights alive at the start of a round, as the pruning loop keeps them.
+
+    Attributes:
+        masks: ``{name: bool mask}``, ``True`` where a weight is alive; narrowed in place between rounds.
+        pruned: ``{name: flat positions}`` the previous round pruned, or ``None`` (the first round, or too
+            many to list): then compare with ``masks``.
+        positions: ``{name: sorted flat positions}`` of the living weights once few are alive (at most an
+            eighth), else ``None``.
+    """
+
+    masks: Mapping[str, Tensor]
+    pruned: Optional[Mapping[str, Tensor]] = None
+    positions: Optional[Mapping[str, Tensor]] = None
+
+
+State = TypeVar("State")
+
+
+class IncrementalScorer(Scorer, Generic[State]):
+    """A monotone scorer that carries work from one round of a pruning run to the next.
+
+    Opt in when a round can reuse what the last one built, or when scoring only the living weights saves
+    time: SynFlow keeps its linearised weights between rounds, marks just the newly pruned ones, and once few
+    weights are alive scores only those. The pruning loop then calls :meth:`start` once per run and
+    :meth:`score_round` every round, in place of :meth:`score`:
+
+    - the ``state`` :meth:`start` returns is the scorer's, held by the loop for that run only (a scorer
+      instance may prune many models; keep nothing on ``self``);
+    - ``living`` (:class:`LivingWeights`) says what changed since the last round;
+    - where ``living.positions`` lists a tensor's living weights, its scores may be a 1-D tensor of the
+      scores at those positions, in that order (pruned weights cannot be kept, so their scores are never
+      read); otherwise they are shaped like the mask.
+
+    Pruned weights must stay pruned, so only monotone scorers opt in. :meth:`score` (a single pass, as
+    :func:`~lightning_synflow.compute_scores` runs it) is :meth:`score_round` on a fresh state.
+    """
+
+    monotone: ClassVar[bool] = True
+
+    @abstractmethod
+    def start(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> State:
+        """The state of a new pruning run, before its first round."""
+
+    @abstractmethod
+    def score_round(
+        self, model: nn.Module, living: LivingWeights, state: State, context: ScoringContext
+    ) -> dict[str, Tensor]:
+        """The round's scores, updating ``state`` for the next round."""
+
+    def score(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:
+        return self.score_round(model, LivingWeights(masks), self.start(model, masks, context), context)
 
 
 _REGISTRY: dict[str, type[Scorer]] = {}

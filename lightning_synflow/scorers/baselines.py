@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_synflow.scorers.base import Scorer, ScoringContext, register_scorer
+from lightning_synflow.validation import check_seed
 
 
 def _score_dtype(t: Tensor) -> torch.dtype:
@@ -34,7 +35,7 @@ class Random(Scorer):
     """
 
     def __init__(self, seed: Optional[int] = None) -> None:
-        self.seed = seed
+        self.seed = check_seed("seed", seed)
         self._generators = DeviceGenerators(seed)
 
     def score(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:

@@ -15,15 +15,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lightning_synflow.scorers.base import LossFn, ScoringContext
+from lightning_synflow.validation import check_choice
 
 Mode = Literal["train", "eval"]
 MODES: tuple[str, ...] = ("train", "eval")
 
 
 def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ValueError(f"`mode` (the model's train/eval mode while scoring) must be one of {MODES}, got {mode!r}")
-    return mode
+    return check_choice("mode", mode, MODES, meaning="the model's train/eval mode while scoring")
 
 
 class _Loss(nn.Module):

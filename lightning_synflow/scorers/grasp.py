@@ -3,7 +3,6 @@ ICLR 2020): rank weights by ``θ ⊙ Hg``, one Hessian-gradient product on label
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -13,20 +12,13 @@ from torch import Tensor, nn
 
 from lightning_synflow.scorers.base import Scorer, ScoringContext, register_scorer
 from lightning_synflow.scorers.functional import Mode, batch_loss, check_mode, masked_state
+from lightning_synflow.validation import check_number
 
 
 def check_temperature(temperature: Any) -> float:
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, (int, float))
-        or not math.isfinite(temperature)
-        or temperature <= 0
-    ):
-        raise ValueError(
-            f"`temperature` (the model's output is divided by it inside the loss) must be a finite number > 0,"
-            f" e.g. 200 (GraSP's) or 1 (no scaling), got {temperature!r}"
-        )
-    return float(temperature)
+    allowed = "a finite number > 0, e.g. 200 (GraSP's) or 1 (no scaling)"
+    meaning = "the model's output is divided by it inside the loss"
+    return check_number("temperature", temperature, allowed, low=0, open_low=True, meaning=meaning)
 
 
 @contextmanager

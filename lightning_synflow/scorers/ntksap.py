@@ -35,6 +35,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.utils._pytree import tree_leaves
 
 from lightning_synflow.scorers.base import ExampleInput, Scorer, ScoringContext, register_scorer
+from lightning_synflow.validation import check_choice, check_int, check_number, check_seed
 
 NTKSAPMode = Literal["calibrated", "train", "eval"]
 NTKSAP_MODES: tuple[str, ...] = ("calibrated", "train", "eval")
@@ -55,12 +56,6 @@ class NTKSAPDraw:
     params: dict[str, Tensor]
     perturbation: dict[str, Tensor]
     inputs: ExampleInput
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"NTKSAP `{name}` must be a positive integer, got {value!r}")
-    return value
 
 
 def _noise(example: ExampleInput, batch_size: int, generator: Optional[torch.Generator]) -> ExampleInput:
@@ -133,23 +128,14 @@ class NTKSAP(Scorer):
         weights: FreshWeights = "resample",
         seed: Optional[int] = None,
     ) -> None:
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 < epsilon < float("inf"):
-            raise ValueError(
-                f"NTKSAP `epsilon` (the perturbation size) must be a finite number > 0, got {epsilon!r}"
-            )
-        if mode not in NTKSAP_MODES:
-            raise ValueError(
-                f"NTKSAP `mode` (normalisation layers while scoring) must be one of {NTKSAP_MODES}, got {mode!r}"
-            )
-        if weights not in FRESH_WEIGHTS:
-            raise ValueError(
-                f"NTKSAP `weights` (how fresh weights are drawn) must be one of {FRESH_WEIGHTS}, got {weights!r}"
-            )
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"NTKSAP `seed` must be an integer or None, got {seed!r}")
-        self.epsilon = float(epsilon)
-        self.batches = _positive_int("batches", batches)
-        self.batch_size = _positive_int("batch_size", batch_size)
+        self.epsilon = check_number(
+            "epsilon", epsilon, "a finite number > 0", low=0, open_low=True, owner="NTKSAP", meaning="the perturbation size"
+        )
+        check_choice("mode", mode, NTKSAP_MODES, owner="NTKSAP", meaning="normalisation layers while scoring")
+        check_choice("weights", weights, FRESH_WEIGHTS, owner="NTKSAP", meaning="how fresh weights are drawn")
+        check_seed("seed", seed, owner="NTKSAP")
+        self.batches = check_int("batches", batches, owner="NTKSAP")
+        self.batch_size = check_int("batch_size", batch_size, owner="NTKSAP")
         self.mode = mode
         self.weights = weights
         self.seed = seed

@@ -7,14 +7,14 @@ from lightning_synflow.schedules import Schedule
 from lightning_synflow.scorers.base import register_scorer
 from lightning_synflow.scorers.functional import Mode
 from lightning_synflow.scorers.snip import SNIP
-from lightning_synflow.validation import check_positive_int
+from lightning_synflow.validation import check_int
 
 
 def snip_it_sparsities(sparsity: float, rounds: int) -> list[float]:
     """SNIP-it's cumulative sparsity targets for a final sparsity ``L``: ``L − (L − 0.5) · 0.5^i`` for
     ``i = 0 .. rounds − 2``, then ``L`` (``rounds = 7`` gives the published 0.5, 0.74, ..., L for L = 0.98).
     A final sparsity ``L <= 0.5`` (or ``rounds = 1``) is a single round at ``L``."""
-    check_positive_int("iterations", rounds)
+    check_int("iterations", rounds)
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"the final sparsity must be in [0, 1), got {sparsity!r}")
     if sparsity <= 0.5:
@@ -46,12 +46,8 @@ class SNIPit(SNIP):
     default_num_batches = 5
 
     def __init__(self, steps: int = 5, mode: Mode = "eval") -> None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(
-                f"`steps` (halvings of the gap to the target sparsity) must be an integer >= 0, got {steps!r}"
-            )
         super().__init__(mode=mode)
-        self.steps = steps
+        self.steps = check_int("steps", steps, 0, meaning="halvings of the gap to the target sparsity")
 
     @property  # type: ignore[override]
     def default_iterations(self) -> int:  # the rounds: i = 0 .. steps, then the target

@@ -17,11 +17,12 @@ layer gains: it overflows float32 (3.4e38) from CIFAR ResNet-32 on (1e139 on Res
 ImageNet ResNet-152). Scoring runs in float32 (the model's precision and the published code's) and
 switches to float64 for the rest of the run the first time ``R`` or a score is not finite.
 
-Speed and memory: the linearised weights are built once per pruning run. Each tensor is scored the moment
-backward has its gradient, in place of its linearised weights, and the gradient is freed: a round holds
-one copy of the weights plus one tensor's gradient. The next round restores the living weights from the
-model with one ``copysign`` (pruned ones are kept as ``-0.0``) and marks just the newly pruned; once few
-weights are alive, only those are scored.
+Speed and memory: SynFlow is an :class:`~lightning_synflow.scorers.base.IncrementalScorer`: the linearised
+weights (:class:`Linearised`) are built once per pruning run. Each tensor is scored the moment backward has
+its gradient, in place of its linearised weights, and the gradient is freed: a round holds one copy of the
+weights plus one tensor's gradient. The next round restores the living weights from the model with one
+``copysign`` (pruned ones are kept as ``-0.0``) and marks just the newly pruned; once few weights are
+alive, only those are scored.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
 import torch
@@ -36,7 +38,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils._pytree import tree_leaves
 
-from lightning_synflow.scorers.base import ALIVE_POSITIONS, NEWLY_PRUNED, ExampleInput, Scorer, ScoringContext, register_scorer
+from lightning_synflow.scorers.base import (
+    ExampleInput,
+    IncrementalScorer,
+    LivingWeights,
+    ScoringContext,
+    register_scorer,
+)
+from lightning_synflow.validation import check_choice
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -106,8 +115,26 @@ def _normalisation_buffers(model: nn.Module) -> set[str]:
     return names
 
 
+@dataclass
+class Linearised:
+    """SynFlow's state over one pruning run: the linearised network, built in the first round.
+
+    Attributes:
+        dtype: Precision of scoring; float64 for the rest of the run once float32 overflowed.
+        tensors: |parameters|, |normalisation buffers| and the other buffers as they are, in ``dtype``; the
+            prunable tensors are leaves that require grad, their pruned weights ``-0.0``: zero to the network,
+            and the sign bit marks them pruned where a round overwrote the tensor with scores (``w * |g|``
+            keeps it), so that one ``copysign`` restores every living weight.
+        scored_in_place: The last round wrote its scores over ``tensors`` (restore them before the next).
+    """
+
+    dtype: torch.dtype
+    tensors: Optional[dict[str, Tensor]] = None
+    scored_in_place: bool = False
+
+
 @register_scorer("synflow")
-class SynFlow(Scorer):
+class SynFlow(IncrementalScorer[Linearised]):
     """Iterative Synaptic Flow Pruning: ``|θ ⊙ ∂R/∂θ|`` on the linearised network (data-free).
 
     Args:
@@ -123,69 +150,62 @@ class SynFlow(Scorer):
     checks_finite = True
 
     def __init__(self, dtype: Literal["float32", "float64"] = "float32") -> None:
-        if dtype not in _DTYPES:
-            raise ValueError(f"SynFlow `dtype` must be one of {list(_DTYPES)}, got {dtype!r}")
-        self.dtype = dtype
+        self.dtype = check_choice("dtype", dtype, list(_DTYPES), owner="SynFlow")
 
-    def score(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:
+    def start(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> Linearised:
         if context.example_input is None:
             raise ValueError("SynFlow needs `example_input` (any tensor of the model's input shape)")
+        return Linearised(_DTYPES[self.dtype])
+
+    def score_round(
+        self, model: nn.Module, living: LivingWeights, state: Linearised, context: ScoringContext
+    ) -> dict[str, Tensor]:
         model.eval()
-        first = context.cache.get("synflow_dtype", _DTYPES[self.dtype])
-        for dtype in [first] + ([torch.float64] if first != torch.float64 else []):
-            alive = context.cache.get(ALIVE_POSITIONS)
-            scores = _scores(model, _linearised(model, masks, dtype, context.cache), masks, context.example_input, alive)
+        while True:
+            _refresh(model, living, state)
+            scores = _scores(model, state.tensors, living.masks, context.example_input, living.positions)
             if scores is not None:
-                context.cache["synflow_scored_in_place"] = alive is None
+                state.scored_in_place = living.positions is None
                 return scores
-        raise FloatingPointError(
-            f"SynFlow overflowed in float64: the synaptic flow R of {type(model).__name__} exceeds the float64 "
-            f"range on an all-ones input"
-        )
+            if state.dtype == torch.float64:
+                raise FloatingPointError(
+                    f"SynFlow overflowed in float64: the synaptic flow R of {type(model).__name__} exceeds the"
+                    f" float64 range on an all-ones input"
+                )
+            state.dtype, state.tensors = torch.float64, None  # for the rest of the run
 
 
 @torch.no_grad()
-def _linearised(model: nn.Module, masks: Mapping[str, Tensor], dtype: torch.dtype, cache: dict) -> dict[str, Tensor]:
-    """|parameters|, |normalisation buffers| and the other floating buffers as they are, in ``dtype``; the
-    prunable tensors leaves that require grad, pruned weights ``-0.0``: zero to the network, and their sign
-    bit marks them pruned where the tensor has been overwritten by scores (``w * |g|`` keeps it), so that one
-    ``copysign`` restores every living weight.
-
-    Built once per run and dtype (``cache``); later rounds restore the tensors that were scored in place
-    and mark just the weights pruned since (``cache[NEWLY_PRUNED]``), or re-apply every mask when those are
-    not listed."""
-    key = f"synflow_state_{dtype}"
-    state = cache.get(key)
-    if state is None:
-        state = {  # contiguous, so that gradients (laid out like their tensor) are scored in place
-            name: p.detach().to(dtype, memory_format=torch.contiguous_format, copy=True).abs_()
+def _refresh(model: nn.Module, living: LivingWeights, state: Linearised) -> None:
+    """Make ``state.tensors`` the linearised network under ``living.masks``: built on first use (or after a
+    switch of dtype), later restored where the last round scored in place and marked where weights were
+    pruned since (just the listed positions when ``living.pruned`` lists them)."""
+    if state.tensors is None:
+        tensors = {  # contiguous, so that gradients (laid out like their tensor) are scored in place
+            name: p.detach().to(state.dtype, memory_format=torch.contiguous_format, copy=True).abs_()
             for name, p in model.named_parameters()
         }
         norms = _normalisation_buffers(model)
         for name, b in model.named_buffers():
             if b.is_floating_point():
-                b = b.detach().to(dtype, copy=True)
-                state[name] = b.abs_() if name in norms else b
+                b = b.detach().to(state.dtype, copy=True)
+                tensors[name] = b.abs_() if name in norms else b
             else:
-                state[name] = b
-        for name, m in masks.items():
-            state[name].masked_fill_(~m, -0.0).requires_grad_(True)
-        for stale in [k for k in cache if k.startswith("synflow_state_")]:
-            del cache[stale]  # the state of a dtype that overflowed
-        cache.update({key: state, "synflow_dtype": dtype})
-        return state
+                tensors[name] = b
+        for name, m in living.masks.items():
+            tensors[name].masked_fill_(~m, -0.0).requires_grad_(True)
+        state.tensors, state.scored_in_place = tensors, False
+        return
     params = dict(model.named_parameters())
-    pruned = cache.get(NEWLY_PRUNED)
-    scored_in_place = cache.pop("synflow_scored_in_place", False)  # set by the last successful round
-    for name, m in masks.items():
-        w = state[name]
-        if scored_in_place:  # |θ| where the score was >= +0, -0.0 where it was -0.0
+    for name, m in living.masks.items():
+        w = state.tensors[name]
+        if state.scored_in_place:  # |θ| where the score was >= +0, -0.0 where it was -0.0
             torch.copysign(params[name].detach(), w, out=w).clamp_min_(-0.0)
-        if pruned is None:
+        if living.pruned is None:
             w.masked_fill_(~m, -0.0)
         else:
-            w.view(-1).index_fill_(0, pruned[name].long(), -0.0)
-    return state
+            w.view(-1).index_fill_(0, living.pruned[name].long(), -0.0)
+    state.scored_in_place = False
 
 
 def _scores(
