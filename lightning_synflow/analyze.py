@@ -28,6 +28,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -97,132 +98,219 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+@dataclass
+class _Session:
+    """What the steps of one invocation share: the parsed arguments, the model and its inputs, and what the
+    steps collect for the final write (metrics, figures)."""
+
+    args: argparse.Namespace
+    plots: Any  # lightning_synflow.analysis.figures, or None: no figures
+    metrics: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        return self.args.out
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.args.in_channels, self.args.input_size, self.args.input_size)
+
+    @property
+    def example(self) -> torch.Tensor:
+        return torch.zeros(1, *self.shape)
+
+    @property
+    def seed(self) -> int:
+        """The seed of the diagnostics and of the sweep's stand-in data."""
+        return self.args.seeds[0]
+
+    @property
+    def stand_in(self) -> list[str]:
+        """The scorers that need data, which this command can only give Gaussian stand-ins."""
+        return [s for s in self.args.scorers if s not in DATA_FREE]
+
+    def make(self) -> torch.nn.Module:
+        return get_model(self.args.model, self.args.num_classes, in_channels=self.args.in_channels)
+
+    def data_for(self, name: str, seed: int):
+        """Stand-in batches for a data-driven scorer, ``None`` for a data-free one."""
+        if name in DATA_FREE:
+            return None
+        return _stand_in_data(self.shape, self.args.num_classes, self.args.data_batches, self.args.batch_size, seed)
+
+
+def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """The arguments, with unknown scorer names rejected before any work (argparse's exit status 2)."""
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     unknown = [s for s in args.scorers if s not in available_scorers()]
     if unknown:
         build_parser().error(f"unknown scorers {unknown}; registered: {available_scorers()}")
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    shape = (args.in_channels, args.input_size, args.input_size)
-    example = torch.zeros(1, *shape)
-    log = lambda s: print(s, flush=True)  # noqa: E731
-    metrics: dict[str, float] = {}
-    figures: dict[str, Any] = {}
-    plots = None
-    if not args.no_figures:
-        try:
-            import matplotlib  # noqa: F401  (figures import it lazily; fail here, before any work)
+    return args
 
-            from lightning_synflow.analysis import figures as plots
-        except ImportError as e:  # matplotlib missing
-            print(f"no figures: {e}", file=sys.stderr)
 
-    def make():
-        return get_model(args.model, args.num_classes, in_channels=args.in_channels)
+def _load_plots(no_figures: bool) -> Any:
+    """The figures module, or ``None`` when figures are off or matplotlib is missing: checked here, before
+    any work, because the figures module imports matplotlib only when a figure is drawn."""
+    if no_figures:
+        return None
+    try:
+        import matplotlib  # noqa: F401
 
-    def data_for(name: str, seed: int):
-        if name in DATA_FREE:
-            return None
-        return _stand_in_data(shape, args.num_classes, args.data_batches, args.batch_size, seed)
+        from lightning_synflow.analysis import figures as plots
+    except ImportError as e:  # matplotlib missing
+        print(f"no figures: {e}", file=sys.stderr)
+        return None
+    return plots
 
-    stand_in = [s for s in args.scorers if s not in DATA_FREE]
-    if stand_in:
-        log(f"note: {stand_in} get Gaussian images with random labels as a stand-in for data")
 
-    # 1. critical-compression sweep
-    if not args.skip_sweep:
-        results = {}
-        for name in args.scorers:
-            t0 = time.perf_counter()
-            res = critical_compression(
-                make, name, seeds=args.seeds, grid=args.grid, step=args.step, search=args.search,
-                iterations=args.iterations, example_input=example,
-                dataloader=(lambda n=name: data_for(n, args.seeds[0])), log=log, ignore=args.ignore,
-            )
-            results[name] = res
-            metrics.update(res.as_metrics())
-            log(f"{res} [{time.perf_counter() - t0:.0f} s]")
-        _write_csv(out / "critical_compression.csv", [row for r in results.values() for row in r.rows()])
-        _write_csv(
-            out / "critical_summary.csv",
-            [
-                {"scorer": k, "seeds": " ".join(map(str, args.seeds)),
-                 "critical_log10_per_seed": " ".join(f"{x:.3f}" for x in r.log10_per_run),
-                 "critical_log10": r.log10, "max_log10": r.max_log10, "search": r.search, "seconds": r.seconds,
-                 "data": "stand-in" if k in stand_in else "none"}
-                for k, r in results.items()
-            ],
-        )
-        if plots is not None:
-            figures["critical_compression"] = plots.plot_critical_compression(results, title=args.model)
-            for k, r in results.items():
-                figures[f"sweep_{k}"] = plots.plot_sweep_densities(r)
-
-    # 2. diagnostics at one compression, on the first seed's model
-    torch.manual_seed(args.seeds[0])
-    model = make()
-    sparsity_rows: list[dict[str, Any]] = []
-    jac_rows: list[dict[str, Any]] = []
-    spectra: dict[str, torch.Tensor] = {}
-    inputs = None
-    if args.jacobian_examples > 0:
-        inputs = torch.randn(args.jacobian_examples, *shape, generator=torch.Generator().manual_seed(args.seeds[0]))
-        spectra["init"] = jacobian_singular_values(model, inputs)
-
-    def add_spectrum(label: str, sv: torch.Tensor) -> None:
-        spectra[label] = sv
-        stats = singular_value_stats(sv)
-        metrics.update(stats.as_metrics(f"jacobian_sv/{label}"))
-        jac_rows.append({"label": label, "mean": stats.mean, "std": stats.std, "min": stats.min, "max": stats.max,
-                         "count": stats.count})
-
-    if inputs is not None:
-        add_spectrum("init", spectra["init"])
-    cons = []
+def _sweep(s: _Session) -> None:
+    """Critical compression of every scorer (one fresh model per seed), to the two CSVs and its figures."""
+    args = s.args
+    results = {}
     for name in args.scorers:
-        torch.manual_seed(args.seeds[0])
-        data = data_for(name, args.seeds[0])
         t0 = time.perf_counter()
-        masks = compute_masks(model, name, compression=args.compression, iterations=args.iterations,
-                              example_input=example, dataloader=data)
-        report = effective_sparsity_report(model, masks, example_input=example)
-        metrics.update(report.as_metrics(f"sparsity/{name}"))
-        sparsity_rows += [{"scorer": name, "compression": args.compression, **r} for r in report.rows()]
-        log(f"{name} at compression {args.compression:g}: {report.nominal.sparsity:.4%} nominal, "
-            f"{report.effective.sparsity:.4%} effective sparsity, {len(report.nominal.collapsed)} collapsed "
-            f"[{time.perf_counter() - t0:.1f} s]")
-        if plots is not None:
-            figures[f"densities_{name}"] = plots.plot_layer_densities(report, title=f"{args.model}, {name}, compression {args.compression:g}")
-        if inputs is not None:
-            add_spectrum(f"pruned_{name}", jacobian_singular_values(model, inputs, masks=masks))
-        if args.isometry_steps > 0:
-            pruned = make()
-            pruned.load_state_dict(model.state_dict())
-            iso = approximate_isometry(pruned, masks, steps=args.isometry_steps, lr=args.isometry_lr)
-            metrics.update(iso.as_metrics(f"isometry/{name}"))
-            log(f"{name}: {iso}")
-            if inputs is not None:
-                add_spectrum(f"isometry_{name}", jacobian_singular_values(pruned, inputs))
-        c = conservation(model, name, example_input=example, dataloader=data)
+        res = critical_compression(
+            s.make, name, seeds=args.seeds, grid=args.grid, step=args.step, search=args.search, ignore=args.ignore,
+            log=_log, iterations=args.iterations, example_input=s.example,
+            dataloader=(lambda n=name: s.data_for(n, s.seed)),
+        )
+        results[name] = res
+        s.metrics.update(res.as_metrics())
+        _log(f"{res} [{time.perf_counter() - t0:.0f} s]")
+    _write_csv(s.out / "critical_compression.csv", [row for r in results.values() for row in r.rows()])
+    _write_csv(s.out / "critical_summary.csv", [_summary_row(s, k, r) for k, r in results.items()])
+    if s.plots is not None:
+        s.figures["critical_compression"] = s.plots.plot_critical_compression(results, title=args.model)
+        for k, r in results.items():
+            s.figures[f"sweep_{k}"] = s.plots.plot_sweep_densities(r)
+
+
+def _summary_row(s: _Session, scorer: str, r: Any) -> dict[str, Any]:
+    return {"scorer": scorer, "seeds": " ".join(map(str, s.args.seeds)),
+            "critical_log10_per_seed": " ".join(f"{x:.3f}" for x in r.log10_per_run),
+            "critical_log10": r.log10, "max_log10": r.max_log10, "search": r.search, "seconds": r.seconds,
+            "data": "stand-in" if scorer in s.stand_in else "none"}
+
+
+class _Spectra:
+    """Jacobian singular values by label (for the figure), their statistics as metrics and as rows of
+    ``jacobian.csv``. Without inputs (``--jacobian-examples 0``) it records nothing."""
+
+    def __init__(self, s: _Session) -> None:
+        self.session, self.values, self.rows = s, {}, []
+        n = s.args.jacobian_examples
+        self.inputs = torch.randn(n, *s.shape, generator=torch.Generator().manual_seed(s.seed)) if n > 0 else None
+
+    def add(self, label: str, model: torch.nn.Module, masks: Optional[dict[str, torch.Tensor]] = None) -> None:
+        if self.inputs is None:
+            return
+        sv = self.values[label] = jacobian_singular_values(model, self.inputs, masks=masks)
+        stats = singular_value_stats(sv)
+        self.session.metrics.update(stats.as_metrics(f"jacobian_sv/{label}"))
+        self.rows.append({"label": label, "mean": stats.mean, "std": stats.std, "min": stats.min, "max": stats.max,
+                          "count": stats.count})
+
+
+def _diagnostics(s: _Session) -> None:
+    """What each scorer's masks at ``--compression`` do to the first seed's model (sparsity, Jacobian
+    spectra, isometry, conservation): the sweep says where a method collapses, these say how the network it
+    leaves behaves. Each scorer starts from ``torch.manual_seed`` and its steps keep their order, because
+    "random" and the isometry's fresh model draw from torch's global generator."""
+    torch.manual_seed(s.seed)
+    model = s.make()
+    spectra = _Spectra(s)
+    spectra.add("init", model)
+    sparsity_rows: list[dict[str, Any]] = []
+    cons = []
+    for name in s.args.scorers:
+        torch.manual_seed(s.seed)
+        data = s.data_for(name, s.seed)
+        t0 = time.perf_counter()
+        masks = compute_masks(model, name, compression=s.args.compression, iterations=s.args.iterations,
+                              example_input=s.example, dataloader=data)
+        sparsity_rows += _sparsity(s, model, name, masks, t0)
+        spectra.add(f"pruned_{name}", model, masks)
+        if s.args.isometry_steps > 0:
+            _isometry(s, model, name, masks, spectra)
+        c = conservation(model, name, example_input=s.example, dataloader=data)
         cons.append(c)
-        metrics.update(c.as_metrics())
-    _write_csv(out / "sparsity.csv", sparsity_rows)
-    _write_csv(out / "jacobian.csv", jac_rows)
-    _write_csv(out / "conservation.csv", [row for c in cons for row in c.rows()])
-    if plots is not None:
-        if spectra:
-            figures["jacobian_spectra"] = plots.plot_singular_values(spectra, title=f"{args.model}: Jacobian singular values")
+        s.metrics.update(c.as_metrics())
+    _write_diagnostics(s, sparsity_rows, spectra, cons)
+
+
+def _write_diagnostics(s: _Session, sparsity_rows: list[dict[str, Any]], spectra: _Spectra, cons: list[Any]) -> None:
+    """The diagnostics' three CSVs, and their two figures that cover every scorer at once."""
+    _write_csv(s.out / "sparsity.csv", sparsity_rows)
+    _write_csv(s.out / "jacobian.csv", spectra.rows)
+    _write_csv(s.out / "conservation.csv", [row for c in cons for row in c.rows()])
+    if s.plots is not None:
+        if spectra.values:
+            title = f"{s.args.model}: Jacobian singular values"
+            s.figures["jacobian_spectra"] = s.plots.plot_singular_values(spectra.values, title=title)
         if cons:
-            figures["conservation"] = plots.plot_conservation(cons, title=args.model)
-        for k, fig in figures.items():
-            plots.save_figure(fig, out / f"{k}.png")
-    (out / "summary.json").write_text(json.dumps({"model": args.model, "args": {k: str(v) for k, v in vars(args).items()},
-                                                  "metrics": metrics}, indent=1))
-    log(f"wrote {out}/ ({len(figures)} figures)")
-    return metrics
+            s.figures["conservation"] = s.plots.plot_conservation(cons, title=s.args.model)
+
+
+def _sparsity(
+    s: _Session, model: torch.nn.Module, name: str, masks: dict[str, torch.Tensor], t0: float
+) -> list[dict[str, Any]]:
+    """Nominal against effective sparsity of one scorer's masks: its metrics, log line (timed from ``t0``,
+    before the masks were computed), figure and CSV rows."""
+    report = effective_sparsity_report(model, masks, example_input=s.example)
+    s.metrics.update(report.as_metrics(f"sparsity/{name}"))
+    c = s.args.compression
+    _log(f"{name} at compression {c:g}: {report.nominal.sparsity:.4%} nominal, "
+         f"{report.effective.sparsity:.4%} effective sparsity, {len(report.nominal.collapsed)} collapsed "
+         f"[{time.perf_counter() - t0:.1f} s]")
+    if s.plots is not None:
+        title = f"{s.args.model}, {name}, compression {c:g}"
+        s.figures[f"densities_{name}"] = s.plots.plot_layer_densities(report, title=title)
+    return [{"scorer": name, "compression": c, **r} for r in report.rows()]
+
+
+def _isometry(
+    s: _Session, model: torch.nn.Module, name: str, masks: dict[str, torch.Tensor], spectra: _Spectra
+) -> None:
+    """Approximate isometry on a copy of the pruned model (the diagnostics of the next scorers need the
+    original weights), and the copy's Jacobian spectrum."""
+    pruned = s.make()
+    pruned.load_state_dict(model.state_dict())
+    iso = approximate_isometry(pruned, masks, steps=s.args.isometry_steps, lr=s.args.isometry_lr)
+    s.metrics.update(iso.as_metrics(f"isometry/{name}"))
+    _log(f"{name}: {iso}")
+    spectra.add(f"isometry_{name}", pruned)
+
+
+def _write_outputs(s: _Session) -> None:
+    """The figures the steps drew, and ``summary.json``: the arguments and every metric as one flat dict."""
+    if s.plots is not None:
+        for k, fig in s.figures.items():
+            s.plots.save_figure(fig, s.out / f"{k}.png")
+    args = {k: str(v) for k, v in vars(s.args).items()}
+    summary = {"model": s.args.model, "args": args, "metrics": s.metrics}
+    (s.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    _log(f"wrote {s.out}/ ({len(s.figures)} figures)")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
+    """Run the command (see the module docstring) and return every metric it wrote to ``summary.json``."""
+    args = _parse(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    s = _Session(args, _load_plots(args.no_figures))
+    if s.stand_in:
+        _log(f"note: {s.stand_in} get Gaussian images with random labels as a stand-in for data")
+    if not args.skip_sweep:
+        _sweep(s)
+    _diagnostics(s)
+    _write_outputs(s)
+    return s.metrics
 
 
 def cli() -> None:

@@ -39,6 +39,25 @@ def test_cli_runs_on_a_tiny_config_and_writes_csv(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_cli_step_bisection_stand_in_data_and_no_jacobian(tmp_path, capsys):
+    out = tmp_path / "s"
+    metrics = analyze.main([
+        "resnet20", "--input-size", "8", "--scorers", "magnitude", "snip", "--step", "1.0", "--ignore", "*shortcut*",
+        "--compression", "10", "--jacobian-examples", "0", "--no-figures", "--out", str(out),
+    ])
+    summary = {r["scorer"]: r for r in _read(out / "critical_summary.csv")}
+    assert {k: (r["data"], r["search"]) for k, r in summary.items()} == {
+        "magnitude": ("none", "bisect"), "snip": ("stand-in", "bisect")
+    }
+    assert {float(r["log10"]) for r in _read(out / "critical_compression.csv")} <= {1.0, 2.0, 3.0, 4.0}  # --step 1
+    assert not (out / "jacobian.csv").exists() and not any(k.startswith("jacobian_sv/") for k in metrics)
+    printed = capsys.readouterr().out
+    assert "note: ['snip'] get Gaussian images with random labels" in printed and "[snip seed=0] x=" in printed
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["args"]["step"] == "1.0" and saved["args"]["ignore"] == "['*shortcut*']"
+    assert list(saved["metrics"]) == list(metrics)
+
+
 def test_cli_figures_for_the_diagnostics(tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "d"

@@ -1,3 +1,4 @@
+import inspect
 import json
 import math
 
@@ -103,3 +104,78 @@ def test_bad_arguments():
         critical_compression(net, "magnitude", search="nope")
     with pytest.raises(ValueError, match="scorer"):
         critical_compression(net, [])
+
+
+def test_other_keywords_are_compute_masks_options_passed_through():
+    """Options critical.py does not name reach compute_masks; one the one-shot shortcut does not reproduce
+    (``invert``) makes every point a compute_masks call, so the masks are exactly compute_masks's."""
+    net, _ = _magnitude_trap()
+    res = critical_compression(net, "magnitude", step=0.25, search="full", invert=True, progress=False)
+    assert res.exact_log10 is None  # the ranks of the plain scores say nothing about inverted masks
+    for p in res.runs[0].points:
+        masks = compute_masks(net, "magnitude", compression=10**p.log10, invert=True)
+        assert p.kept == {k: int(m.sum()) for k, m in masks.items()}
+    # inverted, B's 900.5s rank after 900 of A's weights: B is empty already at x = 0.25 (576 kept)
+    assert res.log10 == 0.0 and res.runs[0].points[0].collapsed == ["1.weight"]
+
+
+def test_keywords_compute_masks_does_not_take_are_rejected_before_any_work():
+    calls = []
+
+    def make():
+        calls.append(1)
+        return nn.Linear(4, 2)
+
+    with pytest.raises(TypeError, match="iteration"):
+        critical_compression(make, "magnitude", iteration=3)  # a typo, not silently ignored by the one-shot path
+    with pytest.raises(TypeError, match="compression"):
+        critical_compression(make, "magnitude", compression=10)  # the sweep sets it
+    assert not calls
+
+
+def test_own_keywords_do_not_shadow_compute_masks_options():
+    """``**pruning`` shares critical_compression's keyword namespace with compute_masks: a compute_masks
+    option named like one of critical_compression's own could not be passed through."""
+    own = set(inspect.signature(critical_compression).parameters) - {"model", "scorer", "pruning"}
+    assert not own & set(inspect.signature(compute_masks).parameters)
+
+
+@pytest.mark.parametrize("scorer", ["erk", "uniform"])
+def test_one_shot_shortcut_allocates_like_compute_masks(scorer):
+    """Scorers that prescribe per-tensor counts get them at every x, as from compute_masks (the shortcut
+    once ranked their random scores globally, reporting collapse that compute_masks never produces)."""
+    net, _ = _magnitude_trap()
+    res = critical_compression(net, scorer, seeds=[0], step=0.25, search="full")
+    assert res.exact_log10 is None
+    for p in res.runs[0].points:
+        torch.manual_seed(0)
+        masks = compute_masks(net, scorer, compression=10**p.log10)
+        assert p.kept == {k: int(m.sum()) for k, m in masks.items()}
+
+
+def test_a_dataloader_factory_is_called_per_seed_and_scorer_after_seeding():
+    make = lambda: nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))  # noqa: E731
+    drawn = []
+
+    def loader():
+        drawn.append(torch.rand(()).item())  # torch's global generator, just reseeded
+        return [(torch.randn(4, 6), torch.randint(0, 3, (4,)))]
+
+    critical_compression(make, ["snip", "grasp"], seeds=[0, 1], grid=[0.5], dataloader=loader)
+    torch.manual_seed(0)
+    first = torch.rand(()).item()
+    torch.manual_seed(1)
+    second = torch.rand(()).item()
+    assert drawn == [first, first, second, second]
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "erk", {"0.*": 0.5}])
+def test_a_distribution_reaches_the_one_shot_selection(distribution):
+    """``distribution`` is a compute_masks option like any other: the one-shot shortcut shares the kept
+    weights out as compute_masks does, and reports no exact exponent (that one is for a global ranking)."""
+    net, _ = _magnitude_trap()
+    res = critical_compression(net, "magnitude", step=0.25, search="full", distribution=distribution)
+    assert res.exact_log10 is None
+    for p in res.runs[0].points:
+        masks = compute_masks(net, "magnitude", compression=10**p.log10, distribution=distribution)
+        assert p.kept == {k: int(m.sum()) for k, m in masks.items()}

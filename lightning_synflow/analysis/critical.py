@@ -16,16 +16,19 @@ Search strategies (``search=``):
   largest one, so use ``"full"`` to check a surprising result.
 
 One-shot scorers (``iterations == 1``: magnitude, random, SNIP, GraSP in the paper) are scored once per
-run and only re-ranked at each ``x``: the same masks ``compute_masks(..., iterations=1)`` gives, at the
-cost of one scoring pass for the whole sweep. For them (global scope) the exact off-grid exponent is also
-reported (``exact_log10``, from the rank of each tensor's best weight; see :func:`exact_one_shot_log10`).
+run and only re-selected at each ``x``: the same masks ``compute_masks(..., iterations=1)`` gives, at the
+cost of one scoring pass for the whole sweep (a compute_masks option this shortcut does not reproduce,
+such as ``invert``, sends every point through compute_masks instead). For those that keep the globally
+highest scores the exact off-grid exponent is also reported (``exact_log10``, from the rank of each
+tensor's best weight; see :func:`exact_one_shot_log10`).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Optional, Union
@@ -34,10 +37,10 @@ import torch
 from torch import Tensor, nn
 
 from lightning_synflow.parameters import select_prunable
-from lightning_synflow.pruning import compute_masks, compute_scores
-from lightning_synflow.ranking import Scope, select_masks
-from lightning_synflow.schedules import Schedule
-from lightning_synflow.scorers.base import ExampleInput, Scorer, get_scorer
+from lightning_synflow.distributions import Global
+from lightning_synflow.pruning import compute_masks, compute_scores, resolve_distribution
+from lightning_synflow.ranking import select
+from lightning_synflow.scorers.base import Scorer, get_scorer
 
 SEARCHES: tuple[str, ...] = ("bisect", "grid", "full")
 
@@ -273,70 +276,156 @@ def _search_order(n: int, search: str, evaluate: Callable[[int], bool]) -> int:
     return lo
 
 
+#: compute_masks options that the sweep sets itself, at each grid point.
+_SET_BY_SWEEP = frozenset({"sparsity", "compression"})
+#: compute_masks options that only shape scoring: the one-shot path hands them to compute_scores, which
+#: scores exactly as compute_masks's first (for one-shot pruning, only) round does.
+_SCORING_OPTIONS = frozenset(inspect.signature(compute_scores).parameters) - {"model", "scorer", "masks"}
+#: Every option the one-shot path reproduces. ``iterations`` is 1 there, ``schedule`` and ``progress`` do
+#: nothing in one round and ``distribution`` (or ``scope``) goes to :func:`_select_one_shot`; any other
+#: option (``masks``, ``invert``, ``shuffle``, options added to compute_masks later) sends every point
+#: through compute_masks.
+_ONE_SHOT_OPTIONS = _SCORING_OPTIONS | {"iterations", "schedule", "distribution", "scope", "progress"}
+
+
+@dataclass(frozen=True)
+class _Sweep:
+    """What the runs on one model share, apart from the pruning options: the exponents to search, the
+    search strategy, which tensors may empty without counting as collapse, and where to report."""
+
+    grid: tuple[float, ...]
+    search: str
+    ignore: tuple[str, ...]
+    log: Optional[Callable[[str], None]]
+
+
+def _check_pruning(pruning: Mapping[str, Any]) -> None:
+    """Reject before any work a keyword that compute_masks does not take, or one the sweep sets itself
+    (the one-shot path never calls compute_masks, so it would not complain)."""
+    unknown = sorted(set(pruning) - set(inspect.signature(compute_masks).parameters))
+    if unknown:
+        raise TypeError(
+            f"critical_compression() got unexpected keyword arguments {unknown} (not options of compute_masks)"
+        )
+    own = sorted(set(pruning) & _SET_BY_SWEEP)
+    if own:
+        raise TypeError(f"critical_compression() sets {own} itself at every grid point; do not pass them")
+
+
+def _prunable(model: nn.Module, parameters: Optional[Sequence[str]]) -> list[str]:
+    return select_prunable(model) if parameters is None else list(parameters)
+
+
+def _seed_list(model: ModelOrFactory, seeds: Optional[Sequence[int]]) -> list[Optional[int]]:
+    """The seeds as given; by default one run, seeded 0 for a factory and left unseeded for a model."""
+    if seeds is None:
+        return [None] if isinstance(model, nn.Module) else [0]
+    seed_list: list[Optional[int]] = list(seeds)
+    if not seed_list:
+        raise ValueError("`seeds` is empty")
+    return seed_list
+
+
+def _model_for(model: ModelOrFactory, seed: Optional[int]) -> nn.Module:
+    """The model itself, or a fresh initialisation from the factory under ``torch.manual_seed(seed)``."""
+    if isinstance(model, nn.Module):
+        return model
+    if seed is not None:
+        torch.manual_seed(seed)
+    return model()
+
+
+def _grid_for(
+    net: nn.Module, grid: Optional[Sequence[float]], step: float, parameters: Optional[Sequence[str]]
+) -> tuple[float, ...]:
+    """``grid`` sorted, or multiples of ``step`` up to this model's maximum compression."""
+    g = grid if grid is not None else default_grid(max_compression_log10(net, parameters), step)
+    out = tuple(sorted(float(x) for x in g))
+    if not out:
+        raise ValueError("the compression grid is empty")
+    return out
+
+
+def _for_run(pruning: Mapping[str, Any]) -> dict[str, Any]:
+    """The pruning options of one run: a ``dataloader`` factory is called now (after seeding), so that
+    every run draws its own batches."""
+    loader = pruning.get("dataloader")
+    return {**pruning, "dataloader": loader()} if callable(loader) else dict(pruning)
+
+
+def _one_shot_scores(model: nn.Module, scorer: Scorer, pruning: Mapping[str, Any]) -> Optional[dict[str, Tensor]]:
+    """The scores of one-round pruning, for re-selection at every x; ``None`` when the run has more
+    rounds or an option that only compute_masks applies (see ``_ONE_SHOT_OPTIONS``)."""
+    iterations = pruning.get("iterations")
+    if (scorer.default_iterations if iterations is None else iterations) != 1 or not set(pruning) <= _ONE_SHOT_OPTIONS:
+        return None
+    return compute_scores(model, scorer, **{k: v for k, v in pruning.items() if k in _SCORING_OPTIONS})
+
+
+def _select_one_shot(
+    scorer: Scorer, scores: Mapping[str, Tensor], density: float, pruning: Mapping[str, Any]
+) -> dict[str, Tensor]:
+    """The masks ``compute_masks(..., iterations=1)`` gives from these scores at ``density``.
+
+    This module's only use of the selection API, and with :func:`_exact_one_shot` the only code that reads a
+    selection option (``distribution``, the deprecated ``scope``): change it here when that API changes. The
+    distribution is resolved as compute_masks resolves it, so scorers with their own (ERK, uniform) get their
+    per-tensor counts rather than a global ranking of their random scores.
+    """
+    layers = resolve_distribution(scorer, pruning.get("distribution"), pruning.get("scope"), density)
+    shapes = {n: tuple(s.shape) for n, s in scores.items()}
+    alive = {n: s.numel() for n, s in scores.items()} if scorer.monotone else None  # all alive: one round
+    return select(scores, layers.budget(shapes, density, alive))
+
+
+def _exact_one_shot(
+    scorer: Scorer, scores: Mapping[str, Tensor], pruning: Mapping[str, Any], ignore: Sequence[str]
+) -> Optional[float]:
+    """:func:`exact_one_shot_log10` where it describes :func:`_select_one_shot`: one global ranking of the
+    highest scores of a monotone scorer; ``None`` otherwise."""
+    layers = resolve_distribution(scorer, pruning.get("distribution"), pruning.get("scope"), 1.0)
+    if not isinstance(layers, Global) or not scorer.monotone:
+        return None
+    return exact_one_shot_log10(scores, ignore)
+
+
+def _log_point(sweep: _Sweep, label: str, seed: Optional[int], p: SweepPoint) -> None:
+    if sweep.log is not None:
+        state = f"COLLAPSED ({len(p.collapsed)} tensors)" if p.is_collapsed else f"ok (min kept {p.min_kept})"
+        sweep.log(f"[{label} seed={seed}] x={p.log10:.2f}: {state} in {p.seconds:.1f} s")
+
+
 def _one_run(
-    model: nn.Module,
-    scorer: Scorer,
-    grid: Sequence[float],
-    *,
-    search: str,
-    seed: Optional[int],
-    iterations: Optional[int],
-    schedule: Schedule,
-    scope: Scope,
-    example_input: Optional[ExampleInput],
-    dataloader: Optional[Iterable[Any]],
-    parameters: Optional[Sequence[str]],
-    progress: bool,
-    log: Optional[Callable[[str], None]],
-    ignore: tuple[str, ...] = (),
+    model: nn.Module, scorer: Scorer, seed: Optional[int], sweep: _Sweep, pruning: Mapping[str, Any]
 ) -> CriticalRun:
+    """Search ``sweep.grid`` for the largest x at which ``scorer`` prunes ``model`` to ``10^x`` without an
+    empty tensor; ``pruning`` holds the compute_masks options of this run."""
     start = time.perf_counter()
-    names = select_prunable(model) if parameters is None else list(parameters)
+    names = _prunable(model, pruning.get("parameters"))
+    pruning = {**pruning, "parameters": names}
     params = dict(model.named_parameters())
     totals = {n: params[n].numel() for n in names}
     max_log10 = math.log10(sum(totals.values()) / len(names))
-    T = scorer.default_iterations if iterations is None else iterations
-    one_shot_scores: Optional[dict[str, Tensor]] = None
-    if T == 1:
-        one_shot_scores = compute_scores(
-            model, scorer, example_input=example_input, dataloader=dataloader, parameters=names
-        )
-        all_kept = {n: torch.ones_like(s, dtype=torch.bool) for n, s in one_shot_scores.items()}
+    label = scorer.name or type(scorer).__name__
+    scores = _one_shot_scores(model, scorer, pruning)
     points: dict[int, SweepPoint] = {}
 
     def evaluate(i: int) -> bool:
-        t0 = time.perf_counter()
-        x = grid[i]
-        if one_shot_scores is not None:
-            masks = select_masks(one_shot_scores, 10.0**-x, scope=scope, candidates=all_kept if scorer.monotone else None)
+        t0, x = time.perf_counter(), sweep.grid[i]
+        if scores is not None:
+            masks = _select_one_shot(scorer, scores, 10.0**-x, pruning)
         else:
-            masks = compute_masks(
-                model,
-                scorer,
-                compression=10.0**x,
-                iterations=T,
-                schedule=schedule,
-                scope=scope,
-                example_input=example_input,
-                dataloader=dataloader,
-                parameters=names,
-                progress=progress,
-            )
-        p = SweepPoint(x, {n: int(m.sum()) for n, m in masks.items()}, dict(totals), time.perf_counter() - t0, ignore)
-        points[i] = p
-        if log is not None:
-            state = f"COLLAPSED ({len(p.collapsed)} tensors)" if p.is_collapsed else f"ok (min kept {p.min_kept})"
-            log(f"[{scorer.name or type(scorer).__name__} seed={seed}] x={x:.2f}: {state} in {p.seconds:.1f} s")
+            masks = compute_masks(model, scorer, compression=10.0**x, **pruning)
+        kept = {n: int(m.sum()) for n, m in masks.items()}
+        points[i] = p = SweepPoint(x, kept, dict(totals), time.perf_counter() - t0, sweep.ignore)
+        _log_point(sweep, label, seed, p)
         return p.is_collapsed
 
-    best = _search_order(len(grid), search, evaluate)
-    crit = grid[best] if best >= 0 else 0.0
-    ordered = tuple(points[i] for i in sorted(points))
-    exact = None
-    if one_shot_scores is not None and scope == "global" and scorer.monotone:
-        exact = min(exact_one_shot_log10(one_shot_scores, ignore), max_log10)
+    best = _search_order(len(sweep.grid), sweep.search, evaluate)
+    exact = None if scores is None else _exact_one_shot(scorer, scores, pruning, sweep.ignore)
     return CriticalRun(
-        scorer.name or type(scorer).__name__, seed, crit, max_log10, ordered, time.perf_counter() - start, exact
+        label, seed, sweep.grid[best] if best >= 0 else 0.0, max_log10, tuple(points[i] for i in sorted(points)),
+        time.perf_counter() - start, None if exact is None else min(exact, max_log10),
     )
 
 
@@ -348,15 +437,9 @@ def critical_compression(
     grid: Optional[Sequence[float]] = None,
     step: float = DEFAULT_STEP,
     search: str = "bisect",
-    iterations: Optional[int] = None,
-    schedule: Schedule = "exponential",
-    scope: Scope = "global",
-    example_input: Optional[ExampleInput] = None,
-    dataloader: Optional[Union[Iterable[Any], Callable[[], Iterable[Any]]]] = None,
-    parameters: Optional[Sequence[str]] = None,
-    progress: bool = False,
-    log: Optional[Callable[[str], None]] = None,
     ignore: Sequence[str] = (),
+    log: Optional[Callable[[str], None]] = None,
+    **pruning: Any,
 ) -> Union[CriticalCompressionResult, dict[str, CriticalCompressionResult]]:
     """Sweep compression ``10^x`` and find the largest ``x`` at which no prunable tensor is emptied.
 
@@ -366,19 +449,21 @@ def critical_compression(
         scorer: A registered name / :class:`~lightning_synflow.Scorer`, or a list of them.
         seeds: Seeds for the factory (default ``[0]``). With a model instance, each seed only reseeds
             torch's global generator before pruning (it matters for ``"random"``).
-        grid: The exponents x to consider, ascending; default :func:`default_grid` (multiples of ``step``
-            up to the maximum possible compression N / L).
+        grid: The exponents x to consider; default :func:`default_grid` (multiples of ``step`` up to the
+            maximum possible compression N / L).
         search: ``"bisect"`` (default), ``"grid"`` (ascending, stop at first collapse) or ``"full"``; see the
             module docstring.
-        iterations: Pruning rounds per point; default the scorer's (100 for SynFlow, 1 for the others).
-        dataloader: Batches for data-driven scorers, or a zero-argument callable returning them (called
-            per seed, after seeding).
-        log: Called with one line per evaluated point (e.g. ``print``).
         ignore: Glob patterns of tensors whose emptying does not count as collapse, e.g. tensors with a
             skip connection around them (``"*shortcut*"``, or a residual branch): that is the user's call.
             They are still pruned and reported in the densities.
-
-        Other arguments as in :func:`~lightning_synflow.compute_masks`.
+        log: Called with one line per evaluated point (e.g. ``print``).
+        **pruning: Keyword arguments of :func:`~lightning_synflow.compute_masks`, used at every point:
+            ``iterations`` (default the scorer's: 100 for SynFlow, 1 for the others), ``schedule``,
+            ``distribution``, ``example_input``, ``dataloader``, ``parameters``, ``progress``, ... (all but
+            ``sparsity`` and ``compression``, which the sweep sets). ``dataloader`` may also be a
+            zero-argument callable returning the batches, called per seed and scorer after seeding.
+            Options compute_masks gains later pass through unchanged; one the one-shot path does not
+            reproduce makes every point a compute_masks call (slower, same masks).
 
     Returns:
         A :class:`CriticalCompressionResult` for one scorer (its ``log10`` is x, averaged over seeds), or
@@ -386,40 +471,25 @@ def critical_compression(
     """
     if search not in SEARCHES:
         raise ValueError(f"`search` must be one of {SEARCHES}, got {search!r}")
+    _check_pruning(pruning)
     scorers = [scorer] if isinstance(scorer, (str, Scorer)) else list(scorer)
     if not scorers:
         raise ValueError("give at least one scorer")
-    seed_list: list[Optional[int]] = list(seeds) if seeds is not None else ([0] if not isinstance(model, nn.Module) else [None])
-    if not seed_list:
-        raise ValueError("`seeds` is empty")
-    results: dict[str, list[CriticalRun]] = {}
+    runs: dict[str, list[CriticalRun]] = {}
     grids: dict[str, tuple[float, ...]] = {}
-    names_seen: tuple[str, ...] = ()
-    for seed in seed_list:
-        if isinstance(model, nn.Module):
-            net = model
-        else:
-            if seed is not None:
-                torch.manual_seed(seed)
-            net = model()
-        names_seen = tuple(select_prunable(net) if parameters is None else parameters)
-        g = sorted(float(x) for x in (grid if grid is not None else default_grid(max_compression_log10(net, parameters), step)))
-        if not g:
-            raise ValueError("the compression grid is empty")
+    names: tuple[str, ...] = ()
+    for seed in _seed_list(model, seeds):
+        net = _model_for(model, seed)
+        names = tuple(_prunable(net, pruning.get("parameters")))
+        sweep = _Sweep(_grid_for(net, grid, step, pruning.get("parameters")), search, tuple(ignore), log)
         for sc in scorers:
             s = get_scorer(sc)
-            key = s.name or type(s).__name__
             if seed is not None:
                 torch.manual_seed(seed)
-            loader = dataloader() if callable(dataloader) else dataloader
-            run = _one_run(
-                net, s, g, search=search, seed=seed, iterations=iterations, schedule=schedule, scope=scope,
-                example_input=example_input, dataloader=loader, parameters=parameters, progress=progress, log=log,
-                ignore=tuple(ignore),
-            )
-            results.setdefault(key, []).append(run)
-            grids[key] = tuple(g)
-    out = {k: CriticalCompressionResult(k, tuple(v), grids[k], search, names_seen) for k, v in results.items()}
+            run = _one_run(net, s, seed, sweep, _for_run(pruning))
+            runs.setdefault(run.scorer, []).append(run)
+            grids[run.scorer] = sweep.grid
+    out = {k: CriticalCompressionResult(k, tuple(v), grids[k], search, names) for k, v in runs.items()}
     if isinstance(scorer, (str, Scorer)):
         return next(iter(out.values()))
     return out
