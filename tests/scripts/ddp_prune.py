@@ -2,6 +2,8 @@
 
 Launched by tests/test_ddp.py as a subprocess (DDP started inside pytest would re-run pytest). One
 launch runs every scorer in turn, which saves a process start and a process-group set-up per scorer.
+Each rank also records what its own scoring returned before rank zero's masks were broadcast, and the
+batches it scored with, so that the tests can tell the cross-rank reduction from the broadcast.
 Usage: ddp_prune.py OUT_DIR SCORER[+isometry][,SCORER...] [first-batch]
 """
 
@@ -14,7 +16,11 @@ from lightning.pytorch import Callback, Trainer
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from lightning_helpers import MLP  # noqa: E402
 
+import lightning_synflow.callback  # noqa: E402
 from lightning_synflow import PruneAtInit  # noqa: E402
+
+ITERATIONS = 3
+SPARSITY = 0.9
 
 
 class CaptureWeights(Callback):
@@ -24,20 +30,48 @@ class CaptureWeights(Callback):
         self.state = {k: v.clone() for k, v in pl_module.state_dict().items()}
 
 
+class RecordLocalScoring:
+    """Stands in for ``compute_masks`` inside the callback: what this rank's own scoring gave (before the
+    broadcast of rank zero's masks) and the batches it was given."""
+
+    def __init__(self, compute_masks):
+        self.compute_masks = compute_masks
+        self.masks = None
+        self.batches = None
+
+    def __call__(self, *args, **kwargs):
+        batches = kwargs.get("dataloader")
+        self.batches = None if batches is None else [[t.clone() for t in b] for b in batches]
+        masks = self.compute_masks(*args, **kwargs)
+        self.masks = {k: v.clone() for k, v in masks.items()}
+        return masks
+
+
 def fit(out_dir: str, scorer: str, input_from: str, rank: int) -> None:
     torch.manual_seed(100 + rank)  # ranks start from different random inits, and different RNG streams
     model = MLP(example_input=input_from != "first-batch")
     init = {k: v.clone() for k, v in model.state_dict().items()}
     name, _, option = scorer.partition("+")  # "synflow+isometry": approximate isometry after pruning
     capture = CaptureWeights()
-    pruner = PruneAtInit(scorer=name, sparsity=0.9, iterations=10, isometry_steps=20 if option == "isometry" else 0)
+    pruner = PruneAtInit(
+        scorer=name, sparsity=SPARSITY, iterations=ITERATIONS, isometry_steps=20 if option == "isometry" else 0
+    )
     trainer = Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_steps=4, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[capture, pruner],
     )
-    trainer.fit(model)
+    local = RecordLocalScoring(lightning_synflow.callback.compute_masks)
+    lightning_synflow.callback.compute_masks = local
+    try:
+        trainer.fit(model)
+    finally:
+        lightning_synflow.callback.compute_masks = local.compute_masks
     torch.save(
-        {"masks": pruner.masks, "state": model.state_dict(), "init": init, "pruned_from": capture.state},
+        {
+            "masks": pruner.masks, "state": model.state_dict(), "init": init, "pruned_from": capture.state,
+            "local_masks": local.masks, "batches": local.batches, "iterations": ITERATIONS, "sparsity": SPARSITY,
+            "world_size": trainer.world_size,
+        },
         os.path.join(out_dir, f"{scorer}-{input_from}-rank{trainer.global_rank}.pt"),
     )
 
