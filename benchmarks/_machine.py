@@ -3,8 +3,10 @@ it runs a measurement in a fresh process."""
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import json
+import math
 import os
 import platform
 import resource
@@ -106,10 +108,13 @@ class PeakMemory:
         self.code_mb = None if file_kb is None or self.file_kb is None else (file_kb - self.file_kb) / 1024
 
 
-def run_json_child(cmd: list[str], threads: int, timeout: Optional[float] = None) -> dict[str, Any]:
-    """Run ``cmd`` (a benchmark re-invoking itself) with ``threads`` OpenMP/MKL threads and return the last JSON
-    line it printed, or ``{"error": ...}`` with the reason (exit status and last stderr line, or the timeout)."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+def run_json_child(
+    cmd: list[str], threads: int, timeout: Optional[float] = None, env: Optional[dict[str, str]] = None
+) -> dict[str, Any]:
+    """Run ``cmd`` (a benchmark re-invoking itself) with ``threads`` OpenMP/MKL threads (and ``env`` on top of
+    this process's environment) and return the last JSON line it printed, or ``{"error": ...}`` with the reason
+    (exit status and last stderr line, or the timeout)."""
+    env = dict(os.environ, **(env or {}), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -119,6 +124,32 @@ def run_json_child(cmd: list[str], threads: int, timeout: Optional[float] = None
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": f"exit {proc.returncode}: {tail}"}
     return json.loads(lines[-1])
+
+
+def add_pruning_run_arguments(
+    parser: argparse.ArgumentParser, models: list[str], methods: list[str], quick: str, **model_choices: Any
+) -> None:
+    """The options every SynFlow timing script shares: what to prune, how, how often, and where the rows go."""
+    parser.add_argument("--models", nargs="+", default=models, **model_choices)
+    parser.add_argument("--methods", nargs="+", default=methods, choices=methods)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--compression", type=float, default=100.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1, help="fresh runs per row; the table shows medians (min-max)")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw rows to this file")
+    parser.add_argument("--child", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--masks-out", default=None, help=argparse.SUPPRESS)
+
+
+def check_pruning_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with a usage error naming the option and the value when a shared option is out of range."""
+    for name in ("threads", "iterations", "repeat"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if not (math.isfinite(args.compression) and args.compression >= 1):
+        parser.error(f"--compression must be a finite number >= 1, got {args.compression}")
 
 
 def report(table: str, rows: list[dict[str, Any]], json_path: Optional[Path]) -> int:

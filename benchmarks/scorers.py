@@ -26,6 +26,12 @@ operations of the published GraSP scoring on the same data for comparison (see :
     OMP_NUM_THREADS=1 python benchmarks/scorers.py --models resnet18 --scorers grasp grasp_published
     python benchmarks/scorers.py --threads 2 --models resnet18 --scorers snip grasp   # both cores here
     python benchmarks/scorers.py --quick --models resnet20 --scorers magnitude   # smoke test, seconds
+    git worktree add /tmp/before <commit>   # then, the same scorers before and after a change:
+    OMP_NUM_THREADS=1 python benchmarks/scorers.py --baseline /tmp/before --repeat 3 --scorers synflow snip
+
+``--baseline DIR`` runs every row also with the ``lightning_synflow`` package of another checkout (``DIR`` first
+on ``PYTHONPATH``), alternating the two ``--repeat`` times so that drifts of the machine fall on both alike; the
+table shows the median time of each, their ratio, and whether the two made the same masks (a digest of them).
 
 Measure on an otherwise idle machine (the header prints the load average); ``--quick`` numbers (at most
 2 iterations, 1 batch of 16) are for checking that the script runs, not for reporting.
@@ -34,8 +40,11 @@ Measure on an otherwise idle machine (the header prints the load average); ``--q
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -159,6 +168,9 @@ def measure(
 
     total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
+    digest = hashlib.sha256()
+    for name, mask in masks.items():
+        digest.update(name.encode() + mask.contiguous().numpy().tobytes())
     assert published or kept == num_kept(1 / COMPRESSION, total), (kept, total)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     return {
@@ -174,6 +186,8 @@ def measure(
         "model_mb": params / 2**20,
         "kept": kept,
         "total": total,
+        "masks_sha256": digest.hexdigest()[:16],
+        "package": str(Path(sys.modules["lightning_synflow"].__file__).parent.parent),
         "memory_method": memory.method,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -190,15 +204,45 @@ def _list_scorers() -> tuple[list[str], dict[str, str]]:
     return available_scorers(), failed
 
 
-def _run_child(model: str, scorer: str, args: argparse.Namespace) -> dict[str, Any]:
+def _run_child(model: str, scorer: str, args: argparse.Namespace, code: Optional[Path] = None) -> dict[str, Any]:
+    """One measurement in a fresh process, with the package of this checkout or of ``code``."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", model, scorer, "--batch-size", str(args.batch_size),
            "--seed", str(args.seed), "--threads", str(args.threads)]
     if args.quick:
         cmd.append("--quick")
     if args.num_batches is not None:
         cmd += ["--num-batches", str(args.num_batches)]
-    row = run_json_child(cmd, threads=args.threads, timeout=args.timeout)
-    return {"model": model, "scorer": scorer, **row} if "error" in row else row
+    env = None if code is None else {"PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")])}
+    row = run_json_child(cmd, threads=args.threads, timeout=args.timeout, env=env)
+    row = {"model": model, "scorer": scorer, **row} if "error" in row else row
+    return {**row, "code": "baseline" if code is not None else "this checkout"}
+
+
+def comparison(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """Median time and peak memory of each (model, scorer) with the baseline's package and this checkout's."""
+    lines = [
+        f"Before (`{args.baseline}`) and after (this checkout), alternating, {args.repeat} fresh process(es) each;"
+        f" medians. {args.threads} thread(s), {cpu_model()}, load average {load_average()} at the end.",
+        "",
+        "| model | scorer | before (s) | after (s) | after / before | before (MB) | after (MB) | same masks |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for model in args.models:
+        for scorer in sorted({r["scorer"] for r in rows if r["model"] == model}):
+            runs = {c: [r for r in rows if (r["model"], r["scorer"], r["code"]) == (model, scorer, c) and "error" not in r]
+                    for c in ("baseline", "this checkout")}
+            if not all(runs.values()):
+                lines.append(f"| {model} | {scorer} | error | | | | | |")
+                continue
+            t = {c: statistics.median(r["seconds"] for r in rs) for c, rs in runs.items()}
+            mb = {c: statistics.median(r["peak_mb"] for r in rs) for c, rs in runs.items()}
+            same = {r["masks_sha256"] for rs in runs.values() for r in rs}
+            lines.append(
+                f"| {model} | {scorer} | {t['baseline']:.2f} | {t['this checkout']:.2f} |"
+                f" {t['this checkout'] / t['baseline']:.3f} | {mb['baseline']:.0f} | {mb['this checkout']:.0f} |"
+                f" {'yes' if len(same) == 1 else 'NO'} |"
+            )
+    return "\n".join(lines)
 
 
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -240,6 +284,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per (model, scorer) run")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw rows to this file")
+    parser.add_argument("--baseline", type=Path, default=None, help="a checkout to compare with (its package on PYTHONPATH)")
+    parser.add_argument("--repeat", type=int, default=1, help="fresh runs per row (per side with --baseline); medians")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "SCORER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.batch_size is None:
@@ -250,6 +296,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"--num-batches must be a positive integer, got {args.num_batches}")
     if args.threads < 1:
         parser.error(f"--threads must be a positive integer, got {args.threads}")
+    if args.repeat < 1:
+        parser.error(f"--repeat must be a positive integer, got {args.repeat}")
+    if args.baseline is not None and not (args.baseline / "lightning_synflow" / "__init__.py").is_file():
+        parser.error(f"--baseline must be a checkout of this repository (with lightning_synflow/), got {args.baseline}")
 
     if args.child:
         print(json.dumps(measure(*args.child, quick=args.quick, batch_size=args.batch_size, seed=args.seed, num_batches=args.num_batches, threads=args.threads)))
@@ -262,13 +312,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         scorers = args.scorers
     rows = []
+    codes = [args.baseline, None] if args.baseline is not None else [None]
     for model in args.models:
         for scorer in scorers:
-            print(f"{model} / {scorer} ...", end=" ", file=sys.stderr, flush=True)
-            row = _run_child(model, scorer, args)
-            print(row.get("error") or f"{row['seconds']:.2f} s, {row['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
-            rows.append(row)
-    return report(markdown(rows, args), rows, args.json)
+            for _ in range(args.repeat):
+                for code in codes:
+                    print(f"{model} / {scorer} ({code or 'this checkout'}) ...", end=" ", file=sys.stderr, flush=True)
+                    row = _run_child(model, scorer, args, code)
+                    print(row.get("error") or f"{row['seconds']:.2f} s, {row['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+                    rows.append(row)
+    table = markdown(rows, args) if args.baseline is None else comparison(rows, args)
+    return report(table, rows, args.json)
 
 
 if __name__ == "__main__":

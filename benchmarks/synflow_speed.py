@@ -10,14 +10,15 @@ For each model (CIFAR shapes, 10 classes) and each method, a fresh process (``OM
   - ``lightning_synflow``: ``compute_masks(model, "synflow", ...)``, the default (float32, falls back to
     float64 on overflow);
   - ``lightning_synflow float64``: ``SynFlow(dtype="float64")``;
-  - ``published loop``: a re-implementation, for timing on the same machine, of the operations the
-    authors' code performs each round: linearise the model in place (signs kept as float tensors),
+  - ``published loop``: a re-implementation (not the authors' code: ``synflow_authors.py`` runs that, on
+    their own masked models), for timing on the same plain model, of the operations the authors' code
+    performs each round: linearise the model in place (signs kept as float tensors),
     masks as float tensors multiplied into the weights in the forward (``torch.nn.utils.prune``-style
     hooks), scores ``|grad * param|`` cloned, and a global ``torch.kthvalue`` over every score
     concatenated, pruning everything ``<=`` it.
 
 Time is wall clock; the ratio ``method / floor`` comes from the same process. Memory is the peak RSS
-growth during the method (VmHWM reset right before it; the method runs before the floor, so no earlier
+growth during the method, warm (VmHWM reset right before it; the method runs before the floor, so no earlier
 gradient is reused) in multiples of the prunable float32 weights' bytes. Two rounds of the method on a copy
 of the model run first and the C heap's free pages are then handed back to the kernel: the first run of a
 process makes the library code it executes resident (about 0.2x the prunable bytes of these models, the
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -54,6 +54,8 @@ from typing import Any, Optional
 
 from _machine import (
     PeakMemory,
+    add_pruning_run_arguments,
+    check_pruning_run_arguments,
     allocator_settings,
     cpu_model,
     load_average,
@@ -226,7 +228,8 @@ def _differences(masks_dir: Path, model: str) -> dict[str, int]:
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"SynFlow, {args.iterations} rounds, compression {args.compression:g}, {args.threads} thread(s), fresh process per"
-        f" run, {args.repeat} run(s) per row (the median ratio, the lower middle one for an even count; min-max); {cpu_model()}, {os.cpu_count()} cores, torch {next((r['torch'] for r in rows if 'torch' in r), '?')},"
+        f" run, warm (after a two-round warm-up on a copy), against a re-implementation of the published loop (not the"
+        f" authors' code), {args.repeat} run(s) per row (the median ratio, the lower middle one for an even count; min-max); {cpu_model()}, {os.cpu_count()} cores, torch {next((r['torch'] for r in rows if 'torch' in r), '?')},"
         f" Python {platform.python_version()}, {allocator_settings()}, load average {load_average()} at the end."
         f"{' QUICK RUN: not for reporting.' if args.quick else ''}",
         "",
@@ -240,8 +243,9 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             continue
         diff = "" if r.get("not_in_float64") is None else f"{r['not_in_float64']:,} of {r['kept']:,}"
         spread = f" ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})" if r.get("runs", 1) > 1 else ""
+        method = "published loop (re-implementation)" if r["method"] == "published loop" else r["method"]
         lines.append(
-            f"| {r['model']} | {r['method']} | {r['floor_s']:.2f} | {r['seconds']:.2f} | {r['ratio']:.2f}{spread} |"
+            f"| {r['model']} | {method} | {r['floor_s']:.2f} | {r['seconds']:.2f} | {r['ratio']:.2f}{spread} |"
             f" {r['faults_per_round']:,.0f} / {r['floor_faults_per_round']:,.0f} | {r['peak_mb']:.0f} | {r['peak_x_prunable']:.2f} |"
             f" {'?' if r.get('code_mb') is None else format(r['code_mb'], '.1f')} | {diff} |"
         )
@@ -250,23 +254,9 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vgg16_bn", "resnet18"])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--iterations", type=int, default=100)
-    parser.add_argument("--compression", type=float, default=100.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeat", type=int, default=1, help="fresh runs per row; the table shows the median ratio (min-max)")
-    parser.add_argument("--quick", action="store_true", help="2 rounds on resnet20: a smoke test")
-    parser.add_argument("--json", type=Path, default=None, help="also write the raw rows to this file")
-    parser.add_argument("--child", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
-    parser.add_argument("--masks-out", default=None, help=argparse.SUPPRESS)
+    add_pruning_run_arguments(parser, ["vgg16_bn", "resnet18"], list(METHODS), "2 rounds on resnet20: a smoke test")
     args = parser.parse_args(argv)
-    for name in ("threads", "iterations", "repeat"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    if not (math.isfinite(args.compression) and args.compression >= 1):
-        parser.error(f"--compression must be a finite number >= 1, got {args.compression}")
+    check_pruning_run_arguments(parser, args)
     if args.quick:
         args.models, args.iterations = ["resnet20"], 2
     if args.child:

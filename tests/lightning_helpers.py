@@ -120,3 +120,18 @@ class MemoryLogger(Logger):
 
     def values(self, key):
         return [m[key] for _, m in self.rows if key in m]
+
+
+class FigureLogger(MemoryLogger):
+    """Stands in for TensorBoard: its experiment takes figures."""
+
+    def __init__(self):
+        super().__init__()
+        self.figures = []
+
+    @property
+    def experiment(self):
+        return self
+
+    def add_figure(self, tag, figure, step):
+        self.figures.append((tag, figure, step))

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
 
-from lightning_helpers import MLP, AssertPrunedStayZero, MemoryLogger, random_data
+from lightning_helpers import MLP, AssertPrunedStayZero, FigureLogger, MemoryLogger, random_data
 from lightning_synflow import PruneAtInit, PruningDiagnostics, apply_masks
 from lightning_synflow.analysis import effective_sparsity_report, isometry_penalty, jacobian_singular_values
 
@@ -74,26 +74,11 @@ def test_effective_sparsity_is_logged_beside_the_nominal_one():
     assert effective == pytest.approx(expected.effective.sparsity)
 
 
-class FigureLogger(MemoryLogger):
-    """Stands in for TensorBoard: its experiment takes figures."""
-
-    def __init__(self):
-        super().__init__()
-        self.figures = []
-
-    @property
-    def experiment(self):
-        return self
-
-    def add_figure(self, tag, figure, step):
-        self.figures.append((tag, figure))
-
-
 def test_spectra_histogram_goes_to_loggers_that_take_figures():
     pytest.importorskip("matplotlib")
     logger = FigureLogger()
     fit(MLP(), PruneAtInit(sparsity=0.9, iterations=2), [logger], steps=1, log_jacobian=True)
-    assert [tag for tag, _ in logger.figures] == ["jacobian_singular_values"]
+    assert [tag for tag, *_ in logger.figures] == ["jacobian_singular_values"]
 
 
 def test_the_deprecated_diagnostic_arguments_still_log_through_pruning_diagnostics():

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_helpers import MLP, MemoryLogger, random_data
+from lightning_helpers import MLP, FigureLogger, MemoryLogger, random_data
 from lightning_synflow import PruneAtInit, apply_masks
 from lightning_synflow.analysis import effective_sparsity_report, jacobian_singular_values, singular_value_stats
 from lightning_synflow.diagnostics import PruningDiagnostics, nonzero_masks
@@ -55,21 +55,6 @@ def first_probe(n=8):
 
 def spectrum_metrics(model, probe, stage):
     return singular_value_stats(jacobian_singular_values(model, probe)).as_metrics(f"jacobian_sv/{stage}")
-
-
-class FigureLogger(MemoryLogger):
-    """Stands in for TensorBoard: its experiment takes figures."""
-
-    def __init__(self):
-        super().__init__()
-        self.figures = []
-
-    @property
-    def experiment(self):
-        return self
-
-    def add_figure(self, tag, figure, step):
-        self.figures.append((tag, figure, step))
 
 
 class DrivingPruner(Callback):
