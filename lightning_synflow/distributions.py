@@ -31,7 +31,7 @@ from fnmatch import fnmatchcase
 from typing import Callable, Optional, Union
 
 from lightning_synflow.schedules import num_kept
-from lightning_synflow.validation import check_number
+from lightning_synflow.validation import check_bool, check_number
 
 #: Weights to keep after a round: one count for a single ranking over all tensors, or a count per tensor.
 Budget = Union[int, dict[str, int]]
@@ -212,7 +212,7 @@ class LayerDensities(Distribution):
     """
 
     def __init__(self, exact_total: bool = False) -> None:
-        self.exact_total = exact_total
+        self.exact_total = check_bool("exact_total", exact_total)
 
     @abstractmethod
     def densities(self, shapes: Shapes, density: float) -> dict[str, float]:

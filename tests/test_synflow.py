@@ -376,3 +376,11 @@ def test_frozen_batchnorm_buffers_are_normalisation_statistics_like_batchnorms()
     a, b = (compute_scores(m, SynFlow("float64"), example_input=x) for m in (net, frozen))
     for n in a:
         torch.testing.assert_close(a[n], b[n], rtol=1e-9, atol=0)
+
+
+def test_an_incremental_scorer_must_be_monotone():
+    from lightning_synflow import IncrementalScorer
+
+    with pytest.raises(TypeError, match="Revivals sets monotone = False, but an IncrementalScorer must be monotone"):
+        class Revivals(IncrementalScorer):
+            monotone = False

@@ -140,11 +140,17 @@ class IncrementalScorer(Scorer, Generic[State]):
       scores at those positions, in that order (pruned weights cannot be kept, so their scores are never
       read); otherwise they are shaped like the mask.
 
-    Pruned weights must stay pruned, so only monotone scorers opt in. :meth:`score` (a single pass, as
-    :func:`~lightning_synflow.compute_scores` runs it) is :meth:`score_round` on a fresh state.
+    Pruned weights must stay pruned, so only monotone scorers opt in (a subclass with ``monotone = False``
+    is refused). :meth:`score` (a single pass, as :func:`~lightning_synflow.compute_scores` runs it) is
+    :meth:`score_round` on a fresh state; a subclass that wants to see every round wraps ``score_round``.
     """
 
     monotone: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.monotone:
+            raise TypeError(f"{cls.__qualname__} sets monotone = False, but an IncrementalScorer must be monotone")
 
     @abstractmethod
     def start(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> State:
