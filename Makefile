@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test study install clean
+.PHONY: demo test study study-isometry install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,12 @@ test: $(STAMP)
 STUDY := docs/results/fashion_mnist_lenet5
 study: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) examples/sweep.py --preset fashion-mnist --out $(STUDY).csv --jobs 2
-	$(PY) examples/plot_sweep.py $(STUDY).csv --out $(STUDY).png --table $(STUDY).md
+	$(PY) examples/plot_sweep.py $(STUDY).csv --isometry without --out $(STUDY).png --table $(STUDY).md
+
+# The same study with approximate isometry after pruning as one more axis (same CSV; resumable).
+study-isometry: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) examples/sweep.py --preset fashion-mnist-isometry --out $(STUDY).csv --jobs 2
+	$(PY) examples/plot_sweep.py $(STUDY).csv --out $(STUDY)_isometry.png --table $(STUDY)_isometry.md
 
 clean:
 	rm -rf $(VENV) lightning_logs .pytest_cache

@@ -69,15 +69,26 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def sweep_curves(rows: Sequence[dict[str, str]], metric: str = "final") -> dict[tuple[str, str], dict[str, Curve]]:
-    """Per (dataset, model), per method: the curve over seeds of the test accuracy (``final`` or ``best``), in %.
+def series_of(row: dict[str, str]) -> str:
+    """A row's curve: its method, or ``<method> + AI`` for runs with approximate-isometry steps after pruning."""
+    return row["method"] + (" + AI" if int(row.get("isometry_steps") or 0) else "")
+
+
+def sweep_curves(
+    rows: Sequence[dict[str, str]], metric: str = "final", isometry: str = "all"
+) -> dict[tuple[str, str], dict[str, Curve]]:
+    """Per (dataset, model), per method (and ``<method> + AI`` for runs with isometry steps; ``isometry``:
+    ``"all"``, ``"without"`` or ``"with"`` such runs): the curve over seeds of the test accuracy (``final`` or
+    ``best``), in %.
 
     Where one (dataset, model) holds rows of several protocols, the protocol with the most rows is used
     (a warning names the others)."""
     column = {"final": "test_acc_final", "best": "test_acc_best"}[metric]
+    keep = {"all": lambda r: True, "without": lambda r: "+" not in series_of(r), "with": lambda r: "+" in series_of(r) or r["method"] == "dense"}[isometry]
     groups: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
     for r in rows:
-        groups[(r["dataset"], r["model"])].append(r)
+        if keep(r):
+            groups[(r["dataset"], r["model"])].append(r)
     result: dict[tuple[str, str], dict[str, Curve]] = {}
     for group, members in groups.items():
         counts: dict[str, int] = defaultdict(int)
@@ -90,7 +101,7 @@ def sweep_curves(rows: Sequence[dict[str, str]], metric: str = "final") -> dict[
         values: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         for r in members:
             if r.get("protocol", "") == protocol and r.get(column, "") != "":
-                values[r["method"]][round(float(r["log10_compression"]), 6)].append(100.0 * float(r[column]))
+                values[series_of(r)][round(float(r["log10_compression"]), 6)].append(100.0 * float(r[column]))
         result[group] = {
             method: {x: (statistics.fmean(v), min(v), max(v), len(v)) for x, v in sorted(by_x.items())}
             for method, by_x in values.items()
@@ -108,10 +119,20 @@ def reference_curves(rows: Sequence[dict[str, str]]) -> dict[tuple[str, str], di
 
 
 def _ordered(methods: Sequence[str]) -> list[str]:
-    return sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
+    def rank(series: str) -> tuple[int, str]:
+        method = series.partition(" + ")[0]
+        return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), series)
+
+    return sorted(methods, key=rank)
 
 
-def _color(method: str, extra: dict[str, Any]) -> Any:
+def _label(series: str) -> str:
+    method, plus, extra = series.partition(" + ")
+    return LABELS.get(method, method) + (f" + {extra}" if plus else "")
+
+
+def _color(series: str, extra: dict[str, Any]) -> Any:
+    method = series.partition(" + ")[0]  # a method's runs with isometry steps share its colour
     if method not in COLORS and method not in extra:
         import matplotlib.pyplot as plt
 
@@ -149,9 +170,10 @@ def _draw(ax: Any, curves: dict[str, Curve], *, dashed: bool, band: bool, colors
         xs = sorted(points)
         mean = [points[x][0] for x in xs]
         color = _color(method, colors)
-        ax.plot(xs, mean, linestyle="--" if dashed else "-", marker="" if dashed else "o", markersize=3.5,
+        ai = " + " in method
+        ax.plot(xs, mean, linestyle="--" if dashed else (":" if ai else "-"), marker="" if dashed else ("^" if ai else "o"), markersize=3.5,
                 linewidth=1.2 if dashed else 1.8, color=color, alpha=0.75 if dashed else 1.0,
-                label=LABELS.get(method, method) + label_suffix)  # fmt: skip
+                label=_label(method) + label_suffix)  # fmt: skip
         if band:
             ax.fill_between(xs, [points[x][1] for x in xs], [points[x][2] for x in xs], color=color, alpha=0.18, linewidth=0)
     if dense is not None:
@@ -218,7 +240,7 @@ def table(sweep: dict[tuple[str, str], dict[str, Curve]]) -> str:
             for x in xs:
                 v = curves[method].get(x)
                 cells.append("" if v is None else f"{v[0]:.1f} ({v[1]:.1f}-{v[2]:.1f})" if v[3] > 1 else f"{v[0]:.1f}")
-            out.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+            out.append(f"| {_label(method)} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -233,12 +255,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="the paper's panel shown when no sweep panel matches (default cifar10/vgg16_bn)")  # fmt: skip
     parser.add_argument("--metric", choices=("final", "best"), default="final", help="final-epoch or best-epoch test accuracy")
     parser.add_argument("--table", type=Path, help="also write the Markdown table to this file")
+    parser.add_argument("--isometry", choices=("all", "without", "with"), default="all",
+                        help="runs without and with approximate-isometry steps (curves '<method> + AI'), or only one kind")
     args = parser.parse_args(argv)
 
     rows = [r for path in args.csv for r in read_csv(path)]
     if not rows:
         raise SystemExit(f"no rows in {', '.join(map(str, args.csv))}")
-    sweep = sweep_curves(rows, args.metric)
+    sweep = sweep_curves(rows, args.metric, args.isometry)
     reference = None
     if not args.no_reference:
         path = find_reference(args.reference)

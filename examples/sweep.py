@@ -28,6 +28,13 @@ empty), measured_sparsity (zeros counted in the trained weights), effective_kept
 when it exists; empty otherwise); prune_s (the callback's pruning time), fit_s, run_s (wall seconds) and
 cpu_s (CPU seconds of the process running it: the machine-independent cost on a busy machine); protocol,
 config, device, finished_at. Method ``dense`` is the unpruned baseline (compression 1).
+
+Approximate isometry (Lee et al., ICLR 2020) is one more axis (``--isometry-steps 0 1000``: each run without
+and with that many ``PruneAtInit(isometry_steps=...)`` steps after pruning); its columns: isometry_steps,
+isometry_s, penalty_before / penalty_after (the isometry penalty), and the input-output Jacobian's singular
+values on a fixed probe batch (the first 32 training images) after pruning (``jsv_pruned_*``) and after the
+isometry steps (``jsv_isometry_*``): mean, min, max and the fraction below 1e-3. A CSV written before these
+columns existed is rewritten with them (its runs had no isometry steps) before new rows are appended.
 """
 
 from __future__ import annotations
@@ -73,18 +80,24 @@ for _module in ("snip", "grasp", "force", "snip_it", "erk"):
         importlib.import_module(f"lightning_synflow.scorers.{_module}")
     except ImportError:
         pass
-try:  # effective sparsity, where the analysis module exists
-    from lightning_synflow.analysis import effective_masks
+try:  # effective sparsity and Jacobian spectra, where the analysis module exists
+    from lightning_synflow.analysis import effective_masks, jacobian_singular_values
+    from lightning_synflow.isolation import preserved_attributes, preserved_rng
 except ImportError:  # pragma: no cover - depends on the package version
-    effective_masks = None
+    effective_masks = jacobian_singular_values = None
 
 CONFIGS = EXAMPLES / "configs" / "paper"
+_SCOPE_OF = {"global": "global", "uniform": "layerwise"}
+#: CSV columns from the metrics PruneAtInit logs for its isometry steps.
+_ISOMETRY_METRICS = {"isometry_s": "isometry/seconds", "penalty_before": "isometry/penalty_before", "penalty_after": "isometry/penalty_after"}
 DENSE = "dense"
 
 COLUMNS = [
     "dataset", "model", "method", "log10_compression", "compression", "sparsity", "seed", "epochs",
     "test_acc_final", "test_acc_best", "best_epoch",
     "kept", "total", "collapsed_tensors", "measured_sparsity", "effective_kept", "effective_sparsity",
+    "isometry_steps", "isometry_s", "penalty_before", "penalty_after",
+    *(f"jsv_{stage}_{stat}" for stage in ("pruned", "isometry") for stat in ("mean", "min", "max", "below_1e-3")),
     "prune_s", "fit_s", "run_s", "cpu_s",
     "protocol", "config", "device", "finished_at",
 ]  # fmt: skip
@@ -104,10 +117,12 @@ class Preset:
     jobs: int = 1
     extend: float = 0.0  # log10 step beyond the grid while a method still trains (0: off)
     extend_max: float = 4.0
+    isometry_steps: tuple[int, ...] = (0,)
     note: str = ""
 
 
 PAPER_METHODS = ("synflow", "snip", "grasp", "magnitude", "random")  # Fig. 6's five
+ISOMETRY_STEPS = 1000  # approximate-isometry steps of the isometry study
 PAPER_GRID = tuple(x / 4 for x in range(1, 13))  # 10^0.25 ... 10^3 (10^0 is the dense run)
 
 PRESETS: dict[str, Preset] = {
@@ -126,6 +141,19 @@ PRESETS: dict[str, Preset] = {
         extend=0.5,
         extend_max=4.0,
         note="LeNet-5 (FC 1024-256), 4 epochs on 30k images; 10^1..10^3 (90%..99.9%), further while a method trains",
+    ),
+    # Approximate isometry as one more axis of the same study (same config, protocol and CSV): the methods of
+    # Lee et al.'s comparison and SynFlow, without and with AI steps after pruning (the runs without are the
+    # study's own rows where they are in the CSV already).
+    "fashion-mnist-isometry": Preset(
+        config=CONFIGS / "fashion_mnist_lenet5.yaml",
+        dataset="fashion-mnist",
+        model="lenet5-wide",
+        methods=("random", "magnitude", "snip", "grasp", "synflow"),
+        log10_compressions=(1.0, 1.5, 2.0, 2.5, 3.0),
+        jobs=2,
+        isometry_steps=(0, ISOMETRY_STEPS),
+        note="the fashion-mnist study without and with approximate isometry after pruning",
     ),
     # A smoke test: the 8x8 digits with an MLP, seconds per run.
     "digits": Preset(
@@ -175,6 +203,7 @@ class RunSpec:
     method: str
     log10_compression: float
     seed: int
+    isometry_steps: int = 0
 
     @property
     def compression(self) -> float:
@@ -184,21 +213,25 @@ class RunSpec:
     def sparsity(self) -> float:
         return 1.0 - 10.0 ** (-self.log10_compression)
 
-    def key(self, protocol: str) -> tuple[str, str, str, str]:
-        return (protocol, self.method, f"{self.log10_compression:.4f}", str(self.seed))
+    def key(self, protocol: str) -> tuple[str, str, str, str, str]:
+        return (protocol, self.method, f"{self.log10_compression:.4f}", str(self.seed), str(self.isometry_steps))
 
     def __str__(self) -> str:
-        return f"{self.method} 10^{self.log10_compression:g} (sparsity {self.sparsity:.4%}) seed {self.seed}"
+        ai = f" + {self.isometry_steps} isometry steps" if self.isometry_steps else ""
+        return f"{self.method} 10^{self.log10_compression:g} (sparsity {self.sparsity:.4%}){ai} seed {self.seed}"
 
 
-def grid(methods: Sequence[str], log10s: Sequence[float], seeds: Sequence[int], dense: bool) -> list[RunSpec]:
+def grid(
+    methods: Sequence[str], log10s: Sequence[float], seeds: Sequence[int], dense: bool, isometry: Sequence[int] = (0,)
+) -> list[RunSpec]:
     """Seed-major order: an interrupted sweep leaves whole seeds done rather than whole methods."""
     runs = []
     for seed in seeds:
         if dense:
             runs.append(RunSpec(DENSE, 0.0, seed))
         for method in methods:
-            runs.extend(RunSpec(method, float(x), seed) for x in log10s)
+            for steps in isometry:
+                runs.extend(RunSpec(method, float(x), seed, steps) for x in log10s)
     return runs
 
 
@@ -240,7 +273,14 @@ def protocol_of(config: dict[str, Any]) -> str:
     if isinstance(data, dict) and isinstance(data.get("init_args"), dict):
         data["init_args"] = {k: v for k, v in data["init_args"].items() if k not in _IO_DATA_KEYS}
     prune = _prune_entry(config)
-    prune_args = {k: v for k, v in (prune or {}).get("init_args", {}).items() if k not in ("scorer", "sparsity", "compression", "verbose")}
+    prune_args = {
+        k: v for k, v in (prune or {}).get("init_args", {}).items()
+        if k not in ("scorer", "sparsity", "compression", "verbose", "isometry_steps")
+    }  # fmt: skip
+    # `distribution: global/uniform` is what `scope: global/layerwise` was: hashed under the old name, so the
+    # protocols of rows written before the rename stay theirs.
+    if prune_args.get("distribution") in _SCOPE_OF and "scope" not in prune_args:
+        prune_args["scope"] = _SCOPE_OF[prune_args.pop("distribution")]
     other = [c.get("class_path") for c in config.get("trainer", {}).get("callbacks") or [] if isinstance(c, dict) and c.get("class_path", "").rpartition(".")[2] not in _DROPPED_CALLBACKS | {"PruneAtInit"}]
     blob = json.dumps({"model": config.get("model"), "data": data, "trainer": trainer, "prune": prune_args, "callbacks": other}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
@@ -261,7 +301,7 @@ def run_config(config: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
         args = {k: v for k, v in prune.get("init_args", {}).items() if k not in ("sparsity", "compression")}
         if args.get("scorer") != spec.method or not isinstance(args.get("scorer"), str):
             args.pop("iterations", None)  # another scorer: its own default number of iterations
-        args.update(scorer=spec.method, compression=spec.compression, verbose=False)
+        args.update(scorer=spec.method, compression=spec.compression, verbose=False, isometry_steps=spec.isometry_steps)
         kept_callbacks.append({"class_path": _PRUNE_PATH, "init_args": args})
     trainer.update(
         callbacks=kept_callbacks,
@@ -285,14 +325,25 @@ def names_of(config: dict[str, Any]) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------------------- one run
 
 
+#: Examples of the training set (the first ones, in its order) on which every run's Jacobian is taken.
+PROBE_EXAMPLES = 32
+
+
 class SweepProbe(Callback):
-    """After pruning: kept weights, collapsed tensors and effective sparsity (on the initial weights).
-    After every validation: the validation metric, for the best-epoch accuracy."""
+    """After pruning: kept weights, collapsed tensors and effective sparsity (on the initial weights), and the
+    Jacobian's singular values on a fixed probe batch after pruning and after the isometry steps. After every
+    validation: the validation metric, for the best-epoch accuracy."""
 
     def __init__(self, val_metric: str) -> None:
         self.val_metric = val_metric
         self.history: list[float] = []
         self.pruning: dict[str, Any] = {}
+        self._initial: dict[str, torch.Tensor] = {}
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Before any on_fit_start: the initial weights, from which the network "after pruning" is rebuilt when
+        # isometry steps have moved the kept ones since.
+        self._initial = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         prune = next((c for c in trainer.callbacks if isinstance(c, PruneAtInit)), None)
@@ -302,6 +353,7 @@ class SweepProbe(Callback):
             return
         report = sparsity_report(pl_module, prune.masks)
         self.pruning = {"kept": report.kept, "total": report.total, "collapsed_tensors": len(report.collapsed)}
+        self.pruning.update(self._spectra(trainer, pl_module, prune))
         self.pruning["effective_kept"] = self.pruning["effective_sparsity"] = ""
         example = pl_module.example_input_array
         if example is None and prune.input_shape is not None:
@@ -313,6 +365,32 @@ class SweepProbe(Callback):
                 self.pruning.update(effective_kept=kept, effective_sparsity=f"{1.0 - kept / report.total:.6g}")
             except Exception as err:  # a diagnostic: never lose the run for it
                 warnings.warn(f"effective sparsity not computed: {type(err).__name__}: {err}")
+
+    def _spectra(self, trainer: Trainer, pl_module: LightningModule, prune: PruneAtInit) -> dict[str, str]:
+        """``jsv_<stage>_{mean,min,max,below_1e-3}`` after pruning (the initial weights, masked) and, where
+        isometry steps ran, after them (the weights as they are now), on the first training examples."""
+        dataset = getattr(trainer.datamodule, "train_set", None)
+        if dataset is None or jacobian_singular_values is None:
+            return {}
+        params = dict(pl_module.named_parameters())
+        now = {n: p.detach().clone() for n, p in params.items()}
+        stages = {"pruned": self._initial, **({"isometry": now} if prune.isometry_steps else {})}
+        out = {}
+        with preserved_rng(pl_module.device), preserved_attributes(pl_module), torch.no_grad():
+            # inside the isolation: a dataset that augments draws random numbers
+            probe = torch.stack([dataset[i][0] for i in range(min(PROBE_EXAMPLES, len(dataset)))]).to(pl_module.device)
+            for stage, weights in stages.items():
+                for n, p in params.items():
+                    p.copy_(weights[n])
+                with torch.enable_grad():
+                    sv = jacobian_singular_values(pl_module, probe, masks=prune.masks)
+                out.update({
+                    f"jsv_{stage}_mean": f"{float(sv.mean()):.6g}", f"jsv_{stage}_min": f"{float(sv.min()):.6g}",
+                    f"jsv_{stage}_max": f"{float(sv.max()):.6g}", f"jsv_{stage}_below_1e-3": f"{float((sv < 1e-3).double().mean()):.6g}",
+                })  # fmt: skip
+            for n, p in params.items():
+                p.copy_(now[n])
+        return out
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking and self.val_metric in trainer.callback_metrics:
@@ -359,6 +437,8 @@ def run_one(config: dict[str, Any], spec: RunSpec, *, val_metric: str = "val/acc
         "test_acc_best": "" if best is None else f"{history[best]:.6f}",
         "best_epoch": "" if best is None else best + 1,
         **probe.pruning,
+        "isometry_steps": spec.isometry_steps,
+        **{column: f"{memory.metrics[key]:.6g}" for column, key in _ISOMETRY_METRICS.items() if key in memory.metrics},
         "measured_sparsity": "" if measured is None else f"{measured:.6g}",
         "prune_s": f"{memory.metrics['pruning/time_s']:.3f}" if "pruning/time_s" in memory.metrics else "",
         "fit_s": f"{fit_s:.2f}",
@@ -373,19 +453,42 @@ def run_one(config: dict[str, Any], spec: RunSpec, *, val_metric: str = "val/acc
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
+    """The CSV's rows in this sweep's columns; those of a CSV written before some columns existed get them
+    (no isometry steps, the rest empty)."""
     if not path.exists() or path.stat().st_size == 0:
         return []
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames != COLUMNS:
+        fields = reader.fieldnames or []
+        if fields != COLUMNS and not set(fields) <= set(COLUMNS):
             raise ValueError(
-                f"{path} has the columns {reader.fieldnames}, not this sweep's {COLUMNS}; write to a new --out file"
+                f"{path} has the columns {fields}, not this sweep's {COLUMNS}; write to a new --out file"
             )
-        return list(reader)
+        return [{c: row.get(c) or ("0" if c == "isometry_steps" else "") for c in COLUMNS} for row in reader]
 
 
-def done_keys(rows: Sequence[dict[str, str]]) -> set[tuple[str, str, str, str]]:
-    return {(r["protocol"], r["method"], f"{float(r['log10_compression']):.4f}", str(int(r["seed"]))) for r in rows}
+def migrate(path: Path) -> bool:
+    """Rewrite a CSV of an earlier set of columns in this sweep's (see :func:`read_rows`); True if it did."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with path.open(newline="") as f:
+        if next(csv.reader(f)) == COLUMNS:
+            return False
+    rows = read_rows(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return True
+
+
+def done_keys(rows: Sequence[dict[str, str]]) -> set[tuple[str, str, str, str, str]]:
+    return {
+        (r["protocol"], r["method"], f"{float(r['log10_compression']):.4f}", str(int(r["seed"])), str(int(r["isometry_steps"] or 0)))
+        for r in rows
+    }
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
@@ -442,6 +545,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     grid_group.add_argument("--compressions", nargs="+", type=float, metavar="LOG10", help="log10 compressions, e.g. 1 2 3")
     grid_group.add_argument("--sparsities", nargs="+", type=float, help="sparsities, e.g. 0.9 0.99 0.999")
     parser.add_argument("--seeds", nargs="+", type=int, help="default the preset's (0 1 2)")
+    parser.add_argument("--isometry-steps", nargs="+", type=int, metavar="STEPS",
+                        help="approximate-isometry steps after pruning, one run each, e.g. 0 1000 (default the preset's, else 0)")
     parser.add_argument("--no-dense", action="store_true", help="skip the unpruned baseline run per seed")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. trainer.max_epochs=2 or data.init_args.data_dir=~/data (repeatable)")  # fmt: skip
@@ -462,19 +567,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def extension(rows: Sequence[dict[str, str]], protocol: str, methods: Sequence[str], seeds: Sequence[int],
-              step: float, max_log10: float, threshold: float) -> list[RunSpec]:
-    """The next compression (``step`` beyond its highest one in ``rows``) for every method that still trains
-    there: all ``seeds`` finished at that compression with a mean final test accuracy >= ``threshold``."""
+              step: float, max_log10: float, threshold: float, isometry: Sequence[int] = (0,)) -> list[RunSpec]:
+    """The next compression (``step`` beyond its highest one in ``rows``) for every method (and number of
+    isometry steps) that still trains there: all ``seeds`` finished at that compression with a mean final test
+    accuracy >= ``threshold``."""
     runs = []
-    for method in methods:
-        mine = [r for r in rows if r["protocol"] == protocol and r["method"] == method]
+    for method, steps in ((m, i) for m in methods for i in isometry):
+        mine = [r for r in rows if r["protocol"] == protocol and r["method"] == method and int(r.get("isometry_steps") or 0) == steps]
         if not mine:
             continue
         top = max(float(r["log10_compression"]) for r in mine)
         accs = [float(r["test_acc_final"]) for r in mine if abs(float(r["log10_compression"]) - top) < 1e-6 and int(r["seed"]) in seeds]
         nxt = round(top + step, 6)
         if len(accs) >= len(seeds) and sum(accs) / len(accs) >= threshold and nxt <= max_log10 + 1e-9:
-            runs.extend(RunSpec(method, nxt, seed) for seed in seeds)
+            runs.extend(RunSpec(method, nxt, seed, steps) for seed in seeds)
     return runs
 
 
@@ -553,6 +659,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if any(x <= 0 for x in log10s):
         raise SystemExit(f"log10 compressions must be > 0 (10^0 is the dense run), got {log10s}")
     seeds = list(args.seeds if args.seeds is not None else (preset.seeds if preset else [0, 1, 2]))
+    isometry = list(args.isometry_steps if args.isometry_steps is not None else (preset.isometry_steps if preset else [0]))
+    if any(n < 0 for n in isometry):
+        raise SystemExit(f"--isometry-steps must be integers >= 0 (0: none), got {isometry}")
     jobs = args.jobs or (preset.jobs if preset else 1)
     step = args.extend if args.extend is not None else (preset.extend if preset else 0.0)
     max_log10 = args.extend_max if args.extend_max is not None else (preset.extend_max if preset else 4.0)
@@ -561,8 +670,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = args.out or Path("sweeps") / f"{args.preset or Path(config_path).stem}.csv"
 
     protocol = protocol_of(config)
+    if not args.dry_run and migrate(out):
+        print(f"{out}: rewritten with this sweep's columns (its runs had no isometry steps)", flush=True)
     finished = done_keys(read_rows(out))
-    runs = grid(methods, log10s, seeds, dense)
+    runs = grid(methods, log10s, seeds, dense, isometry)
     todo = [r for r in runs if r.key(protocol) not in finished]
     epochs = config.get("trainer", {}).get("max_epochs")
     print(
@@ -581,7 +692,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     runner.run(todo)
     done = len(todo)
     while step > 0:  # beyond the grid, while a method still trains
-        more = [r for r in extension(read_rows(out), protocol, methods, seeds, step, max_log10, threshold) if r.key(protocol) not in done_keys(read_rows(out))]
+        more = [
+            r for r in extension(read_rows(out), protocol, methods, seeds, step, max_log10, threshold, isometry)
+            if r.key(protocol) not in done_keys(read_rows(out))
+        ]  # fmt: skip
         if not more:
             break
         print(f"still training at their highest compression: {sorted({r.method for r in more})}; {len(more)} more runs", flush=True)

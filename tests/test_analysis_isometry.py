@@ -37,7 +37,7 @@ def test_isometry_lowers_penalty_and_keeps_masks(make):
             assert torch.equal(after_state[n], t), n
     assert model.training
     assert all(p.requires_grad == flags[n] and p.grad is None for n, p in model.named_parameters())
-    assert set(result.as_metrics()) == {"isometry/penalty_before", "isometry/penalty_after", "isometry/steps"}
+    assert set(result.as_metrics()) == {"isometry/penalty_before", "isometry/penalty_after", "isometry/steps", "isometry/seconds"}
 
 
 def test_penalty_definition_and_conv_layout():

@@ -239,6 +239,56 @@ def test_sweep_writes_rows_and_resumes(fashion_dir, tmp_path, capsys):
     assert "0 already in" in capsys.readouterr().out and len(read(out)) == 6
 
 
+def test_sweep_isometry_axis_columns_and_migration(fashion_dir, tmp_path):
+    """Runs without and with approximate-isometry steps: the penalty falls, the spectrum after pruning is that
+    of the initial weights masked (the same with or without the steps that follow), and a CSV of the earlier
+    columns is rewritten with them, its rows keyed as runs without isometry steps."""
+    import sweep
+
+    out = tmp_path / "sweep.csv"
+    args = [
+        "--config", str(FASHION), "--out", str(out), "--methods", "random", "--compressions", "1.5", "--seeds", "0",
+        "--jobs", "1", "--no-dense", "--isometry-steps", "0", "20",
+        "--set", f"data.init_args.data_dir={fashion_dir}", "--set", "model.backbone.init_args.hidden=[32, 16]",
+        "--set", "trainer.max_epochs=1", "--set", "trainer.limit_train_batches=2", "--set", "data.init_args.batch_size=64",
+    ]  # fmt: skip
+    assert sweep.main(args) == 0
+    plain, ai = read(out)
+    assert (plain["isometry_steps"], ai["isometry_steps"]) == ("0", "20")
+    assert plain["penalty_before"] == plain["isometry_s"] == plain["jsv_isometry_mean"] == ""
+    assert float(ai["penalty_after"]) < float(ai["penalty_before"]) and float(ai["isometry_s"]) > 0
+    stats = ("mean", "min", "max", "below_1e-3")
+    assert all(plain[f"jsv_pruned_{s}"] == ai[f"jsv_pruned_{s}"] != "" for s in stats)  # same init, same masks
+    assert ai["jsv_isometry_mean"] != ai["jsv_pruned_mean"]
+    assert 0 <= float(ai["jsv_pruned_min"]) <= float(ai["jsv_pruned_mean"]) <= float(ai["jsv_pruned_max"])
+    assert 0 <= float(ai["jsv_pruned_below_1e-3"]) <= 1
+
+    old_columns = [c for c in sweep.COLUMNS if c != "isometry_steps" and not c.startswith(("isometry_s", "penalty_", "jsv_"))]
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=old_columns)
+        writer.writeheader()
+        writer.writerow({c: plain[c] for c in old_columns})
+    assert sweep.main(args[: args.index("--isometry-steps")] + args[args.index("--set"):]) == 0  # nothing to do
+    (migrated,) = read(out)
+    assert migrated["isometry_steps"] == "0" and migrated["jsv_pruned_mean"] == ""
+    with out.open(newline="") as f:
+        assert next(csv.reader(f)) == sweep.COLUMNS
+
+
+def test_protocol_hashes_scope_and_its_distribution_alike():
+    """Rows written while the configs said ``scope: global`` keep their protocol now they say
+    ``distribution: global``; another distribution, or isometry as a per-run axis, is told apart correctly."""
+    import sweep
+
+    def config(**prune):
+        return {"model": {}, "data": {}, "trainer": {"callbacks": [{"class_path": "lightning_synflow.PruneAtInit", "init_args": prune}]}}
+
+    assert sweep.protocol_of(config(scope="global")) == sweep.protocol_of(config(distribution="global"))
+    assert sweep.protocol_of(config(scope="layerwise")) == sweep.protocol_of(config(distribution="uniform"))
+    assert sweep.protocol_of(config(distribution="erk")) != sweep.protocol_of(config(distribution="global"))
+    assert sweep.protocol_of(config(isometry_steps=100)) == sweep.protocol_of(config())
+
+
 def test_sweep_extension_rule():
     import sweep
 
@@ -318,6 +368,28 @@ def test_plot_writes_png_with_reference(tmp_path, capsys):
     assert not any("(paper)" in label for label in fig.axes[1].get_legend_handles_labels()[1])
     only_fashion = plot_sweep.plot({("fashion-mnist", "lenet5-wide"): curves[("fashion-mnist", "lenet5-wide")]}, reference)
     assert len(only_fashion.axes) == 2
+
+
+def test_plot_draws_runs_with_isometry_steps_as_curves_of_their_own(tmp_path):
+    import plot_sweep
+    import sweep
+
+    rows = [dict(dataset="fashion-mnist", model="m", method="dense", log10_compression=0.0, seed=0, test_acc_final=0.9, protocol="p")]
+    for steps, acc in ((0, 0.1), (100, 0.8)):
+        rows += [dict(dataset="fashion-mnist", model="m", method="random", log10_compression=1.5, seed=0, isometry_steps=steps,
+                      test_acc_final=acc, protocol="p")]  # fmt: skip
+    rows += [dict(dataset="fashion-mnist", model="m", method="random", log10_compression=1.0, seed=0, test_acc_final=0.7, protocol="p")]
+    path = tmp_path / "sweep.csv"
+    write_rows(path, rows, sweep.COLUMNS)
+    curves = plot_sweep.sweep_curves(read(path))[("fashion-mnist", "m")]
+    assert curves["random"] == {1.0: (70.0, 70.0, 70.0, 1), 1.5: (10.0, 10.0, 10.0, 1)}
+    assert curves["random + AI"] == {1.5: (80.0, 80.0, 80.0, 1)}
+    assert set(plot_sweep.sweep_curves(read(path), isometry="without")[("fashion-mnist", "m")]) == {"dense", "random"}
+    assert set(plot_sweep.sweep_curves(read(path), isometry="with")[("fashion-mnist", "m")]) == {"dense", "random + AI"}
+    fig = plot_sweep.plot({("fashion-mnist", "m"): curves})
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert lines["Random + AI"].get_color() == lines["Random"].get_color() and lines["Random + AI"].get_linestyle() == ":"
+    assert "| Random + AI |" in plot_sweep.table({("fashion-mnist", "m"): curves})
 
 
 # ---------------------------------------------------------------------------------------------- configs

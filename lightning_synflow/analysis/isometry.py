@@ -44,6 +44,7 @@ class IsometryResult:
             f"{prefix}/penalty_before": self.before,
             f"{prefix}/penalty_after": self.after,
             f"{prefix}/steps": float(self.steps),
+            f"{prefix}/seconds": self.seconds,
         }
 
     def __str__(self) -> str:
