@@ -122,7 +122,7 @@ class Preset:
 
 
 PAPER_METHODS = ("synflow", "snip", "grasp", "magnitude", "random")  # Fig. 6's five
-ISOMETRY_STEPS = 1000  # approximate-isometry steps of the isometry study
+ISOMETRY_STEPS = 100  # approximate-isometry steps of the isometry study: the step sweep in docs/analysis.md
 PAPER_GRID = tuple(x / 4 for x in range(1, 13))  # 10^0.25 ... 10^3 (10^0 is the dense run)
 
 PRESETS: dict[str, Preset] = {

@@ -177,3 +177,17 @@ def test_synflow_authors_benchmark_quick(tmp_path):
     for r in rows[2:]:
         assert r["kept"] == round(total / 100) and r["not_in_reference"] == 0
     assert "authors' code cold / lightning_synflow cold: time" in stdout
+
+
+def test_isometry_cost_benchmark_quick(tmp_path):
+    out = tmp_path / "rows.json"
+    stdout = _run_benchmark("isometry_cost.py", "--quick", "--json", str(out))
+    (row,) = json.loads(out.read_text())
+    assert row["model"] == "resnet20" and row["steps"] == 2 and row["tensors"] == 22 and row["prunable"] == 270_896
+    # Two steps lower the penalty; a step costs at least its own forward; the call holds at least the masked
+    # copies of the weights and their gradients (2 x 4 bytes per weight), and not 64 copies.
+    assert row["penalty_after"] < row["penalty_before"]
+    assert row["step_s"] >= row["penalty_s"] > 0 and row["step_over_penalty"] == row["step_s"] / row["penalty_s"]
+    assert 2 * row["prunable_mb"] <= row["peak_mb"] < 64 * row["prunable_mb"]
+    cells = _table_row(stdout, "resnet20")
+    assert cells[3] == f"{row['step_s']:.3f}" and cells[5] == f"{row['step_over_penalty']:.2f}"

@@ -392,6 +392,34 @@ def test_plot_draws_runs_with_isometry_steps_as_curves_of_their_own(tmp_path):
     assert "| Random + AI |" in plot_sweep.table({("fashion-mnist", "m"): curves})
 
 
+def test_isometry_scatter_pairs_each_run_with_the_spectrum_it_trained_from(tmp_path):
+    """A run with isometry steps is placed at its after-isometry spectrum; one without at its after-pruning
+    spectrum, its own or, for rows written before those columns, its twin's (same method, compression, seed)."""
+    import plot_isometry
+
+    def row(method, seed, steps, acc, **jsv):
+        return {"protocol": "p", "method": method, "log10_compression": "2.0", "seed": str(seed), "isometry_steps": str(steps),
+                "test_acc_final": str(acc), **{f"jsv_{k}": str(v) for k, v in jsv.items()}}  # fmt: skip
+
+    stats = lambda stage, v: {f"{stage}_{s}": v for s in plot_isometry.STATS}  # noqa: E731
+    rows = [
+        row("random", 0, 0, 0.1),  # the study's old row: no spectrum of its own
+        row("random", 0, 100, 0.8, **stats("pruned", 1e-4), **stats("isometry", 0.5)),
+        row("synflow", 0, 0, 0.85, **stats("pruned", 0.2)),
+        row("snip", 1, 0, 0.5),  # no twin: left out
+        {"protocol": "p", "method": "dense", "log10_compression": "0", "seed": "0", "test_acc_final": "0.9"},
+    ]
+    pts = plot_isometry.points(rows)
+    assert [(p["method"], p["steps"], p["acc"], p["mean"]) for p in pts] == [
+        ("random", 0, 10.0, 1e-4), ("random", 100, 80.0, 0.5), ("synflow", 0, 85.0, 0.2)
+    ]  # fmt: skip
+    assert plot_isometry.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert plot_isometry.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert plot_isometry.spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(0.866, abs=1e-3)  # ties share their rank
+    fig = plot_isometry.scatter(pts)
+    assert [ax.get_title() for ax in fig.axes][0] == "mean: Spearman +0.50 (n=3)"  # accuracy ranks 1, 2, 3 against mean ranks 1, 3, 2
+
+
 # ---------------------------------------------------------------------------------------------- configs
 
 
