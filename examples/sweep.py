@@ -341,9 +341,11 @@ class SweepProbe(Callback):
         self._initial: dict[str, torch.Tensor] = {}
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        # Before any on_fit_start: the initial weights, from which the network "after pruning" is rebuilt when
-        # isometry steps have moved the kept ones since.
-        self._initial = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+        # Before any on_fit_start: where isometry steps will move the kept weights, the initial ones, from which
+        # the network "after pruning" is rebuilt for its spectrum. Without such steps it is the model as it is.
+        prune = next((c for c in trainer.callbacks if isinstance(c, PruneAtInit)), None)
+        if prune is not None and prune.isometry_steps:
+            self._initial = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         prune = next((c for c in trainer.callbacks if isinstance(c, PruneAtInit)), None)
@@ -373,23 +375,31 @@ class SweepProbe(Callback):
         if dataset is None or jacobian_singular_values is None:
             return {}
         params = dict(pl_module.named_parameters())
-        now = {n: p.detach().clone() for n, p in params.items()}
-        stages = {"pruned": self._initial, **({"isometry": now} if prune.isometry_steps else {})}
-        out = {}
-        with preserved_rng(pl_module.device), preserved_attributes(pl_module), torch.no_grad():
+        out: dict[str, str] = {}
+        with preserved_rng(pl_module.device), preserved_attributes(pl_module):
             # inside the isolation: a dataset that augments draws random numbers
             probe = torch.stack([dataset[i][0] for i in range(min(PROBE_EXAMPLES, len(dataset)))]).to(pl_module.device)
-            for stage, weights in stages.items():
-                for n, p in params.items():
-                    p.copy_(weights[n])
-                with torch.enable_grad():
-                    sv = jacobian_singular_values(pl_module, probe, masks=prune.masks)
+
+            def measure(stage: str) -> None:
+                sv = jacobian_singular_values(pl_module, probe, masks=prune.masks)
                 out.update({
                     f"jsv_{stage}_mean": f"{float(sv.mean()):.6g}", f"jsv_{stage}_min": f"{float(sv.min()):.6g}",
                     f"jsv_{stage}_max": f"{float(sv.max()):.6g}", f"jsv_{stage}_below_1e-3": f"{float((sv < 1e-3).double().mean()):.6g}",
                 })  # fmt: skip
-            for n, p in params.items():
-                p.copy_(now[n])
+
+            if not prune.isometry_steps:
+                measure("pruned")  # the weights as pruned: nothing has moved them
+                return out
+            measure("isometry")
+            moved = {n: params[n].detach().clone() for n in prune.masks}  # isometry moves only the masked tensors
+            with torch.no_grad():
+                for n in moved:
+                    params[n].copy_(self._initial[n])
+            measure("pruned")
+            with torch.no_grad():
+                for n, w in moved.items():
+                    params[n].copy_(w)
+        self._initial = {}
         return out
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -232,7 +232,10 @@ def compute_masks(
     shapes = {n: tuple(m.shape) for n, m in current.items()}
     rounds = _reachable(rounds, current, layers, shapes, scorer.monotone)
     context = _context(model, scorer, example_input, dataloader, loss_fn, num_batches, all_reduce)
-    sign = -1 if invert else 1
+
+    def ranked(scores: dict[str, Tensor]) -> dict[str, Tensor]:  # the ablation negates the ranking, nothing else
+        return {n: -s for n, s in scores.items()} if invert else scores
+
     bar = dict(desc=f"pruning ({scorer.name or type(scorer).__name__})", disable=not progress, leave=False)
     if scorer.monotone:
         # Pruned weights stay pruned: the living set narrows in place, costing in proportion to what lives.
@@ -242,13 +245,13 @@ def compute_masks(
             living = None if state is None else (LivingWeights(alive.masks, alive.pruned, alive.positions), state)
             scores = _score(model, scorer, alive.masks, context, living)
             budget = layers.budget(shapes, d, alive.alive_counts)
-            alive.update({n: sign * s for n, s in scores.items()} if invert else scores, budget, release=True)
+            alive.update(ranked(scores), budget, release=True)
         current = alive.masks
     else:
         # Every weight competes again each round (FORCE): fresh masks from all the scores.
         for d in tqdm(rounds, **bar):
             scores = _score(model, scorer, current, context)
-            current = select({n: sign * s for n, s in scores.items()}, layers.budget(shapes, d, None))
+            current = select(ranked(scores), layers.budget(shapes, d, None))
     current = shuffle_masks(current) if shuffle else current
     check_weight_norm(model, current)
     return current
