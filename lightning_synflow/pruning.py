@@ -21,6 +21,8 @@ from lightning_synflow.model_state import preserved_model_state
 from lightning_synflow.parameters import select_prunable, tied_names
 from lightning_synflow.distributions import Distribution, DistributionSpec, get_distribution
 from lightning_synflow.ranking import select
+from lightning_synflow.sharded_ranking import ProcessGroupCollectives, global_counts, select_sharded
+from lightning_synflow.sharding import block_of, blocks_of, check_shardable_masks, is_sharded, like, local
 from lightning_synflow.schedules import Schedule, num_kept, resolve_density
 from lightning_synflow.scorers.base import (
     ExampleInput,
@@ -29,9 +31,11 @@ from lightning_synflow.scorers.base import (
     LossFn,
     Scorer,
     ScoringContext,
+    available_scorers,
     cross_entropy_loss,
     get_scorer,
 )
+from lightning_synflow.scorers.in_place import check_all_sharded
 from lightning_synflow.validation import check_choice, check_int
 
 
@@ -52,7 +56,8 @@ def _initial_masks(
     (default: :func:`select_prunable`)."""
     if masks is not None:
         check_masks(model, masks)
-        return {n: m.contiguous() for n, m in masks.items()}
+        check_shardable_masks(model, masks)
+        return {n: like(m, local(m).contiguous()) for n, m in masks.items()}
     names = select_prunable(model) if parameters is None else list(parameters)
     if not names:
         raise ValueError(
@@ -75,9 +80,10 @@ def _initial_masks(
             f"{type(model).__name__} has uninitialised (lazy) parameters {lazy}: run one forward pass before"
             f" pruning so that their shapes are known"
         )
+    blocks_of(model, names)  # a sharded parameter's layout is checked before any work
     # Masks are laid out contiguously whatever the parameter's memory format (channels-last): positions in
-    # them are logical flat indices.
-    return {n: torch.ones(params[n].shape, dtype=torch.bool, device=params[n].device) for n in names}
+    # them are logical flat indices. A sharded parameter's mask is sharded as it is.
+    return {n: like(params[n], torch.ones(local(params[n]).shape, dtype=torch.bool, device=params[n].device)) for n in names}
 
 
 def _score(
@@ -86,9 +92,11 @@ def _score(
     masks: Mapping[str, Tensor],
     context: ScoringContext,
     incremental: Optional[tuple[LivingWeights, Any]] = None,
+    all_reduce: Callable[[Tensor], Tensor] = lambda t: t,
 ) -> dict[str, Tensor]:
     """One round's scores: ``scorer.score``, or ``score_round`` on ``(living weights, state)`` for an
-    :class:`IncrementalScorer`; checked to cover every tensor of ``masks`` and to be finite."""
+    :class:`IncrementalScorer`; checked to cover every tensor of ``masks`` and to be finite (on every rank's
+    shards, through ``all_reduce``, when they are sharded)."""
     with preserved_model_state(model):
         if incremental is None:
             scores = scorer.score(model, masks, context)
@@ -100,8 +108,10 @@ def _score(
     # A NaN or inf anywhere makes the sum non-finite; only then look closer (large finite scores can overflow
     # a sum). An element-wise check of every score would cost more than a SynFlow round's bookkeeping.
     bad = [] if scorer.checks_finite else [
-        n for n in masks if not torch.isfinite(scores[n].sum()) and not torch.isfinite(scores[n]).all()
+        n for n in masks if not torch.isfinite(local(scores[n]).sum()) and not torch.isfinite(local(scores[n])).all()
     ]
+    if not scorer.checks_finite and int(all_reduce(torch.tensor([len(bad)]))[0]) and not bad:
+        raise FloatingPointError(f"scorer {scorer!r} produced non-finite scores on another rank")
     if bad:
         raise FloatingPointError(f"scorer {scorer!r} produced non-finite scores for {bad}")
     return {n: scores[n] for n in masks}
@@ -229,6 +239,9 @@ def compute_masks(
     layers = resolve_distribution(scorer, distribution, scope, density)
     rounds = scorer.densities(density, scorer.default_iterations if iterations is None else iterations, schedule)
     current = _initial_masks(model, parameters, masks)
+    sharded = any(is_sharded(m) for m in current.values())
+    if sharded:
+        _check_sharded(scorer, shuffle, current, model)
     shapes = {n: tuple(m.shape) for n, m in current.items()}
     rounds = _reachable(rounds, current, layers, shapes, scorer.monotone)
     context = _context(model, scorer, example_input, dataloader, loss_fn, num_batches, all_reduce)
@@ -237,6 +250,8 @@ def compute_masks(
         return {n: -s for n, s in scores.items()} if invert else scores
 
     bar = dict(desc=f"pruning ({scorer.name or type(scorer).__name__})", disable=not progress, leave=False)
+    if sharded:
+        return _prune_sharded(model, scorer, current, tqdm(rounds, **bar), layers, context, ranked)
     if scorer.monotone:
         # Pruned weights stay pruned: the living set narrows in place, costing in proportion to what lives.
         alive = AliveSet(current, copy=masks is not None)
@@ -255,6 +270,48 @@ def compute_masks(
     current = shuffle_masks(current) if shuffle else current
     check_weight_norm(model, current)
     return current
+
+
+def _check_sharded(scorer: Scorer, shuffle: bool, masks: Mapping[str, Tensor], model: nn.Module) -> None:
+    """Raise, before any work, for what a sharded model cannot be pruned with."""
+    if not scorer.supports_sharding:
+        raise ValueError(
+            f"scorer {scorer!r} cannot score a sharded model (DTensor parameters); scorers that can:"
+            f" {[n for n in available_scorers() if get_scorer(n).supports_sharding]}"
+        )
+    if shuffle:
+        raise ValueError("`shuffle` moves kept positions within whole tensors, which a sharded model never holds; got shuffle=True")
+    if scorer.needs_data:
+        check_all_sharded(model, masks, scorer.name)
+
+
+def _prune_sharded(
+    model: nn.Module,
+    scorer: Scorer,
+    masks: dict[str, Tensor],
+    rounds: Iterable[float],
+    layers: Distribution,
+    context: ScoringContext,
+    ranked: Callable[[dict[str, Tensor]], dict[str, Tensor]],
+) -> dict[str, Tensor]:
+    """The loop on a sharded model: each rank scores its shards, and all keep their parts of one exact
+    selection over the full tensors (:func:`~lightning_synflow.sharded_ranking.select_sharded`), so that no
+    rank holds a whole tensor of weights, scores or masks. Masks are DTensors laid out as the parameters."""
+    names = list(masks)
+    params = dict(model.named_parameters())
+    blocks = blocks_of(model, names)
+    collectives = ProcessGroupCollectives()
+    shapes = {n: tuple(m.shape) for n, m in masks.items()}
+    pieces = {n: local(m) for n, m in masks.items()}
+    for d in rounds:
+        current = {n: like(params[n], pieces[n]) for n in names}
+        scores = {n: local(s) for n, s in _score(model, scorer, current, context, all_reduce=collectives.sum).items()}
+        alive = None
+        if scorer.monotone:
+            alive = dict(zip(names, global_counts([pieces[n] for n in names], [blocks[n] for n in names], collectives)))
+        budget = layers.budget(shapes, d, alive)
+        pieces = select_sharded(ranked(scores), budget, blocks, collectives, pieces if scorer.monotone else None)
+    return {n: like(params[n], pieces[n]) for n in names}
 
 
 def resolve_distribution(
@@ -297,10 +354,19 @@ def _reachable(
         )
     if not monotone:
         return rounds
-    kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
+    kept = _count_kept(masks)
     if kept < num_kept(rounds[-1], total):
         raise ValueError(f"the given `masks` keep {kept} weights, fewer than the {num_kept(rounds[-1], total)} requested")
     return [min(d, kept / total) for d in rounds]
+
+
+def _count_kept(masks: Mapping[str, Tensor]) -> int:
+    """The masks' kept weights, over all ranks where they are sharded (each replica once)."""
+    if not any(is_sharded(m) for m in masks.values()):
+        return sum(int(torch.count_nonzero(m)) for m in masks.values())
+    names = list(masks)
+    blocks = [block_of(n, m) for n, m in masks.items()]
+    return sum(global_counts([local(masks[n]) for n in names], blocks, ProcessGroupCollectives()))
 
 
 #: The deprecated ``scope`` values and the distributions they now are.

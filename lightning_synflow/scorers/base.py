@@ -88,6 +88,9 @@ class Scorer(ABC):
     #: Layer budgets the scorer stands for, used when the caller gives no ``distribution`` (the random
     #: baselines ``"erk"`` and ``"uniform"``); ``None``: the caller's, ``"global"`` by default.
     distribution: Optional[Distribution] = None
+    #: Scores a sharded model (DTensor parameters of FSDP2 / tensor parallelism) on its local shards. Scorers
+    #: that run the model through ``functional_call`` on whole tensors (GraSP, NTK-SAP) do not.
+    supports_sharding: ClassVar[bool] = False
 
     @abstractmethod
     def score(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:

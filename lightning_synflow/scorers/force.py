@@ -46,13 +46,14 @@ class IterSNIP(Scorer):
 
     default_iterations = 60
     needs_data = True
+    supports_sharding = True
 
     def __init__(self, mode: Mode = "train") -> None:
         self.mode = check_mode(mode)
 
     def score(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:
         weights, grads = loss_gradients(model, masks, context, self.mode)
-        return {n: (weights[n] * grads[n]).abs() for n in masks}
+        return {n: weights[n].mul_(grads.pop(n)).abs_() for n in masks}  # in place: w is a copy
 
 
 @register_scorer("force")
@@ -71,6 +72,7 @@ class FORCE(Scorer):
     default_iterations = 60
     monotone = False
     needs_data = True
+    supports_sharding = True
 
     def __init__(self, mode: Mode = "train") -> None:
         self.mode = check_mode(mode)
@@ -78,4 +80,4 @@ class FORCE(Scorer):
     def score(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:
         _, grads = loss_gradients(model, masks, context, self.mode)
         params = dict(model.named_parameters())
-        return {n: (params[n].detach() * grads[n]).abs() for n in masks}
+        return {n: grads[n].mul_(params[n].detach()).abs_() for n in masks}

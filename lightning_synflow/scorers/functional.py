@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lightning_synflow.scorers.base import LossFn, ScoringContext
+from lightning_synflow.scorers.in_place import is_sharded_model, masked_loss_gradients, preserved_buffers
 from lightning_synflow.validation import check_choice
 
 Mode = Literal["train", "eval"]
@@ -61,10 +62,14 @@ def batch_loss(model: nn.Module, state: Mapping[str, Tensor], batch: Any, contex
 def loss_gradients(
     model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext, mode: Mode
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """``(w, g)``: the masked weights ``w = θ ⊙ c`` and ``g = Σ_batches ∂L/∂w``, summed over all ranks."""
+    """``(w, g)``: the masked weights ``w = θ ⊙ c`` and ``g = Σ_batches ∂L/∂w``, summed over all ranks (on a
+    sharded model, DTensors laid out as its parameters)."""
     if not context.batches:
         raise ValueError("this scorer needs data: pass a `dataloader` (the callback uses the training data)")
     model.train(mode == "train")
+    if is_sharded_model(masks):  # FSDP2 sums the gradients over the ranks itself
+        with preserved_buffers(model):
+            return masked_loss_gradients(model, masks, context.batches, context.loss_fn)
     state = masked_state(model, masks)
     weights = {n: state[n] for n in masks}
     grads = {n: torch.zeros_like(w) for n, w in weights.items()}

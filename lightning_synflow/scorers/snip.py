@@ -22,10 +22,11 @@ class SNIP(Scorer):
     """
 
     needs_data = True
+    supports_sharding = True
 
     def __init__(self, mode: Mode = "eval") -> None:
         self.mode = check_mode(mode)
 
     def score(self, model: nn.Module, masks: Mapping[str, Tensor], context: ScoringContext) -> dict[str, Tensor]:
         weights, grads = loss_gradients(model, masks, context, self.mode)
-        return {n: (weights[n] * grads[n]).abs() for n in masks}
+        return {n: weights[n].mul_(grads.pop(n)).abs_() for n in masks}  # in place: w is a copy

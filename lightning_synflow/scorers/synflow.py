@@ -45,6 +45,8 @@ from lightning_synflow.scorers.base import (
     ScoringContext,
     register_scorer,
 )
+from lightning_synflow.scorers.in_place import is_sharded_model, overwritten
+from lightning_synflow.sharding import is_sharded, like, local
 from lightning_synflow.validation import check_choice
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -148,6 +150,7 @@ class SynFlow(IncrementalScorer[Linearised]):
     default_iterations = 100
     needs_input = True
     checks_finite = True
+    supports_sharding = True
 
     def __init__(self, dtype: Literal["float32", "float64"] = "float32") -> None:
         self.dtype = check_choice("dtype", dtype, list(_DTYPES), owner="SynFlow")
@@ -161,6 +164,8 @@ class SynFlow(IncrementalScorer[Linearised]):
         self, model: nn.Module, living: LivingWeights, state: Linearised, context: ScoringContext
     ) -> dict[str, Tensor]:
         model.eval()
+        if is_sharded_model(living.masks):
+            return _sharded_scores(model, living.masks, context.example_input, state.dtype)
         while True:
             _refresh(model, living, state)
             scores = _scores(model, state.tensors, living.masks, context.example_input, living.positions)
@@ -267,3 +272,55 @@ def _scores(
         if name not in scores:
             scores[name] = w.new_zeros(w.shape, requires_grad=False) if alive is None else gathered[name].zero_()
     return {name: scores[name] for name in masks}
+
+
+def _sharded_scores(
+    model: nn.Module, masks: Mapping[str, Tensor], example_input: ExampleInput, dtype: torch.dtype
+) -> dict[str, Tensor]:
+    """SynFlow on a sharded model: its own parameters' local shards (and normalisation buffers) hold the
+    linearised network for one pass, FSDP2 gathering layer by layer as in training; scores are DTensors laid
+    out as the parameters. Scoring runs in the parameters' dtype, which must be the scorer's."""
+    params = dict(model.named_parameters())
+    wrong = sorted({str(p.dtype) for p in params.values() if p.is_floating_point() and p.dtype != dtype})
+    if wrong:
+        raise ValueError(
+            f"SynFlow(dtype={str(dtype).removeprefix('torch.')!r}) scores a sharded model in its parameters' dtype,"
+            f" which is {wrong}: pass SynFlow(dtype=...) matching the parameters"
+        )
+    norms = _normalisation_buffers(model)
+    linearised = [local(p) for p in params.values()] + [b for n, b in model.named_buffers() if n in norms]
+    prunable = [params[n] for n in masks]
+    for p in model.parameters():
+        p.grad = None
+    with overwritten(linearised):
+        with torch.no_grad():
+            for t in linearised:
+                t.abs_()
+            for p, m in zip(prunable, masks.values()):
+                local(p).mul_(local(m))
+        for p in prunable:
+            p.requires_grad_(True)
+        inputs = all_ones_input(example_input, dtype)
+        args, kwargs = ((), inputs) if isinstance(inputs, Mapping) else (inputs if isinstance(inputs, tuple) else (inputs,), {})
+        with _one_hot_tokens(model, (*args, *kwargs.values())):
+            outputs = model(*args, **kwargs)
+        R = sum(t.sum() for t in tree_leaves(outputs) if isinstance(t, Tensor) and t.is_floating_point())
+        if not isinstance(R, Tensor):
+            raise TypeError(f"{type(model).__name__} returned no floating tensor, so SynFlow has no R to differentiate")
+        if is_sharded(R):
+            R = R.full_tensor()  # a scalar
+        r = float(R.detach())
+        if not math.isfinite(r):
+            raise FloatingPointError(
+                f"SynFlow's R overflowed {dtype} on {type(model).__name__}; a sharded model is scored in its"
+                f" parameters' dtype: build it in float64 to prune it with SynFlow(dtype='float64')"
+            )
+        scale = 2.0 ** -math.frexp(r)[1] if r else 1.0
+        R.backward(torch.tensor(scale, dtype=R.dtype, device=R.device))
+        scores = {
+            n: like(p, local(p.grad).abs_().mul_(local(p).detach()) if p.grad is not None else torch.zeros_like(local(p)))
+            for n, p in zip(masks, prunable)
+        }
+    for p in prunable:
+        p.grad = None
+    return scores

@@ -1,0 +1,249 @@
+"""Exact-count selection over scores that are sharded across processes, without gathering them.
+
+The result is :func:`~lightning_synflow.ranking.select`'s on the full tensors: exactly ``k`` kept, ties to the
+earlier tensor and then the lower flat index *of the full tensor*. Each rank holds a block of each tensor
+(:class:`~lightning_synflow.sharding.Block`); a replicated block is counted once, by its owner.
+
+How: all ranks agree on one cutoff, the last weight dropped in the order (score up, tensor down, full
+position down), and each keeps its own weights beyond it. To find it, a band ``[lo, hi]`` known to hold the
+cutoff narrows: brackets come from a sample of the band's scores gathered from every rank, and counts of
+the weights below and within them are all-reduced. Once the band holds at most :data:`EXCHANGE_LIMIT`
+weights, just those are gathered (score, tensor, full position) and ranked. A band that is one tied score
+(zeros, say) is resolved by position with counts alone. Samples decide only how fast the band narrows,
+never which weights are kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Optional, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from lightning_synflow.distributions import Budget
+from lightning_synflow.ranking import _bracket, budget_groups, compress, true_positions
+from lightning_synflow.sharding import Block
+
+#: Scores sampled per narrowing step, over all ranks.
+SAMPLE_SIZE = 1 << 14
+#: Weights in the band when it is gathered and ranked outright (values and positions: 1.5 MiB at float32).
+EXCHANGE_LIMIT = 1 << 16
+
+
+class Collectives(Protocol):
+    """The two collectives the selection needs; every rank calls them in the same order."""
+
+    def sum(self, t: Tensor) -> Tensor:
+        """Element-wise sum of ``t`` over all ranks."""
+
+    def gather(self, t: Tensor) -> Tensor:
+        """The 1-D ``t`` of every rank (any lengths), concatenated in rank order."""
+
+
+class ProcessGroupCollectives:
+    """:class:`Collectives` over a ``torch.distributed`` process group (the default one if None)."""
+
+    def __init__(self, group: Optional[dist.ProcessGroup] = None) -> None:
+        self.group = group
+
+    def sum(self, t: Tensor) -> Tensor:
+        t = t.clone()
+        dist.all_reduce(t, group=self.group)
+        return t
+
+    def gather(self, t: Tensor) -> Tensor:
+        world = dist.get_world_size(self.group)
+        size = torch.tensor([t.numel()], device=t.device)
+        sizes = [torch.empty_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size, group=self.group)
+        longest = int(max(sizes))
+        padded = t.new_zeros(longest)
+        padded[: t.numel()] = t
+        parts = [t.new_empty(longest) for _ in range(world)]
+        dist.all_gather(parts, padded, group=self.group)
+        return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
+
+
+def select_sharded(
+    scores: Mapping[str, Tensor],
+    budget: Budget,
+    blocks: Mapping[str, Block],
+    collectives: Collectives,
+    candidates: Optional[Mapping[str, Tensor]] = None,
+) -> dict[str, Tensor]:
+    """This rank's masks (shaped like its local ``scores``) keeping, within each ranking of ``budget``, exactly
+    its count of the highest scores among ``candidates`` (every weight if None) over all ranks."""
+    names = list(scores)
+    masks: dict[str, Tensor] = {}
+    for ids, k in budget_groups(names, budget):
+        group = [names[i] for i in ids]
+        cands = [None if candidates is None else candidates[n].reshape(-1) for n in group]
+        kept = _keep([scores[n].reshape(-1) for n in group], cands, [blocks[n] for n in group], k, collectives)
+        masks.update({n: m.view(scores[n].shape) for n, m in zip(group, kept)})
+    return {n: masks[n] for n in names}
+
+
+def global_counts(
+    masks: Sequence[Tensor], blocks: Sequence[Block], collectives: Collectives
+) -> list[int]:
+    """Per tensor, the ``True`` entries of the sharded ``masks`` over all ranks (each replica once)."""
+    local = [int(torch.count_nonzero(m)) if b.owner else 0 for m, b in zip(masks, blocks)]
+    device = masks[0].device if masks else None
+    return collectives.sum(torch.tensor(local, dtype=torch.int64, device=device)).tolist()
+
+
+def _keep(
+    flats: list[Tensor], cands: list[Optional[Tensor]], blocks: list[Block], k: int, collectives: Collectives
+) -> list[Tensor]:
+    dtype = flats[0].dtype
+    for f in flats[1:]:
+        dtype = torch.promote_types(dtype, f.dtype)
+    flats = [f.to(dtype) for f in flats]
+    owned = [b.owner for b in blocks]
+    local = [(f.numel() if c is None else int(torch.count_nonzero(c))) if o else 0 for f, c, o in zip(flats, cands, owned)]
+    n = int(collectives.sum(torch.tensor(local, dtype=torch.int64, device=flats[0].device)).sum())
+    if not 0 <= k <= n:
+        raise ValueError(f"cannot keep {k} of {n} candidate weights")
+    if k == n:
+        return [torch.ones_like(f, dtype=torch.bool) if c is None else c.clone() for f, c in zip(flats, cands)]
+    if k == 0:
+        return [torch.zeros_like(f, dtype=torch.bool) for f in flats]
+    value, tensor, position = _Cutoff(flats, cands, blocks, collectives).find(n - k, n)
+    kept = []
+    for i, (f, c, b) in enumerate(zip(flats, cands, blocks)):
+        if i < tensor:  # ties with the cutoff come before it in the order: kept
+            keep = f >= value
+        else:
+            keep = f > value
+            if i == tensor:  # ties at a lower full position than the cutoff's are kept
+                first = b.first_at_or_after(position)
+                keep[:first] |= f[:first] == value
+        kept.append(keep if c is None else keep.logical_and_(c))
+    return kept
+
+
+class _Cutoff:
+    """The ``m``-th weight in the order (score up, tensor down, full position down) over all ranks."""
+
+    def __init__(
+        self, flats: list[Tensor], cands: list[Optional[Tensor]], blocks: list[Block], collectives: Collectives
+    ) -> None:
+        self.flats, self.cands, self.blocks, self.collectives = flats, cands, blocks, collectives
+        self.device = flats[0].device
+        self.generator = torch.Generator(device=self.device).manual_seed(0)
+
+    def find(self, m: int, n: int) -> tuple[Tensor, int, int]:
+        dtype = self.flats[0].dtype
+        lo = torch.tensor(-math.inf, dtype=dtype, device=self.device)
+        hi = torch.tensor(math.inf, dtype=dtype, device=self.device)
+        rank, total = m, n  # the cutoff is the rank-th of the `total` weights in [lo, hi]
+        while total > EXCHANGE_LIMIT:
+            if bool(lo == hi):
+                return lo, *self._tie(lo, rank)
+            sample = self._sample(lo, hi, total).sort().values
+            inner, outer = (_bracket(sample, rank / total, slack, True) for slack in (-4.0, 4.0))
+            new_lo = lo if inner is None else torch.maximum(lo, inner)
+            new_hi = hi if outer is None else torch.minimum(hi, outer)
+            below, within = self._count(lo, hi, new_lo, new_hi)
+            if below < rank <= within and within - below < total:
+                lo, hi, rank, total = new_lo, new_hi, rank - below, within - below
+                continue
+            # The sample misled (or cannot split the band): halve the band at the sample's median.
+            pivot = sample[sample.numel() // 2]
+            below, within = self._count(lo, hi, pivot, pivot)
+            if rank <= below:
+                hi, total = torch.nextafter(pivot, lo.new_tensor(-math.inf)), below
+            elif rank > within:
+                lo, rank, total = torch.nextafter(pivot, hi.new_tensor(math.inf)), rank - within, total - within
+            else:
+                lo, hi, rank, total = pivot, pivot, rank - below, within - below
+        return self._exchange(lo, hi, rank)
+
+    def _band(self, i: int, lo: Tensor, hi: Tensor) -> Optional[Tensor]:
+        """Tensor ``i``'s candidates in ``[lo, hi]`` that this rank counts; None if it counts none."""
+        if not self.blocks[i].owner:
+            return None
+        f, c = self.flats[i], self.cands[i]
+        band = (f >= lo).logical_and_(f <= hi)
+        return band if c is None else band.logical_and_(c)
+
+    def _count(self, lo: Tensor, hi: Tensor, new_lo: Tensor, new_hi: Tensor) -> tuple[int, int]:
+        """Over all ranks, the band's weights below ``new_lo`` and those up to ``new_hi``."""
+        counts = torch.zeros(2, dtype=torch.int64, device=self.device)
+        for i, f in enumerate(self.flats):
+            band = self._band(i, lo, hi)
+            if band is not None:
+                counts[0] += torch.count_nonzero(band & (f < new_lo))
+                counts[1] += torch.count_nonzero(band.logical_and_(f <= new_hi))
+        below, within = self.collectives.sum(counts).tolist()
+        return below, within
+
+    def _sample(self, lo: Tensor, hi: Tensor, total: int) -> Tensor:
+        """About :data:`SAMPLE_SIZE` scores of the band drawn in proportion from every rank, gathered."""
+        parts = []
+        for i, f in enumerate(self.flats):
+            band = self._band(i, lo, hi)
+            count = 0 if band is None else int(torch.count_nonzero(band))
+            if not count:
+                continue
+            size = min(count, math.ceil(SAMPLE_SIZE * count / total))
+            if 8 * count >= f.numel():  # a wide band: draw positions over the tensor, keep those in the band
+                at = torch.randint(f.numel(), (math.ceil(size * f.numel() / count),), generator=self.generator, device=self.device)
+                parts.append(f.index_select(0, at).masked_select(band.index_select(0, at)))
+            else:  # a narrow one: draw among its values
+                values = compress(f, band)
+                parts.append(values.index_select(0, torch.randint(count, (size,), generator=self.generator, device=self.device)))
+        local = torch.cat(parts) if parts else self.flats[0].new_empty(0)
+        return self.collectives.gather(local)
+
+    def _exchange(self, lo: Tensor, hi: Tensor, rank: int) -> tuple[Tensor, int, int]:
+        """Gather the band's weights from every rank and take the rank-th in the order."""
+        values, tensors, positions = [], [], []
+        for i, f in enumerate(self.flats):
+            band = self._band(i, lo, hi)
+            if band is None:
+                continue
+            at = true_positions(band).to(self.device)
+            values.append(f.index_select(0, at.long()))
+            tensors.append(torch.full((at.numel(),), i, dtype=torch.int64, device=self.device))
+            positions.append(self.blocks[i].global_positions(at))
+        empty = self.flats[0].new_empty(0)
+        values_all = self.collectives.gather(torch.cat(values) if values else empty)
+        tensors_all = self.collectives.gather(torch.cat(tensors) if tensors else empty.long())
+        positions_all = self.collectives.gather(torch.cat(positions) if positions else empty.long())
+        order = np.lexsort((-positions_all.cpu().numpy(), -tensors_all.cpu().numpy(), values_all.cpu().double().numpy()))
+        chosen = int(order[rank - 1])
+        return values_all[chosen], int(tensors_all[chosen]), int(positions_all[chosen])
+
+    def _tie(self, value: Tensor, rank: int) -> tuple[int, int]:
+        """Of the weights scoring exactly ``value``, the tensor and full position of the rank-th in the order
+        (later tensors first, then higher positions): counts per tensor, then a bisection on the position."""
+        ties = [None] * len(self.flats)
+        for i, f in enumerate(self.flats):
+            if self.blocks[i].owner:
+                eq = f == value
+                ties[i] = eq if self.cands[i] is None else eq.logical_and_(self.cands[i])
+        local = [0 if t is None else int(torch.count_nonzero(t)) for t in ties]
+        counts = self.collectives.sum(torch.tensor(local, dtype=torch.int64, device=self.device)).tolist()
+        tensor = len(counts) - 1
+        while rank > counts[tensor]:
+            rank -= counts[tensor]
+            tensor -= 1
+        mine, block = ties[tensor], self.blocks[tensor]
+
+        def at_or_after(position: int) -> int:  # ties of `tensor` at full positions >= position, over all ranks
+            count = 0 if mine is None else int(torch.count_nonzero(mine[block.first_at_or_after(position):]))
+            return int(self.collectives.sum(torch.tensor([count], dtype=torch.int64, device=self.device))[0])
+
+        lo, hi = 0, block.numel - 1  # the largest position p with at_or_after(p) >= rank
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if at_or_after(mid) >= rank:
+                lo = mid
+            else:
+                hi = mid - 1
+        return tensor, lo

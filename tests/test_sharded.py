@@ -1,0 +1,69 @@
+"""Pruning a sharded model (FSDP2, tensor parallel) over 2 gloo processes equals pruning it in one process.
+
+The processes run tests/scripts/sharded_prune.py (process groups are never started inside pytest); this
+file prunes the same initial model in one process and compares. FSDP2: each rank scores its own batches,
+so the one-process run scores their union. Tensor parallel: both ranks score the same batch.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+import sharded_prune  # noqa: E402
+
+from lightning_synflow import compute_masks  # noqa: E402
+
+SCRIPT = Path(__file__).parent / "scripts" / "sharded_prune.py"
+
+
+@pytest.fixture(scope="module", params=["fsdp", "tp"])
+def run(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), request.param], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return request.param, [torch.load(out / f"{request.param}-rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_parameters_are_sharded_as_the_strategy_says(run):
+    mode, ranks = run
+    placements = {n: p for n, (_, p) in ranks[0]["params"].items() if n.endswith("weight")}
+    if mode == "fsdp":
+        assert set(placements.values()) == {"(Shard(dim=0),)"}
+    else:
+        assert placements == {"0.weight": "(Shard(dim=0),)", "2.weight": "(Shard(dim=1),)",
+                              "4.weight": "(Shard(dim=0),)", "6.weight": "(Shard(dim=1),)"}
+
+
+@pytest.mark.parametrize("case", list(sharded_prune.CASES))
+def test_masks_equal_one_process_and_are_laid_out_as_the_parameters(run, case):
+    mode, ranks = run
+    args = sharded_prune.CASES[case]
+    model = sharded_prune.build(mode)
+    model.load_state_dict(ranks[0]["init"])
+    batches = ranks[0]["batches"] + (ranks[1]["batches"] if mode == "fsdp" else [])
+    kwargs = {k: v for k, v in args.items() if k != "scorer"}
+    expected = compute_masks(model, sharded_prune.scorer_of(args, mode), sparsity=sharded_prune.SPARSITY,
+                             example_input=ranks[0]["example"], dataloader=batches, num_batches=len(batches), **kwargs)
+    for rank in ranks:
+        got = rank["masks"][case]
+        assert list(got) == list(expected)
+        for name in expected:
+            assert torch.equal(got[name], expected[name]), (case, name)
+        assert rank["layouts"][case] == {n: rank["params"][n] for n in expected}
+    total = sum(m.numel() for m in expected.values())
+    if kwargs.get("distribution", "global") == "global":
+        assert sum(int(m.sum()) for m in ranks[0]["masks"][case].values()) == round((1 - sharded_prune.SPARSITY) * total)
+
+
+def test_scoring_leaves_weights_and_buffers_as_they_were(run):
+    _, ranks = run
+    for rank in ranks:
+        for name, value in rank["init"].items():
+            assert torch.equal(rank["state_after"][name], value), name
