@@ -12,6 +12,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import torch
@@ -30,9 +31,11 @@ from lightning_synflow.distributions import Distribution
 from lightning_synflow.pruning import compute_masks, resolve_distribution
 from lightning_synflow.report import SparsityReport, sparsity_report
 from lightning_synflow.schedules import Schedule, density_schedule, resolve_density
-from lightning_synflow.scorers.base import Scorer, get_scorer
+from lightning_synflow.scorers.base import Scorer, available_scorers, get_scorer
 from lightning_synflow.spawn import carry_state_back
-from lightning_synflow.strategies import check_strategy
+from lightning_synflow.sharded_checkpoint import from_full_packed, full_packed, load_masks_beside, save_masks_beside
+from lightning_synflow.sharding import is_sharded
+from lightning_synflow.strategies import check_strategy, is_sharded_strategy
 from lightning_synflow.trainer_data import example_input, setup_training_data, training_batches, training_step_loss
 from lightning_synflow.validation import check_bool, check_int, check_number, check_shape
 
@@ -139,6 +142,8 @@ class PruneAtInit(Callback):
         self._hooks: list[Any] = []
         self._owner: Optional[weakref.ref[LightningModule]] = None  # the model the masks were computed for
         self._restored: Optional[dict[str, Any]] = None  # a checkpoint's state, until on_fit_start adopts it
+        self._distributed_checkpoints = False  # a sharded strategy saves distributed checkpoints
+        self._start_at_train_start = False  # a checkpoint this fit resumes would be restored after on_fit_start
 
     @property
     def masks(self) -> Optional[dict[str, Tensor]]:
@@ -149,10 +154,30 @@ class PruneAtInit(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         check_strategy(trainer.strategy)
+        if is_sharded_strategy(trainer.strategy):
+            self._check_sharded(trainer)
+            self._distributed_checkpoints = bool(trainer.strategy._save_distributed_checkpoint)
+            trainer.strategy._lightning_synflow_pruner = self
+            _save_masks_beside_checkpoints(trainer.strategy)
         if self._legacy_diagnostics is not None and self._legacy_diagnostics not in trainer.callbacks:
             trainer.callbacks.append(self._legacy_diagnostics)  # its own hooks run from here on, this one's too
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.strategy.restore_checkpoint_after_setup:
+            # ModelParallelStrategy restores a checkpoint (weights, optimizer, this callback's masks) after
+            # on_fit_start, and says whether there is one only then: start at train start instead, before the
+            # first step, rather than prune what a checkpoint is about to replace.
+            self._start_at_train_start = True
+            return
+        self._start(trainer, pl_module)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._start_at_train_start:
+            self._start_at_train_start = False
+            self._start(trainer, pl_module)
+
+    def _start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Prune (or take up the masks to keep), apply the masks and hook them to every optimizer step."""
         masks, origin = self._masks_to_keep(trainer, pl_module)
         fresh = masks is None
         observers = [cb for cb in trainer.callbacks if isinstance(cb, PruningDiagnostics)] if fresh else []
@@ -190,10 +215,28 @@ class PruneAtInit(Callback):
             start = time.perf_counter()
             masks = self._score(trainer, pl_module)
             seconds = time.perf_counter() - start
-        masks = broadcast_masks(masks, device=trainer.strategy.root_device)  # bit-packed, through the process group
+        if not is_sharded_strategy(trainer.strategy):  # sharded: every rank holds its own part of the masks
+            masks = broadcast_masks(masks, device=trainer.strategy.root_device)  # bit-packed, through the process group
         if self.reinit:
             self._reinitialize(trainer, pl_module)
         return masks, seconds
+
+    def _check_sharded(self, trainer: Trainer) -> None:
+        """Under a sharded strategy, refuse before any work what needs whole tensors on one process."""
+        refused = {"isometry_steps": self.isometry_steps, "reinit": self.reinit, "shuffle": self.shuffle}
+        given = {k: v for k, v in refused.items() if v}
+        if given:
+            raise ValueError(
+                f"PruneAtInit({', '.join(f'{k}={v!r}' for k, v in given.items())}) needs whole tensors on one process,"
+                f" which {type(trainer.strategy).__name__} never holds; leave {' and '.join(given)} at"
+                f" {', '.join(repr(type(v)()) for v in given.values())} to prune a sharded model"
+            )
+        if not self.scorer.supports_sharding:
+            raise ValueError(
+                f"PruneAtInit(scorer={self.scorer!r}) cannot score a sharded model under"
+                f" {type(trainer.strategy).__name__}; scorers that can: "
+                f"{[n for n in available_scorers() if get_scorer(n).supports_sharding]}"
+            )
 
     def _reads_training_data(self, pl_module: LightningModule) -> bool:
         """Scoring will draw training batches (for data, or for the input shape)."""
@@ -215,7 +258,7 @@ class PruneAtInit(Callback):
         restored, self._restored = self._restored, None
         if restored is not None:
             self._warn_if_arguments_differ(restored)
-            return dict(restored["masks"]), "restored from the checkpoint"
+            return self._restored_masks(trainer, pl_module, restored), "restored from the checkpoint"
         if self._masks is not None and self._owner is not None and self._owner() is pl_module:
             return self._masks, "of this model's previous fit"
         if self._masks is not None:
@@ -226,6 +269,16 @@ class PruneAtInit(Callback):
                 f" restored (trained ones, if it was saved during training) are pruned now"
             )
         return None, "scored now"
+
+    @staticmethod
+    def _restored_masks(trainer: Trainer, pl_module: LightningModule, restored: Mapping[str, Any]) -> dict[str, Tensor]:
+        """A checkpoint's masks, laid out as the model's parameters: as saved (one process, DDP), or, for a
+        sharded model, each rank unpacking its own block (:mod:`lightning_synflow.sharded_checkpoint`)."""
+        if "masks" in restored:
+            return dict(restored["masks"])
+        if "packed_masks" in restored:
+            return from_full_packed(pl_module, restored["packed_masks"])
+        return load_masks_beside(pl_module, list(restored["masks_beside"]), Path(trainer.ckpt_path))
 
     def _warn_if_arguments_differ(self, restored: Mapping[str, Any]) -> None:
         own = self._settings()
@@ -264,12 +317,27 @@ class PruneAtInit(Callback):
         }
 
     def state_dict(self) -> dict[str, Any]:
+        """The masks and the settings that made them. A sharded model's masks go bit-packed: whole in a full
+        checkpoint (every rank calls this), or, in a distributed one, beside it in its own directory (only
+        their names here)."""
         if self._masks is None:
             return {}
-        return {"masks": {n: m.cpu() for n, m in self._masks.items()}, **self._settings()}
+        if not any(is_sharded(m) for m in self._masks.values()):
+            return {"masks": {n: m.cpu() for n, m in self._masks.items()}, **self._settings()}
+        if self._masks_beside_checkpoint():
+            return {"masks_beside": list(self._masks), **self._settings()}
+        return {"packed_masks": full_packed(self._masks), **self._settings()}
+
+    def _masks_beside_checkpoint(self) -> bool:
+        """The masks are sharded and checkpoints are distributed: they are saved beside the model's shards."""
+        return (
+            self._distributed_checkpoints
+            and self._masks is not None
+            and any(is_sharded(m) for m in self._masks.values())
+        )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "masks" in state_dict:
+        if any(k in state_dict for k in ("masks", "packed_masks", "masks_beside")):
             self._restored = dict(state_dict)
 
     def spawn_state(self) -> dict[str, Any]:
@@ -369,6 +437,29 @@ class PruneAtInit(Callback):
                 " Without a skip connection around them the network is disconnected; lower the sparsity,"
                 " use more iterations, or exclude them."
             )
+
+
+def _save_masks_beside_checkpoints(strategy: Any) -> None:
+    """Make the strategy's ``save_checkpoint`` also write the pruner's masks beside a distributed checkpoint
+    (Lightning writes everything but the model and optimizer states from rank zero alone). Installed once per
+    strategy; the pruner is the one last set up with it."""
+    if getattr(strategy, "_lightning_synflow_saves_masks", False):
+        return
+    save = strategy.save_checkpoint
+
+    def save_checkpoint(checkpoint: dict[str, Any], filepath: Any, storage_options: Optional[Any] = None) -> None:
+        save(checkpoint, filepath, storage_options)
+        pruner = getattr(strategy, "_lightning_synflow_pruner", None)
+        if pruner is not None and pruner._masks_beside_checkpoint() and "masks_beside" in _pruner_state(checkpoint, pruner):
+            save_masks_beside(pruner.masks, Path(strategy.broadcast(filepath)))
+
+    strategy.save_checkpoint = save_checkpoint
+    strategy._lightning_synflow_saves_masks = True
+
+
+def _pruner_state(checkpoint: Mapping[str, Any], pruner: PruneAtInit) -> Mapping[str, Any]:
+    """The pruner's state in a checkpoint Lightning built (its callbacks' states keyed by state key)."""
+    return checkpoint.get("callbacks", {}).get(pruner.state_key, {})
 
 
 def _legacy_diagnostics(

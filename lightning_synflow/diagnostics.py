@@ -42,7 +42,7 @@ from lightning_synflow.isolation import preserved_attributes, preserved_rng
 from lightning_synflow.parameters import select_prunable
 from lightning_synflow.report import sparsity_report
 from lightning_synflow.scorers.base import ExampleInput
-from lightning_synflow.strategies import SUPPORTED, check_strategy
+from lightning_synflow.strategies import check_strategy, is_sharded_strategy
 from lightning_synflow.trainer_data import example_input, first_batch_input, setup_training_data
 from lightning_synflow.validation import check_bool, check_int, check_shape
 
@@ -204,12 +204,13 @@ class PruningDiagnostics(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        try:
-            check_strategy(trainer.strategy)
-        except ValueError:
+        check_strategy(trainer.strategy, "PruningDiagnostics")
+        whole = [n for n in ("log_jacobian", "log_effective_sparsity") if getattr(self, n)]
+        if whole and is_sharded_strategy(trainer.strategy):
             raise ValueError(
-                f"PruningDiagnostics does not support strategy {type(trainer.strategy).__name__}: it runs on {SUPPORTED}"
-            ) from None
+                f"PruningDiagnostics({', '.join(f'{n}=True' for n in whole)}) runs the whole model in one process,"
+                f" which a model under {type(trainer.strategy).__name__} is not; there, only log_per_tensor is supported"
+            )
         self._reset()  # before any on_fit_start, where a pruner drives the protocol
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -13,6 +13,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrize import ParametrizationList
 
+from lightning_synflow.sharded_ranking import kept_counts
+from lightning_synflow.sharding import local
+
 
 def check_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, nn.Parameter]:
     """The parameters the masks refer to, after checking that every mask is boolean and matches its
@@ -64,7 +67,8 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
 
 class BoundMasks:
     """Masks resolved once to a model's parameter objects and moved to their devices, so that the
-    per-step work is a single fused operation over all masked tensors."""
+    per-step work is a single fused operation over all masked tensors (each rank's local shards where the
+    parameters are DTensors, whose masks are DTensors laid out alike)."""
 
     def __init__(self, model: nn.Module, masks: Mapping[str, Tensor]) -> None:
         params = check_masks(model, masks)
@@ -76,19 +80,20 @@ class BoundMasks:
     def apply_(self) -> None:
         """Zero every pruned weight."""
         if self.params:
-            torch._foreach_mul_(self.params, self.masks)
+            torch._foreach_mul_([local(p) for p in self.params], [local(m) for m in self.masks])
 
     @torch.no_grad()
     def mask_grads_(self) -> None:
         """Zero the gradients of pruned weights, so that optimizer state (momentum, Adam moments) of a
         pruned weight never leaves zero."""
-        pairs = [(p.grad, m) for p, m in zip(self.params, self.masks) if p.grad is not None]
+        pairs = [(local(p.grad), local(m)) for p, m in zip(self.params, self.masks) if p.grad is not None]
         if pairs:
             torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
 
     @torch.no_grad()
     def measured_density(self) -> float:
-        """Fraction of the masked tensors' weights that are non-zero, read from the weights themselves."""
-        nonzero = sum(int(torch.count_nonzero(p)) for p in self.params)
+        """Fraction of the masked tensors' weights that are non-zero, read from the weights themselves (over all
+        ranks where they are sharded: every rank calls this together)."""
+        nonzero = sum(kept_counts(dict(zip(self.names, self.params))).values())
         total = sum(p.numel() for p in self.params)
         return nonzero / total if total else 1.0

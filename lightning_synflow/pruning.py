@@ -21,8 +21,8 @@ from lightning_synflow.model_state import preserved_model_state
 from lightning_synflow.parameters import select_prunable, tied_names
 from lightning_synflow.distributions import Distribution, DistributionSpec, get_distribution
 from lightning_synflow.ranking import select
-from lightning_synflow.sharded_ranking import ProcessGroupCollectives, global_counts, select_sharded
-from lightning_synflow.sharding import block_of, blocks_of, check_shardable_masks, is_sharded, like, local
+from lightning_synflow.sharded_ranking import ProcessGroupCollectives, global_counts, kept_counts, select_sharded
+from lightning_synflow.sharding import blocks_of, check_shardable_masks, is_sharded, like, local
 from lightning_synflow.schedules import Schedule, num_kept, resolve_density
 from lightning_synflow.scorers.base import (
     ExampleInput,
@@ -354,19 +354,10 @@ def _reachable(
         )
     if not monotone:
         return rounds
-    kept = _count_kept(masks)
+    kept = sum(kept_counts(masks).values())
     if kept < num_kept(rounds[-1], total):
         raise ValueError(f"the given `masks` keep {kept} weights, fewer than the {num_kept(rounds[-1], total)} requested")
     return [min(d, kept / total) for d in rounds]
-
-
-def _count_kept(masks: Mapping[str, Tensor]) -> int:
-    """The masks' kept weights, over all ranks where they are sharded (each replica once)."""
-    if not any(is_sharded(m) for m in masks.values()):
-        return sum(int(torch.count_nonzero(m)) for m in masks.values())
-    names = list(masks)
-    blocks = [block_of(n, m) for n, m in masks.items()]
-    return sum(global_counts([local(masks[n]) for n in names], blocks, ProcessGroupCollectives()))
 
 
 #: The deprecated ``scope`` values and the distributions they now are.

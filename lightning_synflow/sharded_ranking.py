@@ -26,7 +26,7 @@ from torch import Tensor
 
 from lightning_synflow.distributions import Budget
 from lightning_synflow.ranking import _bracket, budget_groups, compress, true_positions
-from lightning_synflow.sharding import Block
+from lightning_synflow.sharding import Block, block_of, is_sharded, local
 
 #: Scores sampled per narrowing step, over all ranks.
 SAMPLE_SIZE = 1 << 14
@@ -94,6 +94,16 @@ def global_counts(
     local = [int(torch.count_nonzero(m)) if b.owner else 0 for m, b in zip(masks, blocks)]
     device = masks[0].device if masks else None
     return collectives.sum(torch.tensor(local, dtype=torch.int64, device=device)).tolist()
+
+
+def kept_counts(tensors: Mapping[str, Tensor]) -> dict[str, int]:
+    """Per name, the non-zero entries of each tensor; where they are sharded, over all ranks (each replica
+    once), so every rank must call this together."""
+    if not any(is_sharded(t) for t in tensors.values()):
+        return {n: int(torch.count_nonzero(t)) for n, t in tensors.items()}
+    names = list(tensors)
+    blocks = [block_of(n, tensors[n]) for n in names]
+    return dict(zip(names, global_counts([local(tensors[n]) for n in names], blocks, ProcessGroupCollectives())))
 
 
 def _keep(

@@ -11,7 +11,7 @@ import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, SingleDeviceXLAStrategy
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -228,16 +228,18 @@ def test_spawned_fits_bring_the_masks_back_to_the_main_process(tmp_path, strateg
         assert torch.equal(second[name], mask), name  # kept: scored again, they would differ
 
 
-def test_sharded_and_other_strategies_are_refused_before_any_work():
-    # The hook is called directly: a fit would set up a process group in the test process itself.
-    trainer = Trainer(strategy=ModelParallelStrategy(), logger=False, **QUIET)
-    with pytest.raises(ValueError, match=r"does not support strategy ModelParallelStrategy: it runs on a single device, or DDP"):
-        PruneAtInit(sparsity=0.9).setup(trainer, MLP(), "fit")
+def test_fsdp1_deepspeed_and_xla_are_refused_before_any_work_and_model_parallel_is_not():
+    # The hooks are called directly: a fit would set up a process group in the test process itself.
     for strategy in (FSDPStrategy(), DeepSpeedStrategy.__new__(DeepSpeedStrategy)):
-        with pytest.raises(ValueError, match=f"does not support strategy {type(strategy).__name__}"):
+        with pytest.raises(ValueError, match=f"does not support strategy {type(strategy).__name__}, which holds"
+                                             r" parameters as flattened or partitioned views; shard the model with"
+                                             r" ModelParallelStrategy"):
             check_strategy(strategy)
+    with pytest.raises(ValueError, match=r"does not support strategy SingleDeviceXLAStrategy: it runs on a single"):
+        check_strategy(SingleDeviceXLAStrategy.__new__(SingleDeviceXLAStrategy))
     for strategy in ("ddp", "ddp_spawn", "ddp_notebook", "auto"):
         check_strategy(Trainer(strategy=strategy, logger=False, **QUIET).strategy)
+    check_strategy(ModelParallelStrategy())
 
 
 class ChannelsLastCNN(LightningModule):
