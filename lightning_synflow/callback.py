@@ -1,8 +1,10 @@
 """``PruneAtInit``: the Lightning adapter around the functional core.
 
-It prunes once in ``on_fit_start`` (model on its device, DDP already wrapped and synchronised), keeps
-pruned weights at exactly zero after every optimizer step that really happened, masks gradients so
-optimizer state of pruned weights stays zero, and stores the masks in its own checkpoint state.
+It prunes once in ``on_fit_start`` (model on its device, DDP already wrapped and synchronised; under
+``ModelParallelStrategy`` at train start, after the strategy restored any checkpoint), keeps pruned weights
+at exactly zero after every optimizer step that really happened, masks gradients so optimizer state of
+pruned weights stays zero, and stores the masks in its own checkpoint state (a sharded model's bit-packed:
+:mod:`lightning_synflow.sharded_checkpoint`).
 """
 
 from __future__ import annotations
@@ -207,8 +209,8 @@ class PruneAtInit(Callback):
                 observer.after_isometry(trainer, pl_module, self._masks)
 
     def _prune(self, trainer: Trainer, pl_module: LightningModule) -> tuple[dict[str, Tensor], float]:
-        """Rank zero's masks and the seconds scoring took. Nothing training uses is drawn or changed
-        meanwhile: random states and module state are restored."""
+        """The masks (rank zero's under DDP; each rank's part of them on a sharded model) and the seconds scoring
+        took. Nothing training uses is drawn or changed meanwhile: random states and module state are restored."""
         if self._reads_training_data(pl_module):
             setup_training_data(trainer)  # outside the isolation: training expects the draws it makes
         with preserved_rng(pl_module.device), preserved_attributes(pl_module):
@@ -228,8 +230,8 @@ class PruneAtInit(Callback):
         if given:
             raise ValueError(
                 f"PruneAtInit({', '.join(f'{k}={v!r}' for k, v in given.items())}) needs whole tensors on one process,"
-                f" which {type(trainer.strategy).__name__} never holds; leave {' and '.join(given)} at"
-                f" {', '.join(repr(type(v)()) for v in given.values())} to prune a sharded model"
+                f" which {type(trainer.strategy).__name__} never holds; set {', '.join(f'{k}={type(v)()!r}' for k, v in given.items())}"
+                f" to prune a sharded model"
             )
         if not self.scorer.supports_sharding:
             raise ValueError(
@@ -373,7 +375,7 @@ class PruneAtInit(Callback):
         )
 
     def _score(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Tensor]:
-        """This rank's masks (the caller adopts rank zero's)."""
+        """This rank's masks (under DDP the caller adopts rank zero's; sharded, each rank's part of one selection)."""
         names = select_prunable(pl_module, include_frozen=self.include_frozen, **self._selection())
         if not names:
             raise ValueError(

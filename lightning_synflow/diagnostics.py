@@ -205,18 +205,31 @@ class PruningDiagnostics(Callback):
         if stage != "fit":
             return
         check_strategy(trainer.strategy, "PruningDiagnostics")
+        if is_sharded_strategy(trainer.strategy):
+            self._check_sharded(trainer)
+        self._reset()  # before any on_fit_start, where a pruner drives the protocol
+
+    def _check_sharded(self, trainer: Trainer) -> None:
+        """Under a sharded strategy only the per-tensor densities of PruneAtInit's masks can be measured."""
+        strategy = type(trainer.strategy).__name__
         whole = [n for n in ("log_jacobian", "log_effective_sparsity") if getattr(self, n)]
-        if whole and is_sharded_strategy(trainer.strategy):
+        if whole:
             raise ValueError(
                 f"PruningDiagnostics({', '.join(f'{n}=True' for n in whole)}) runs the whole model in one process,"
-                f" which a model under {type(trainer.strategy).__name__} is not; there, only log_per_tensor is supported"
+                f" which a model under {strategy} is not; there, only log_per_tensor is supported"
             )
-        self._reset()  # before any on_fit_start, where a pruner drives the protocol
+        if not _prune_at_init_in(trainer):
+            raise ValueError(
+                f"PruningDiagnostics under {strategy} measures the masks PruneAtInit makes; add PruneAtInit to the"
+                f" Trainer's callbacks (a model pruned otherwise is not measured there)"
+            )
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._driven:
             self._log_figure(trainer)  # the stages measured in on_fit_start, where no isometry followed
             return
+        if is_sharded_strategy(trainer.strategy):
+            return  # PruneAtInit prunes at train start there (maybe after this hook) and drives this callback
         if _prune_at_init_in(trainer):
             rank_zero_info(
                 "PruningDiagnostics: PruneAtInit did not prune in this fit (it kept the masks of a checkpoint or of"

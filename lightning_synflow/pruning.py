@@ -110,7 +110,8 @@ def _score(
     bad = [] if scorer.checks_finite else [
         n for n in masks if not torch.isfinite(local(scores[n]).sum()) and not torch.isfinite(local(scores[n])).all()
     ]
-    if not scorer.checks_finite and int(all_reduce(torch.tensor([len(bad)]))[0]) and not bad:
+    device = local(next(iter(scores.values()))).device if scores else None
+    if not scorer.checks_finite and int(all_reduce(torch.tensor([len(bad)], device=device))[0]) and not bad:
         raise FloatingPointError(f"scorer {scorer!r} produced non-finite scores on another rank")
     if bad:
         raise FloatingPointError(f"scorer {scorer!r} produced non-finite scores for {bad}")
@@ -174,17 +175,23 @@ def compute_scores(
             ``model(x)`` against ``y`` for ``(x, y)`` batches.
         num_batches: Batches drawn from ``dataloader``; default the scorer's own (1 for SNIP).
         all_reduce: Sums a tensor over processes (e.g. ``torch.distributed.all_reduce`` wrapped to return
-            it), so that each process scores its own shard and all rank the same totals.
+            it), so that each process scores its own shard and all rank the same totals. On a sharded model
+            (DTensor parameters) the default sums over the default process group.
         parameters: Names of the prunable tensors when ``masks`` is not given; default
             :func:`select_prunable`.
 
     Returns:
-        ``dict[name, Tensor]`` keyed as ``model.named_parameters()``, prunable tensors only.
+        ``dict[name, Tensor]`` keyed as ``model.named_parameters()``, prunable tensors only; on a sharded model
+        DTensors laid out as the parameters, each rank holding its shards' scores.
     """
     scorer = get_scorer(scorer)
     start = _initial_masks(model, parameters, masks)
+    if not any(is_sharded(m) for m in start.values()):
+        return _score(model, scorer, start, _context(model, scorer, example_input, dataloader, loss_fn, num_batches, all_reduce))
+    _check_sharded(scorer, False, start, model)
+    all_reduce = all_reduce or ProcessGroupCollectives().sum
     context = _context(model, scorer, example_input, dataloader, loss_fn, num_batches, all_reduce)
-    return _score(model, scorer, start, context)
+    return _score(model, scorer, start, context, all_reduce=all_reduce)  # every rank learns of a non-finite score
 
 
 def compute_masks(
@@ -232,6 +239,10 @@ def compute_masks(
         progress: Show a progress bar over the iterations.
         scope: Deprecated: ``"global"`` or ``"layerwise"``, now ``distribution="global"`` or ``"uniform"``.
 
+    On a sharded model (DTensor parameters of FSDP2 or tensor parallelism: every rank calls this together)
+    each rank scores its shards and keeps its part of one exact selection over the full tensors; the masks are
+    DTensors laid out as the parameters and equal a one-process run's.
+
     Other arguments as in :func:`compute_scores`. Returns ``dict[name, BoolTensor]``.
     """
     density = resolve_density(sparsity, compression)
@@ -242,6 +253,7 @@ def compute_masks(
     sharded = any(is_sharded(m) for m in current.values())
     if sharded:
         _check_sharded(scorer, shuffle, current, model)
+        all_reduce = all_reduce or ProcessGroupCollectives().sum  # every rank sees every rank's shards anyway
     shapes = {n: tuple(m.shape) for n, m in current.items()}
     rounds = _reachable(rounds, current, layers, shapes, scorer.monotone)
     context = _context(model, scorer, example_input, dataloader, loss_fn, num_batches, all_reduce)
@@ -311,6 +323,7 @@ def _prune_sharded(
             alive = dict(zip(names, global_counts([pieces[n] for n in names], [blocks[n] for n in names], collectives)))
         budget = layers.budget(shapes, d, alive)
         pieces = select_sharded(ranked(scores), budget, blocks, collectives, pieces if scorer.monotone else None)
+        del scores, current  # before the next round scores: one round's scores in memory at a time
     return {n: like(params[n], pieces[n]) for n in names}
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from math import prod
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -28,12 +27,6 @@ except ImportError:  # a torch built without distributed support: nothing can be
 def is_sharded(t: object) -> bool:
     """``t`` is a DTensor."""
     return DTensor is not None and isinstance(t, DTensor)
-
-
-def sharded_names(model: nn.Module, names: Optional[list[str]] = None) -> list[str]:
-    """The parameters of ``model`` (among ``names``) that are DTensors."""
-    params = dict(model.named_parameters())
-    return [n for n in (params if names is None else names) if is_sharded(params[n])]
 
 
 def local(t: Tensor) -> Tensor:

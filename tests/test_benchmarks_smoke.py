@@ -191,3 +191,21 @@ def test_isometry_cost_benchmark_quick(tmp_path):
     assert 2 * row["prunable_mb"] <= row["peak_mb"] < 64 * row["prunable_mb"]
     cells = _table_row(stdout, "resnet20")
     assert cells[3] == f"{row['step_s']:.3f}" and cells[5] == f"{row['step_over_penalty']:.2f}"
+
+
+def test_sharded_memory_benchmark_quick(tmp_path):
+    out = tmp_path / "rows.json"
+    stdout = _run_benchmark("sharded_memory.py", "--blocks", "2", "--width", "64", "--iterations", "1",
+                            "--mmap-threshold", "131072", "--json", str(out))
+    assert "TUNED allocator: MALLOC_MMAP_THRESHOLD_=131072" in stdout
+    rows = json.loads(out.read_text())
+    assert [(r["setup"], r["rank"]) for r in rows] == [("1 process", 0), ("FSDP2, 2 processes", 0), ("FSDP2, 2 processes", 1)]
+    prunable = 2 * 8 * 64**2 + 640  # blocks + the 10-way head, float32
+    assert math.isclose(rows[0]["prunable_mb"] * MB, 4 * prunable)
+    assert math.isclose(sum(r["prunable_mb"] for r in rows[1:]) * MB, 4 * prunable)  # the ranks' shares add up
+    for r in rows:
+        assert r["memory_method"] == "VmHWM reset before the call" and r["seconds"] > 0
+        assert r["peak_mb"] >= 0 and r["floor_mb"] >= 0
+        assert r["mask_local_bytes"] == r["prunable_mb"] * MB / 4  # a bool per weight it holds
+        cells = _table_row(stdout, r["setup"], str(r["rank"]))
+        assert cells[2:5] == [f"{r['prunable_mb'] / 1024:.2f}", f"{r['floor_mb'] / 1024:.2f}", f"{r['peak_mb'] / 1024:.2f}"]

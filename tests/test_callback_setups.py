@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_helpers import MLP, MemoryLogger, random_data
-from lightning_synflow import PruneAtInit, SynFlow, available_scorers, num_kept
+from lightning_synflow import PruneAtInit, PruningDiagnostics, SynFlow, available_scorers, num_kept
 from lightning_synflow.strategies import check_strategy
 
 SPAWN_SCRIPT = Path(__file__).parent / "scripts" / "spawn_fit.py"
@@ -240,6 +240,30 @@ def test_fsdp1_deepspeed_and_xla_are_refused_before_any_work_and_model_parallel_
     for strategy in ("ddp", "ddp_spawn", "ddp_notebook", "auto"):
         check_strategy(Trainer(strategy=strategy, logger=False, **QUIET).strategy)
     check_strategy(ModelParallelStrategy())
+
+
+def test_what_a_sharded_model_cannot_be_pruned_with_is_refused_in_setup():
+    # setup is called directly: a fit would set up a process group in the test process itself.
+    trainer = Trainer(strategy=ModelParallelStrategy(), logger=False, **QUIET)
+    with pytest.raises(ValueError, match=r"PruneAtInit\(isometry_steps=5, reinit=True\) needs whole tensors on one"
+                                         r" process, which ModelParallelStrategy never holds; set isometry_steps=0,"
+                                         r" reinit=False to prune a sharded model"):
+        PruneAtInit(sparsity=0.9, isometry_steps=5, reinit=True).setup(trainer, MLP(), "fit")
+    with pytest.raises(ValueError, match=r"PruneAtInit\(scorer=GraSP\(temperature=200.0, mode='train'\)\) cannot score a"
+                                         r" sharded model under ModelParallelStrategy; scorers that can: \['erk', 'force'"):
+        PruneAtInit(scorer="grasp", sparsity=0.9).setup(trainer, MLP(), "fit")
+    with pytest.raises(ValueError, match=r"PruningDiagnostics\(log_jacobian=True, log_effective_sparsity=True\) runs the"
+                                         r" whole model in one process,"
+                                         r" which a model under ModelParallelStrategy is not; there, only log_per_tensor"):
+        PruningDiagnostics(log_jacobian=True).setup(trainer, MLP(), "fit")
+    per_tensor = PruningDiagnostics(log_jacobian=False, log_effective_sparsity=False, log_per_tensor=True)
+    with pytest.raises(ValueError, match=r"PruningDiagnostics under ModelParallelStrategy measures the masks PruneAtInit"
+                                         r" makes; add PruneAtInit to the Trainer's callbacks"):
+        per_tensor.setup(trainer, MLP(), "fit")
+    pruner = PruneAtInit(scorer="synflow", sparsity=0.9)
+    with_pruner = Trainer(strategy=ModelParallelStrategy(), logger=False, callbacks=[per_tensor, pruner], **QUIET)
+    per_tensor.setup(with_pruner, MLP(), "fit")
+    pruner.setup(with_pruner, MLP(), "fit")
 
 
 class ChannelsLastCNN(LightningModule):

@@ -1,5 +1,4 @@
 import copy
-import threading
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import lightning_synflow.scorers.grasp  # noqa: F401  (registers "grasp" and "gr
 from lightning_synflow import PruneAtInit, compute_masks, compute_scores, get_scorer, num_kept
 from lightning_synflow.scorers.grasp import GraSP, GraSPAbs
 from lightning_helpers import MLP, random_data
+from thread_ranks import run_ranks
 
 
 def batches(n=2, seed=0):
@@ -243,49 +243,11 @@ def test_needs_data(tiny_cnn):
 
 # ---------------------------------------------------------------- data parallel (threads as ranks)
 
-class ThreadGroup:
-    """An in-process stand-in for a process group: ``all_reduce(rank)`` sums one tensor over the ranks."""
-
-    def __init__(self, world_size):
-        self.barrier = threading.Barrier(world_size, timeout=60)
-        self.slots = [None] * world_size
-
-    def all_reduce(self, rank):
-        def reduce(t):
-            self.slots[rank] = t.clone()
-            self.barrier.wait()
-            total = sum(self.slots)
-            self.barrier.wait()
-            return total
-
-        return reduce
-
-
-def run_ranks(fn, world_size=2):
-    group, results, errors = ThreadGroup(world_size), [None] * world_size, []
-
-    def target(rank):
-        try:
-            results[rank] = fn(rank, group.all_reduce(rank))
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-            group.barrier.abort()
-
-    threads = [threading.Thread(target=target, args=(r,)) for r in range(world_size)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
-
-
 @pytest.mark.parametrize("scorer", ["grasp", "grasp_abs"])
 def test_ranks_summing_g_then_hg_equal_one_process_over_the_union(tiny_cnn, scorer):
     data = batches()
     models = [copy.deepcopy(tiny_cnn) for _ in range(2)]
-    per_rank = run_ranks(lambda r, reduce: compute_scores(models[r], scorer, dataloader=[data[r]], all_reduce=reduce))
+    per_rank = run_ranks(lambda r, ranks: compute_scores(models[r], scorer, dataloader=[data[r]], all_reduce=ranks.sum))
     union = compute_scores(tiny_cnn, scorer, dataloader=data, num_batches=2)
     scale = max(s.abs().max() for s in union.values())
     for n in union:
@@ -295,8 +257,8 @@ def test_ranks_summing_g_then_hg_equal_one_process_over_the_union(tiny_cnn, scor
     alone = [compute_scores(tiny_cnn, "grasp", dataloader=[b]) for b in data]
     assert max(((alone[0][n] + alone[1][n]) - union[n]).abs().max() for n in union) > 0.1 * scale
 
-    masks = run_ranks(lambda r, reduce: compute_masks(
-        models[r], scorer, sparsity=0.9, iterations=2, dataloader=[data[r]], all_reduce=reduce))
+    masks = run_ranks(lambda r, ranks: compute_masks(
+        models[r], scorer, sparsity=0.9, iterations=2, dataloader=[data[r]], all_reduce=ranks.sum))
     single = compute_masks(tiny_cnn, scorer, sparsity=0.9, iterations=2, dataloader=data, num_batches=2)
     for n in single:
         assert torch.equal(masks[0][n], masks[1][n]) and torch.equal(masks[0][n], single[n])

@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 import sharded_prune  # noqa: E402
 
-from lightning_synflow import compute_masks  # noqa: E402
+from lightning_synflow import compute_masks, compute_scores  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "scripts" / "sharded_prune.py"
 
@@ -67,3 +67,45 @@ def test_scoring_leaves_weights_and_buffers_as_they_were(run):
     for rank in ranks:
         for name, value in rank["init"].items():
             assert torch.equal(rank["state_after"][name], value), name
+
+
+def test_what_a_sharded_model_cannot_be_pruned_with_is_refused_before_any_weight_is_touched(run):
+    mode, ranks = run
+    for rank in ranks:
+        errors = rank["errors"]
+        message, untouched = errors["grasp"]
+        assert message.startswith("scorer GraSP(temperature=200.0, mode='train') cannot score a sharded model (DTensor"
+                                  " parameters); scorers that can: ['erk', 'force', 'iter_snip', 'magnitude',")
+        assert untouched
+        message, untouched = errors["shuffle"]
+        assert message == ("`shuffle` moves kept positions within whole tensors, which a sharded model never holds;"
+                           " got shuffle=True")
+        assert untouched
+        message, untouched = errors["strided"]
+        assert message.startswith("parameter '0.weight' has placement(s) [_StridedShard(dim=0, sf=2)] on mesh")
+        assert "pruning supports DTensors placed Shard(dim) or Replicate() on each mesh dimension" in message
+        assert untouched
+        if mode == "tp":
+            message, untouched = errors["plain"]
+            assert message.startswith("scorer 'snip' sums gradients over the ranks through FSDP2, but the prunable"
+                                      " parameters ['4.weight', '6.weight'] of Sequential are not sharded")
+            assert untouched
+
+
+@pytest.mark.parametrize("scorer", sharded_prune.SCORES)
+def test_scores_are_laid_out_as_the_parameters_and_equal_one_process(run, scorer):
+    mode, ranks = run
+    model = sharded_prune.build(mode)
+    model.load_state_dict(ranks[0]["init"])
+    batches = ranks[0]["batches"] + (ranks[1]["batches"] if mode == "fsdp" else [])
+    expected = compute_scores(model, sharded_prune.scorer_of({"scorer": scorer}, mode), example_input=ranks[0]["example"],
+                              dataloader=batches, num_batches=len(batches))
+    for rank in ranks:
+        got = rank["scores"][scorer]
+        assert list(got) == list(expected)
+        for name in expected:
+            if mode == "fsdp":  # each layer computed whole on every rank: bit for bit
+                assert torch.equal(got[name], expected[name]), name
+            else:  # row-parallel layers add partial sums across ranks: equal to rounding
+                torch.testing.assert_close(got[name], expected[name], rtol=1e-12, atol=0)
+        assert rank["score_layouts"][scorer] == {n: rank["params"][n] for n in expected}

@@ -98,3 +98,31 @@ def test_where_the_masks_live_in_the_checkpoint(results, mode, kind, scorer):
         assert packed[name]["packed"].dtype == torch.uint8
         assert packed[name]["packed"].numel() * 8 < mask.numel() + 8 * mask.shape[0] + 8 * mask.shape[-1]  # 1 bit each
         assert packed[name]["shape"] == tuple(mask.shape)
+
+
+@pytest.mark.parametrize("mode,kind,scorer", CASES)
+def test_reports_are_global_figures_on_every_rank(results, mode, kind, scorer):
+    ranks = load(results, mode, kind, scorer)
+    masks = ranks[0]["masks"]
+    total = sum(m.numel() for m in masks.values())
+    for rank in ranks:
+        report = rank["report"]
+        assert report["total"] == total
+        assert report["kept"] == num_kept(1 - sharded_fit.SPARSITY, total)
+        assert report["per_tensor"] == [int(m.sum()) for m in masks.values()]
+        nonzero = sum(int((rank["trained"][n] != 0).sum()) for n in masks)
+        assert report["measured_density"] == nonzero / total
+
+
+@pytest.mark.parametrize("mode,kind,scorer", CASES)
+def test_logged_figures_are_global_and_logged_once_by_rank_zero(results, mode, kind, scorer):
+    ranks = load(results, mode, kind, scorer)
+    assert ranks[1]["logged"] == []
+    logged = {k: v for _, metrics in ranks[0]["logged"] for k, v in metrics.items()}
+    masks = ranks[0]["masks"]
+    total = sum(m.numel() for m in masks.values())
+    assert logged["pruning/total"] == total
+    assert logged["pruning/kept"] == num_kept(1 - sharded_fit.SPARSITY, total)
+    for name, mask in masks.items():  # PruningDiagnostics(log_per_tensor=True)
+        assert logged[f"pruning/density/{name}"] == int(mask.sum()) / mask.numel()
+    assert logged["pruning/measured_sparsity"] == 1 - ranks[0]["report"]["measured_density"]

@@ -1,10 +1,8 @@
 """Selection over sharded scores equals the one-process selection on the full tensors.
 
-Ranks are threads exchanging through a barrier, so that many layouts, tie patterns and band sizes run in one
+Ranks are threads (tests/thread_ranks.py), so that many layouts, tie patterns and band sizes run in one
 process; tests/test_sharded.py runs the same code over real gloo process groups.
 """
-
-import threading
 
 import pytest
 import torch
@@ -13,54 +11,7 @@ from lightning_synflow import sharded_ranking
 from lightning_synflow.ranking import select
 from lightning_synflow.sharded_ranking import select_sharded
 from lightning_synflow.sharding import Block
-
-
-class ThreadWorld:
-    """``size`` ranks as threads; :meth:`run` calls ``fn(rank, collectives)`` on each and returns the results."""
-
-    def __init__(self, size):
-        self.size = size
-        self.barrier = threading.Barrier(size)
-        self.slots = [None] * size
-        self.calls = [0] * size
-
-    def run(self, fn):
-        results, errors = [None] * self.size, []
-
-        def target(rank):
-            try:
-                results[rank] = fn(rank, _ThreadCollectives(self, rank))
-            except BaseException as err:  # noqa: BLE001 - re-raised below
-                errors.append(err)
-                self.barrier.abort()
-
-        threads = [threading.Thread(target=target, args=(r,)) for r in range(self.size)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return results
-
-
-class _ThreadCollectives:
-    def __init__(self, world, rank):
-        self.world, self.rank = world, rank
-
-    def _exchange(self, t):
-        self.world.slots[self.rank] = t
-        self.world.calls[self.rank] += 1
-        self.world.barrier.wait()
-        out = list(self.world.slots)
-        self.world.barrier.wait()
-        return out
-
-    def sum(self, t):
-        return torch.stack(self._exchange(t.clone())).sum(0)
-
-    def gather(self, t):
-        return torch.cat(self._exchange(t))
+from thread_ranks import ThreadCollectives, run_ranks
 
 
 def shard(t, dim, world, rank):
@@ -98,7 +49,6 @@ def full_scores(kind, seed):
 
 
 def run_sharded(scores, budget, world_size, candidates=None):
-    world = ThreadWorld(world_size)
 
     def on_rank(rank, collectives):
         local, blocks, cands = {}, {}, None if candidates is None else {}
@@ -108,7 +58,7 @@ def run_sharded(scores, budget, world_size, candidates=None):
                 cands[name] = shard(candidates[name], dim, world_size, rank)[0]
         return select_sharded(local, budget, blocks, collectives, cands)
 
-    return world.run(on_rank), world
+    return run_ranks(on_rank, world_size)
 
 
 def assemble(results, name, world_size):
@@ -136,7 +86,7 @@ def test_global_selection_equals_one_process(limits, world_size, kind, density):
     total = sum(s.numel() for s in scores.values())
     k = round(density * total)
     expected = select(scores, k)
-    results, _ = run_sharded(scores, k, world_size)
+    results = run_sharded(scores, k, world_size)
     for name in LAYOUTS:
         assert torch.equal(assemble(results, name, world_size), expected[name]), name
     assert sum(int(assemble(results, n, world_size).sum()) for n in LAYOUTS) == k
@@ -149,7 +99,7 @@ def test_candidates_and_per_tensor_budgets_equal_one_process(limits, kind):
     candidates = {n: torch.rand(s.shape, generator=g) < 0.6 for n, s in scores.items()}
     budget = {n: int(c.sum()) // 3 for n, c in candidates.items()}
     expected = select(scores, budget, candidates)
-    results, _ = run_sharded(scores, budget, 2, candidates)
+    results = run_sharded(scores, budget, 2, candidates)
     for name in LAYOUTS:
         got = assemble(results, name, 2)
         assert torch.equal(got, expected[name]), name
@@ -160,9 +110,9 @@ def test_candidates_and_per_tensor_budgets_equal_one_process(limits, kind):
 def test_keep_all_and_keep_none():
     scores = full_scores("distinct", seed=1)
     total = sum(s.numel() for s in scores.values())
-    results, _ = run_sharded(scores, total, 2)
+    results = run_sharded(scores, total, 2)
     assert all(bool(assemble(results, n, 2).all()) for n in LAYOUTS)
-    results, _ = run_sharded(scores, 0, 2)
+    results = run_sharded(scores, 0, 2)
     assert not any(bool(assemble(results, n, 2).any()) for n in LAYOUTS)
 
 
@@ -176,12 +126,12 @@ def test_more_than_there_are_is_an_error():
 def test_a_large_tie_block_is_resolved_with_counts_not_gathered(monkeypatch):
     monkeypatch.setattr(sharded_ranking, "EXCHANGE_LIMIT", 8)
     gathered = []
-    real = _ThreadCollectives.gather
-    monkeypatch.setattr(_ThreadCollectives, "gather", lambda self, t: gathered.append(t.numel()) or real(self, t))
+    real = ThreadCollectives.gather
+    monkeypatch.setattr(ThreadCollectives, "gather", lambda self, t: gathered.append(t.numel()) or real(self, t))
     scores = {n: torch.zeros(shape) for n, (shape, _) in LAYOUTS.items()}  # every score ties
     total = sum(s.numel() for s in scores.values())
     expected = select(scores, total // 2)
-    results, _ = run_sharded(scores, total // 2, 2)
+    results = run_sharded(scores, total // 2, 2)
     for name in LAYOUTS:
         assert torch.equal(assemble(results, name, 2), expected[name]), name
     # One sample shows the band is one tied value; no weights are exchanged, only counts go round.

@@ -78,7 +78,7 @@ def sharded_random_scores(
     CPU). Without a seed, every rank seeds from the sum of one draw of each rank's global generator, so that
     replicas agree."""
     if generators.seed is None:
-        draw = torch.randint(2**40, (1,), dtype=torch.int64)
+        draw = torch.randint(2**40, (1,), dtype=torch.int64).to(local(next(iter(masks.values()))).device)
         generators = DeviceGenerators(int(context.all_reduce(draw)[0]) % 2**62)
     scores = {}
     for name, m in masks.items():

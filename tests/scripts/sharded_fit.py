@@ -18,8 +18,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from lightning_helpers import MemoryLogger  # noqa: E402
 import lightning_synflow.callback  # noqa: E402
-from lightning_synflow import PruneAtInit, Random  # noqa: E402
+from lightning_synflow import PruneAtInit, PruningDiagnostics, Random  # noqa: E402
+from lightning_synflow.masks import BoundMasks  # noqa: E402
+from lightning_synflow.report import sparsity_report  # noqa: E402
 from lightning_synflow.sharding import local  # noqa: E402
 
 SPARSITY = 0.8
@@ -81,7 +85,7 @@ class Watch(Callback):
     this rank's pruned weights are all exactly zero."""
 
     def __init__(self, pruner):
-        self.pruner, self.init, self.zero_after_step = pruner, None, []
+        self.pruner, self.init, self.zero_after_step, self.report = pruner, None, [], None
 
     def on_fit_start(self, trainer, pl_module):
         self.init = {n: full(p) for n, p in pl_module.named_parameters()}
@@ -91,6 +95,12 @@ class Watch(Callback):
         self.zero_after_step.append(all(
             bool((local(params[n]).detach()[~local(m)] == 0).all()) for n, m in self.pruner.masks.items()
         ))
+
+    def on_train_end(self, trainer, pl_module):
+        report = sparsity_report(pl_module, self.pruner.masks, frozen=())  # every rank, with collectives
+        measured = BoundMasks(pl_module, self.pruner.masks).measured_density()
+        self.report = {"kept": report.kept, "total": report.total, "per_tensor": [t.kept for t in report.tensors],
+                       "measured_density": measured}
 
 
 class Record:
@@ -105,10 +115,10 @@ class Record:
         return self.compute_masks(*args, **kwargs)
 
 
-def trainer(mode, kind, steps, callbacks):
+def trainer(mode, kind, steps, callbacks, logger=False):
     sizes = dict(data_parallel_size=2, tensor_parallel_size=1) if mode == "fsdp" else dict(data_parallel_size=1, tensor_parallel_size=2)
     strategy = ModelParallelStrategy(**sizes, save_distributed_checkpoint=kind == "distributed")
-    return Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=steps, logger=False,
+    return Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=steps, logger=logger,
                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                    callbacks=callbacks)
 
@@ -120,7 +130,9 @@ def run(out, mode, kind, scorer):
         pruner = PruneAtInit(scorer=scorer_of(scorer), sparsity=SPARSITY, iterations=ITERATIONS[scorer], verbose=False)
         watch = Watch(pruner)
         model = Net(mode)
-        first = trainer(mode, kind, 4, [watch, pruner])
+        logger = MemoryLogger()
+        diagnostics = PruningDiagnostics(log_jacobian=False, log_effective_sparsity=False, log_per_tensor=True)
+        first = trainer(mode, kind, 4, [diagnostics, watch, pruner], logger)
         first.fit(model)
         path = os.path.join(out, f"{mode}-{kind}-{scorer}.ckpt")
         first.save_checkpoint(path)
@@ -128,7 +140,8 @@ def run(out, mode, kind, scorer):
                  "layouts": {n: str(getattr(m, "placements", None)) for n, m in pruner.masks.items()},
                  "param_layouts": {n: str(getattr(p, "placements", None)) for n, p in model.named_parameters()},
                  "init": watch.init, "trained": {n: full(p) for n, p in model.named_parameters()},
-                 "zero_after_step": watch.zero_after_step, "batches": record.batches, "scored": record.calls}
+                 "zero_after_step": watch.zero_after_step, "batches": record.batches, "scored": record.calls,
+                 "report": watch.report, "logged": logger.rows}
 
         resumed_pruner = PruneAtInit(scorer=scorer_of(scorer), sparsity=SPARSITY, iterations=ITERATIONS[scorer], verbose=False)
         resumed_watch = Watch(resumed_pruner)

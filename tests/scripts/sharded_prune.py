@@ -16,8 +16,11 @@ import torch.multiprocessing as mp
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from lightning_synflow import compute_masks  # noqa: E402
+from lightning_synflow import ERK, compute_masks, compute_scores  # noqa: E402
 from lightning_synflow.scorers import SNIP, Random, SynFlow  # noqa: E402
+
+#: compute_scores on the sharded model, compared with one process's.
+SCORES = ("synflow", "snip", "magnitude")
 
 #: name -> compute_masks arguments; "data" cases get each rank's own batches.
 CASES = {
@@ -27,6 +30,8 @@ CASES = {
     "snip-erk-1": dict(scorer="snip", distribution="erk"),
     "iter_snip-global-3": dict(scorer="iter_snip", iterations=3),
     "force-global-3": dict(scorer="force", iterations=3),
+    "snip_it-global-3": dict(scorer="snip_it", iterations=3),
+    "erk-1": dict(scorer="erk"),
     "magnitude-global-1": dict(scorer="magnitude"),
     "magnitude-uniform-1": dict(scorer="magnitude", distribution="uniform"),
     "random-global-1": dict(scorer="random"),
@@ -75,6 +80,8 @@ def scorer_of(args, mode):
         return SynFlow(dtype=dtype)
     if name == "random":
         return Random(seed=0)
+    if name == "erk":
+        return ERK(seed=0)
     if name == "snip":
         return SNIP(mode="train")
     return name
@@ -102,11 +109,48 @@ def run(rank, out, mode, port):
                               **kwargs)
         results[case] = {n: m.full_tensor() for n, m in masks.items()}
         layouts[case] = {n: (type(m).__name__, str(m.placements)) for n, m in masks.items()}
+    scores, score_layouts = {}, {}
+    for name in SCORES:
+        got = compute_scores(model, scorer_of({"scorer": name}, mode), example_input=x, dataloader=batches)
+        scores[name] = {n: s.full_tensor() for n, s in got.items()}
+        score_layouts[name] = {n: (type(s).__name__, str(s.placements)) for n, s in got.items()}
+    errors = refusals(model, mode, mesh, x, batches)
     params = {n: (type(p).__name__, str(p.placements)) for n, p in model.named_parameters()}
-    torch.save(dict(masks=results, layouts=layouts, params=params, init=init, batches=batches, example=x,
+    torch.save(dict(masks=results, layouts=layouts, params=params, init=init, batches=batches, example=x, errors=errors,
+                    scores=scores, score_layouts=score_layouts,
                     state_after={n: getattr(p, "full_tensor", p.clone)() for n, p in model.state_dict().items()}),
                os.path.join(out, f"{mode}-rank{rank}.pt"))
     dist.destroy_process_group()
+
+
+def refusals(model, mode, mesh, x, batches):
+    """What compute_masks refuses on a sharded model: the message of each, and whether every weight was
+    left as it was."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    def attempt(target, **kwargs):
+        before = {n: getattr(p, "full_tensor", p.clone)().clone() for n, p in target.named_parameters()}
+        try:
+            compute_masks(target, sparsity=SPARSITY, example_input=x, dataloader=batches, **kwargs)
+        except ValueError as err:
+            after = {n: getattr(p, "full_tensor", p.clone)() for n, p in target.named_parameters()}
+            return str(err), all(torch.equal(before[n], after[n]) for n in before)
+        return None, None
+
+    errors = {"grasp": attempt(model, scorer="grasp"), "shuffle": attempt(model, scorer="magnitude", shuffle=True)}
+    strided = build(mode)
+    layer = strided[0]
+    layer.weight = nn.Parameter(DTensor.from_local(layer.weight.detach().chunk(2)[dist.get_rank()].clone(), mesh,
+                                                   [_StridedShard(0, split_factor=2)], run_check=False))
+    errors["strided"] = attempt(strided, scorer="magnitude", parameters=["0.weight"])
+    if mode == "tp":  # the last layer left whole on every rank: data-driven scorers cannot sum its gradient
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+        partly = build(mode)
+        parallelize_module(partly, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+        errors["plain"] = attempt(partly, scorer="snip")
+    return errors
 
 
 def free_port():
