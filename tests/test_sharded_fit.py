@@ -18,13 +18,11 @@ import sharded_fit  # noqa: E402
 from lightning_synflow import compute_masks, num_kept  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "scripts" / "sharded_fit.py"
-RUNS = {  # (strategy, checkpoint kind) -> scorers, every scorer run in both kinds of sharding
-    ("fsdp", "distributed"): ["synflow", "snip", "magnitude", "random"],
-    ("tp", "full"): ["synflow", "snip", "magnitude", "random"],
-    ("fsdp", "full"): ["snip"],
-    ("tp", "distributed"): ["random"],
+RUNS = {  # sharding -> (scorer, checkpoint kind): every scorer under both shardings, with both kinds of checkpoint
+    "fsdp": [("synflow", "distributed"), ("snip", "full"), ("magnitude", "distributed"), ("random", "full")],
+    "tp": [("synflow", "full"), ("snip", "distributed"), ("magnitude", "full"), ("random", "distributed")],
 }
-CASES = [(mode, kind, scorer) for (mode, kind), scorers in RUNS.items() for scorer in scorers]
+CASES = [(mode, kind, scorer) for mode, cases in RUNS.items() for scorer, kind in cases]
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +30,9 @@ def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharded_fit")
     env = {k: v for k, v in os.environ.items() if k != "PL_GLOBAL_SEED"}
     env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    for (mode, kind), scorers in RUNS.items():
-        proc = subprocess.run([sys.executable, str(SCRIPT), str(out), mode, kind, ",".join(scorers)], env=env,
-                              capture_output=True, text=True, timeout=600)
+    for mode, cases in RUNS.items():
+        proc = subprocess.run([sys.executable, str(SCRIPT), str(out), mode, ",".join(f"{s}:{k}" for s, k in cases)],
+                              env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 

@@ -5,7 +5,7 @@ turn: fit 4 steps with PruneAtInit (the model sharded in ``configure_model``), c
 each rank's pruned weights are exactly zero, save a checkpoint (distributed or full), then resume it in a
 fresh Trainer and model for 2 more steps. Each rank saves what the test compares (``full_tensor`` of
 masks and weights: the test's view, never the library's).
-Usage: sharded_fit.py OUT_DIR fsdp|tp distributed|full SCORER[,SCORER...]
+Usage: sharded_fit.py OUT_DIR fsdp|tp SCORER:distributed|full[,SCORER:distributed|full...]
 """
 
 import os
@@ -160,6 +160,7 @@ def run(out, mode, kind, scorer):
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    out_dir, mode_, kind_, scorers = sys.argv[1:5]
-    for name in scorers.split(","):
+    out_dir, mode_, cases = sys.argv[1:4]
+    for case in cases.split(","):
+        name, kind_ = case.split(":")
         run(out_dir, mode_, kind_, name)
