@@ -8,6 +8,8 @@ from lightning_synflow.ranking import select_masks, top_k_mask
 from lightning_synflow.report import SparsityReport, TensorSparsity, sparsity_report
 from lightning_synflow.schedules import density_schedule, num_kept, resolve_density
 from lightning_synflow.distributions import Distribution, erk_densities, get_distribution, kept_counts, uniform_densities
+from lightning_synflow.granularity import NM, get_granularity
+from lightning_synflow.semi_structured import semi_structured_plan, to_semi_structured
 from lightning_synflow.scorers import (
     ERK,
     FORCE,
@@ -52,6 +54,7 @@ __all__ = [
     "SNIPit",
     "LossFn",
     "Magnitude",
+    "NM",
     "PruneAtInit",
     "PruningDiagnostics",
     "Random",
@@ -70,6 +73,7 @@ __all__ = [
     "density_schedule",
     "erk_densities",
     "get_distribution",
+    "get_granularity",
     "get_scorer",
     "kept_counts",
     "num_kept",
@@ -78,8 +82,10 @@ __all__ = [
     "resolve_density",
     "select_masks",
     "select_prunable",
+    "semi_structured_plan",
     "shuffle_masks",
     "sparsity_report",
+    "to_semi_structured",
     "top_k_mask",
     "uniform_densities",
 ]

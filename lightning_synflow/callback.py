@@ -26,6 +26,7 @@ from torch.optim import Optimizer
 from lightning_synflow.ablations import reinitialize
 from lightning_synflow.collectives import broadcast_masks, broadcast_tensors_
 from lightning_synflow.diagnostics import PruningDiagnostics, log_metrics
+from lightning_synflow.granularity import get_granularity, resolve_pattern_density
 from lightning_synflow.isolation import preserved_attributes, preserved_rng
 from lightning_synflow.masks import BoundMasks, check_masks
 from lightning_synflow.parameters import frozen_weight_matrices, select_prunable
@@ -59,6 +60,10 @@ class PruneAtInit(Callback):
             the global density), or a ``lightning_synflow.distributions.Distribution`` (from YAML:
             ``class_path``). Default: the scorer's own (``erk``, ``uniform``), else ``"global"``.
         scope: Deprecated: ``"global"`` / ``"layerwise"``, now ``distribution: global`` / ``uniform``.
+        granularity: ``"weight"`` (any weights) or ``"N:M"`` (e.g. ``"2:4"``): exactly N of every M consecutive
+            weights along each stored row are kept, which GPUs run faster (``lightning_synflow.to_semi_structured``).
+            N:M implies the sparsity (1 - N/M; leave ``sparsity`` out); tensors whose rows are not a multiple of
+            M long stay dense, with a warning naming them.
         input_shape: Input shape without the batch dimension (e.g. ``[3, 32, 32]``), for scorers that need
             one (SynFlow) when the LightningModule has no ``example_input_array``. Without either, the
             shape of the first training batch is used.
@@ -98,6 +103,7 @@ class PruneAtInit(Callback):
         schedule: Schedule = "exponential",
         distribution: Optional[Union[str, dict[str, float], Distribution]] = None,
         scope: Optional[Literal["global", "layerwise"]] = None,
+        granularity: str = "weight",
         input_shape: Optional[list[int]] = None,
         num_batches: Optional[int] = None,
         include_types: Optional[list[str]] = None,
@@ -116,7 +122,12 @@ class PruneAtInit(Callback):
         log_per_tensor: bool = False,
     ) -> None:
         self.scorer = get_scorer(scorer)
-        self.density = resolve_density(sparsity, compression)
+        self.pattern = get_granularity(granularity)
+        self.granularity = granularity if self.pattern is None else str(self.pattern)
+        self.density = (
+            resolve_density(sparsity, compression) if self.pattern is None
+            else resolve_pattern_density(self.pattern, sparsity, compression)
+        )
         self.iterations = self.scorer.default_iterations if iterations is None else iterations
         density_schedule(self.density, self.iterations, schedule)  # validates iterations and schedule
         self.distribution = resolve_distribution(self.scorer, distribution, scope, self.density)
@@ -225,12 +236,12 @@ class PruneAtInit(Callback):
 
     def _check_sharded(self, trainer: Trainer) -> None:
         """Under a sharded strategy, refuse before any work what needs whole tensors on one process."""
-        refused = {"isometry_steps": self.isometry_steps, "reinit": self.reinit, "shuffle": self.shuffle}
-        given = {k: v for k, v in refused.items() if v}
+        defaults = {"isometry_steps": 0, "reinit": False, "shuffle": False, "granularity": "weight"}
+        given = {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
         if given:
             raise ValueError(
                 f"PruneAtInit({', '.join(f'{k}={v!r}' for k, v in given.items())}) needs whole tensors on one process,"
-                f" which {type(trainer.strategy).__name__} never holds; set {', '.join(f'{k}={type(v)()!r}' for k, v in given.items())}"
+                f" which {type(trainer.strategy).__name__} never holds; set {', '.join(f'{k}={defaults[k]!r}' for k in given)}"
                 f" to prune a sharded model"
             )
         if not self.scorer.supports_sharding:
@@ -316,6 +327,7 @@ class PruneAtInit(Callback):
             "iterations": self.iterations,
             "schedule": self.schedule,
             "distribution": repr(self.distribution),
+            "granularity": self.granularity,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -405,6 +417,7 @@ class PruneAtInit(Callback):
             parameters=names,
             invert=self.invert,
             shuffle=self.shuffle,
+            granularity=self.granularity,
             progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
         )
         return masks

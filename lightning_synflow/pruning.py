@@ -20,6 +20,7 @@ from lightning_synflow.masks import check_masks, check_weight_norm
 from lightning_synflow.model_state import preserved_model_state
 from lightning_synflow.parameters import select_prunable, tied_names
 from lightning_synflow.distributions import Distribution, DistributionSpec, get_distribution
+from lightning_synflow.granularity import NM, GranularitySpec, get_granularity, resolve_pattern_density, select_pattern
 from lightning_synflow.ranking import select
 from lightning_synflow.sharded_ranking import ProcessGroupCollectives, global_counts, kept_counts, select_sharded
 from lightning_synflow.sharding import blocks_of, check_shardable_masks, is_sharded, like, local
@@ -214,6 +215,7 @@ def compute_masks(
     shuffle: bool = False,
     progress: bool = False,
     scope: Optional[str] = None,
+    granularity: GranularitySpec = "weight",
 ) -> dict[str, Tensor]:
     """Prune iteratively (SynFlow's Algorithm 1) and return the masks; the model is not changed.
 
@@ -238,6 +240,12 @@ def compute_masks(
             (per-tensor counts kept; torch's global generator).
         progress: Show a progress bar over the iterations.
         scope: Deprecated: ``"global"`` or ``"layerwise"``, now ``distribution="global"`` or ``"uniform"``.
+        granularity: ``"weight"`` (any weights; the default) or ``"N:M"`` (e.g. ``"2:4"``): exactly ``N`` of
+            every ``M`` consecutive weights along each stored row are kept
+            (:mod:`lightning_synflow.granularity`). Its density ``N/M`` is implied: ``sparsity`` may be left
+            out. Tensors whose rows are not a multiple of ``M`` long are left dense (all-kept masks) and listed
+            in a warning; the distribution must give every grouped tensor ``N/M`` at the end (``"global"``,
+            ``"uniform"``).
 
     On a sharded model (DTensor parameters of FSDP2 or tensor parallelism: every rank calls this together)
     each rank scores its shards and keeps its part of one exact selection over the full tensors; the masks are
@@ -245,7 +253,8 @@ def compute_masks(
 
     Other arguments as in :func:`compute_scores`. Returns ``dict[name, BoolTensor]``.
     """
-    density = resolve_density(sparsity, compression)
+    pattern = get_granularity(granularity)
+    density = resolve_density(sparsity, compression) if pattern is None else resolve_pattern_density(pattern, sparsity, compression)
     scorer = get_scorer(scorer)
     layers = resolve_distribution(scorer, distribution, scope, density)
     rounds = scorer.densities(density, scorer.default_iterations if iterations is None else iterations, schedule)
@@ -254,6 +263,11 @@ def compute_masks(
     if sharded:
         _check_sharded(scorer, shuffle, current, model)
         all_reduce = all_reduce or ProcessGroupCollectives().sum  # every rank sees every rank's shards anyway
+    if pattern is not None:
+        if sharded or shuffle:
+            raise ValueError(f"granularity {str(pattern)!r} is not supported {'on a sharded model' if sharded else 'with shuffle=True'}")
+        context = _context(model, scorer, example_input, dataloader, loss_fn, num_batches, all_reduce)
+        return _prune_to_pattern(model, scorer, current, pattern, rounds, layers, context, invert, progress)
     shapes = {n: tuple(m.shape) for n, m in current.items()}
     rounds = _reachable(rounds, current, layers, shapes, scorer.monotone)
     context = _context(model, scorer, example_input, dataloader, loss_fn, num_batches, all_reduce)
@@ -282,6 +296,55 @@ def compute_masks(
     current = shuffle_masks(current) if shuffle else current
     check_weight_norm(model, current)
     return current
+
+
+def _prune_to_pattern(
+    model: nn.Module,
+    scorer: Scorer,
+    masks: dict[str, Tensor],
+    pattern: NM,
+    rounds: list[float],
+    layers: Distribution,
+    context: ScoringContext,
+    invert: bool,
+    progress: bool,
+) -> dict[str, Tensor]:
+    """The loop with an N:M pattern: the tensors it fits are pruned round by round, never below ``n`` in a
+    group, and to exactly ``n`` per group in the last round; the others keep their masks (dense)."""
+    dense = [n for n, m in masks.items() if not pattern.fits(tuple(m.shape))]
+    if len(dense) == len(masks):
+        raise ValueError(
+            f"granularity {str(pattern)!r} fits none of the prunable tensors {dense}: their rows (all dimensions"
+            f" but the first) must be a multiple of {pattern.m} long"
+        )
+    if dense:
+        warnings.warn(
+            f"granularity {str(pattern)!r}: {dense} left dense, their rows (all dimensions but the first) not being a"
+            f" multiple of {pattern.m} long",
+            stacklevel=3,
+        )
+    grouped = {n: m for n, m in masks.items() if n not in dense}
+    shapes = {n: tuple(m.shape) for n, m in grouped.items()}
+    final = layers.budget(shapes, pattern.density, None)
+    expected = {n: m.numel() * pattern.n // pattern.m for n, m in grouped.items()}
+    if final != (sum(expected.values()) if isinstance(final, int) else expected):
+        raise ValueError(
+            f"granularity {str(pattern)!r} keeps {pattern.n} of every {pattern.m} weights of each tensor it groups,"
+            f" which distribution {layers!r} does not at density {pattern.density:g}; use 'global' or 'uniform'"
+        )
+    rounds = _reachable(rounds, grouped, layers, shapes, scorer.monotone)
+    state = scorer.start(model, grouped, context) if isinstance(scorer, IncrementalScorer) else None
+    bar = dict(desc=f"pruning {pattern} ({scorer.name or type(scorer).__name__})", disable=not progress, leave=False)
+    for d in tqdm(rounds, **bar):
+        living = None if state is None else (LivingWeights(grouped), state)
+        scores = _score(model, scorer, grouped, context, living)
+        scores = {n: -s for n, s in scores.items()} if invert else scores
+        alive = {n: int(torch.count_nonzero(m)) for n, m in grouped.items()} if scorer.monotone else None
+        budget = layers.budget(shapes, d, alive)
+        grouped = select_pattern(scores, budget, pattern, grouped if scorer.monotone else None)
+        del scores
+    check_weight_norm(model, grouped)
+    return {n: grouped.get(n, masks[n]) for n in masks}
 
 
 def _check_sharded(scorer: Scorer, shuffle: bool, masks: Mapping[str, Tensor], model: nn.Module) -> None:
