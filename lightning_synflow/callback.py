@@ -26,7 +26,7 @@ from torch.optim import Optimizer
 from lightning_synflow.ablations import reinitialize
 from lightning_synflow.collectives import broadcast_masks, broadcast_tensors_
 from lightning_synflow.diagnostics import PruningDiagnostics, log_metrics
-from lightning_synflow.granularity import get_granularity, resolve_pattern_density
+from lightning_synflow.granularity import NM, get_granularity, resolve_pattern_density
 from lightning_synflow.isolation import preserved_attributes, preserved_rng
 from lightning_synflow.masks import BoundMasks, check_masks
 from lightning_synflow.parameters import frozen_weight_matrices, select_prunable
@@ -60,10 +60,12 @@ class PruneAtInit(Callback):
             the global density), or a ``lightning_synflow.distributions.Distribution`` (from YAML:
             ``class_path``). Default: the scorer's own (``erk``, ``uniform``), else ``"global"``.
         scope: Deprecated: ``"global"`` / ``"layerwise"``, now ``distribution: global`` / ``uniform``.
-        granularity: ``"weight"`` (any weights) or ``"N:M"`` (e.g. ``"2:4"``): exactly N of every M consecutive
-            weights along each stored row are kept, which GPUs run faster (``lightning_synflow.to_semi_structured``).
-            N:M implies the sparsity (1 - N/M; leave ``sparsity`` out); tensors whose rows are not a multiple of
-            M long stay dense, with a warning naming them.
+        granularity: ``"weight"`` (any weights), ``"channel"`` (whole output channels and neurons, coupled ones
+            together, with their biases and normalisation parameters; ``sparsity`` is then the fraction of
+            channels removed; needs ``torch-pruning``), or ``"N:M"`` (e.g. ``"2:4"``): exactly N of every M
+            consecutive weights along each stored row are kept, which GPUs run faster
+            (``lightning_synflow.to_semi_structured``). N:M implies the sparsity (1 - N/M; leave ``sparsity``
+            out); tensors whose rows are not a multiple of M long stay dense, with a warning naming them.
         input_shape: Input shape without the batch dimension (e.g. ``[3, 32, 32]``), for scorers that need
             one (SynFlow) when the LightningModule has no ``example_input_array``. Without either, the
             shape of the first training batch is used.
@@ -125,8 +127,8 @@ class PruneAtInit(Callback):
         self.pattern = get_granularity(granularity)
         self.granularity = granularity if self.pattern is None else str(self.pattern)
         self.density = (
-            resolve_density(sparsity, compression) if self.pattern is None
-            else resolve_pattern_density(self.pattern, sparsity, compression)
+            resolve_pattern_density(self.pattern, sparsity, compression) if isinstance(self.pattern, NM)
+            else resolve_density(sparsity, compression)
         )
         self.iterations = self.scorer.default_iterations if iterations is None else iterations
         density_schedule(self.density, self.iterations, schedule)  # validates iterations and schedule

@@ -1,6 +1,7 @@
 """Granularity: which sets of weights are kept or pruned together, one more axis of score → budget → select.
 
-``"weight"`` (the default) keeps any weights. ``"N:M"`` (e.g. ``"2:4"``) keeps exactly ``N`` of every ``M``
+``"weight"`` (the default) keeps any weights. ``"channel"`` keeps or prunes whole output channels and
+neurons, coupled ones together (:mod:`lightning_synflow.channels`). ``"N:M"`` (e.g. ``"2:4"``) keeps exactly ``N`` of every ``M``
 consecutive weights along each row of a weight as it is stored, ``weight.reshape(out, -1)``: ``in_features``
 of a Linear, ``in_channels·kh·kw`` of a convolution. That is the row a GEMM reads (a convolution lowered to
 one by im2col, the usual lowering), and for Linear it is the layout ``torch.sparse.to_sparse_semi_structured``
@@ -54,24 +55,34 @@ class NM:
         return bool((mask.reshape(-1, self.m).sum(1) == self.n).all())
 
 
-#: What ``granularity`` takes: ``"weight"``, an ``"N:M"`` string, or an :class:`NM`.
-GranularitySpec = Union[str, NM]
+@dataclass(frozen=True)
+class Channels:
+    """Keep or prune whole output channels (neurons), coupled ones together."""
+
+    def __str__(self) -> str:
+        return "channel"
 
 
-def get_granularity(spec: GranularitySpec) -> Optional[NM]:
-    """The pattern ``spec`` names; None for ``"weight"`` (any weights)."""
-    if isinstance(spec, NM):
+#: What ``granularity`` takes: ``"weight"``, ``"channel"``, an ``"N:M"`` string, or an :class:`NM`.
+GranularitySpec = Union[str, NM, Channels]
+
+
+def get_granularity(spec: GranularitySpec) -> Optional[Union[NM, Channels]]:
+    """The granularity ``spec`` names; None for ``"weight"`` (any weights)."""
+    if isinstance(spec, (NM, Channels)):
         return spec
     if spec == "weight":
         return None
+    if spec == "channel":
+        return Channels()
     match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", spec) if isinstance(spec, str) else None
     if match:
         n, m = int(match.group(1)), int(match.group(2))
         if 0 < n < m:
             return NM(n, m)
     raise ValueError(
-        f"`granularity` must be 'weight' or 'N:M' with 0 < N < M (N kept of every M consecutive weights, e.g."
-        f" '2:4'), got {spec!r}"
+        f"`granularity` must be 'weight', 'channel' or 'N:M' with 0 < N < M (N kept of every M consecutive weights,"
+        f" e.g. '2:4'), got {spec!r}"
     )
 
 

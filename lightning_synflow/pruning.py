@@ -20,7 +20,8 @@ from lightning_synflow.masks import check_masks, check_weight_norm
 from lightning_synflow.model_state import preserved_model_state
 from lightning_synflow.parameters import select_prunable, tied_names
 from lightning_synflow.distributions import Distribution, DistributionSpec, get_distribution
-from lightning_synflow.granularity import NM, GranularitySpec, get_granularity, resolve_pattern_density, select_pattern
+from lightning_synflow.channels import channel_groups, channel_masks, channel_scores, select_channels
+from lightning_synflow.granularity import NM, Channels, GranularitySpec, get_granularity, resolve_pattern_density, select_pattern
 from lightning_synflow.ranking import select
 from lightning_synflow.sharded_ranking import ProcessGroupCollectives, global_counts, kept_counts, select_sharded
 from lightning_synflow.sharding import blocks_of, check_shardable_masks, is_sharded, like, local
@@ -254,7 +255,10 @@ def compute_masks(
     Other arguments as in :func:`compute_scores`. Returns ``dict[name, BoolTensor]``.
     """
     pattern = get_granularity(granularity)
-    density = resolve_density(sparsity, compression) if pattern is None else resolve_pattern_density(pattern, sparsity, compression)
+    if isinstance(pattern, NM):
+        density = resolve_pattern_density(pattern, sparsity, compression)
+    else:
+        density = resolve_density(sparsity, compression)
     scorer = get_scorer(scorer)
     layers = resolve_distribution(scorer, distribution, scope, density)
     rounds = scorer.densities(density, scorer.default_iterations if iterations is None else iterations, schedule)
@@ -267,6 +271,8 @@ def compute_masks(
         if sharded or shuffle:
             raise ValueError(f"granularity {str(pattern)!r} is not supported {'on a sharded model' if sharded else 'with shuffle=True'}")
         context = _context(model, scorer, example_input, dataloader, loss_fn, num_batches, all_reduce)
+        if isinstance(pattern, Channels):
+            return _prune_channels(model, scorer, current, rounds, layers, context, invert, progress)
         return _prune_to_pattern(model, scorer, current, pattern, rounds, layers, context, invert, progress)
     shapes = {n: tuple(m.shape) for n, m in current.items()}
     rounds = _reachable(rounds, current, layers, shapes, scorer.monotone)
@@ -345,6 +351,48 @@ def _prune_to_pattern(
         del scores
     check_weight_norm(model, grouped)
     return {n: grouped.get(n, masks[n]) for n in masks}
+
+
+def _prune_channels(
+    model: nn.Module,
+    scorer: Scorer,
+    masks: dict[str, Tensor],
+    rounds: list[float],
+    layers: Distribution,
+    context: ScoringContext,
+    invert: bool,
+    progress: bool,
+) -> dict[str, Tensor]:
+    """The loop over whole channels: each round scores the weights on the network as masked so far (pruned
+    channels' weights, biases and normalisation parameters zero), sums them per channel, and keeps the
+    distribution's count of channels (its "tensors" being the groups of coupled channels)."""
+    if masks and not all(bool(m.all()) for m in masks.values()):
+        raise ValueError("granularity='channel' cannot continue from given `masks` yet; prune from the dense model")
+    example = context.example_input if context.example_input is not None else (context.batches[0][0] if context.batches else None)
+    if example is None:
+        raise ValueError("granularity='channel' traces one forward pass to find coupled channels: pass `example_input`")
+    with preserved_model_state(model):
+        model.eval()
+        groups = channel_groups(model, example, list(masks))
+    if not groups:
+        raise ValueError(
+            f"granularity='channel' found no channel of {type(model).__name__} it can prune: the prunable layers'"
+            f" channels all reach the outputs or pass through a layer that cannot lose one (lightning_synflow.channels)"
+        )
+    shapes = {g.name: (g.size,) for g in groups}
+    kept = {g.name: torch.ones(g.size, dtype=torch.bool) for g in groups}
+    rounds = _reachable(rounds, kept, layers, shapes, scorer.monotone)
+    current = channel_masks(groups, kept, model)
+    state = scorer.start(model, current, context) if isinstance(scorer, IncrementalScorer) else None
+    bar = dict(desc=f"pruning channels ({scorer.name or type(scorer).__name__})", disable=not progress, leave=False)
+    for d in tqdm(rounds, **bar):
+        living = None if state is None else (LivingWeights(current), state)
+        scores = channel_scores(groups, _score(model, scorer, current, context, living))
+        scores = {n: -s for n, s in scores.items()} if invert else scores
+        alive = {n: int(k.sum()) for n, k in kept.items()} if scorer.monotone else None
+        kept = select_channels({n: s.cpu() for n, s in scores.items()}, layers.budget(shapes, d, alive), kept if scorer.monotone else None)
+        current = channel_masks(groups, kept, model)
+    return current
 
 
 def _check_sharded(scorer: Scorer, shuffle: bool, masks: Mapping[str, Tensor], model: nn.Module) -> None:

@@ -44,9 +44,10 @@ def prune(scorer, pattern="2:4", **kwargs):
 
 def test_granularity_names():
     assert get_granularity("weight") is None
+    assert str(get_granularity("channel")) == "channel"
     assert get_granularity("2:4") == NM(2, 4) and get_granularity(" 1 : 8 ") == NM(1, 8)
     for bad in ("4:2", "0:4", "2:2", "2-4", "", 3):
-        with pytest.raises(ValueError, match=r"`granularity` must be 'weight' or 'N:M' with 0 < N < M .* got " + repr(bad).replace("(", r"\(")):
+        with pytest.raises(ValueError, match=r"`granularity` must be 'weight', 'channel' or 'N:M' with 0 < N < M .* got " + repr(bad).replace("(", r"\(")):
             get_granularity(bad)
 
 
