@@ -33,7 +33,8 @@ from lightning_synflow.scorers import (
     get_scorer,
     register_scorer,
 )
-from lightning_synflow.callback import PruneAtInit  # noqa: E402  (imports the functional core above)
+from lightning_synflow.callback import PruneAtInit, load_shrunk  # noqa: E402  (imports the functional core above)
+from lightning_synflow.channels import shrink  # noqa: E402
 from lightning_synflow.diagnostics import PruningDiagnostics  # noqa: E402
 
 __version__ = "0.1.0"
@@ -76,6 +77,7 @@ __all__ = [
     "get_granularity",
     "get_scorer",
     "kept_counts",
+    "load_shrunk",
     "num_kept",
     "register_scorer",
     "reinitialize",
@@ -83,6 +85,7 @@ __all__ = [
     "select_masks",
     "select_prunable",
     "semi_structured_plan",
+    "shrink",
     "shuffle_masks",
     "sparsity_report",
     "to_semi_structured",

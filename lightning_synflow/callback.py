@@ -19,6 +19,7 @@ from typing import Any, Literal, Optional, Union
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
@@ -26,7 +27,8 @@ from torch.optim import Optimizer
 from lightning_synflow.ablations import reinitialize
 from lightning_synflow.collectives import broadcast_masks, broadcast_tensors_
 from lightning_synflow.diagnostics import PruningDiagnostics, log_metrics
-from lightning_synflow.granularity import NM, get_granularity, resolve_pattern_density
+from lightning_synflow.channels import shrink_
+from lightning_synflow.granularity import NM, Channels, get_granularity, resolve_pattern_density
 from lightning_synflow.isolation import preserved_attributes, preserved_rng
 from lightning_synflow.masks import BoundMasks, check_masks
 from lightning_synflow.parameters import frozen_weight_matrices, select_prunable
@@ -66,6 +68,10 @@ class PruneAtInit(Callback):
             consecutive weights along each stored row are kept, which GPUs run faster
             (``lightning_synflow.to_semi_structured``). N:M implies the sparsity (1 - N/M; leave ``sparsity``
             out); tensors whose rows are not a multiple of M long stay dense, with a warning naming them.
+        shrink: With ``granularity="channel"``: remove the pruned channels after pruning, so that a smaller dense
+            network trains (the optimizers are built again for it, ``configure_optimizers`` called a second
+            time). One device only. A checkpoint then holds the smaller network: rebuild it with
+            ``lightning_synflow.load_shrunk(model, ckpt_path)`` before loading or resuming.
         input_shape: Input shape without the batch dimension (e.g. ``[3, 32, 32]``), for scorers that need
             one (SynFlow) when the LightningModule has no ``example_input_array``. Without either, the
             shape of the first training batch is used.
@@ -106,6 +112,7 @@ class PruneAtInit(Callback):
         distribution: Optional[Union[str, dict[str, float], Distribution]] = None,
         scope: Optional[Literal["global", "layerwise"]] = None,
         granularity: str = "weight",
+        shrink: bool = False,
         input_shape: Optional[list[int]] = None,
         num_batches: Optional[int] = None,
         include_types: Optional[list[str]] = None,
@@ -137,6 +144,9 @@ class PruneAtInit(Callback):
             check_shape("input_shape", input_shape, "without the batch dimension")
         if num_batches is not None:
             check_int("num_batches", num_batches)
+        self.shrink = check_bool("shrink", shrink)
+        if self.shrink and not isinstance(self.pattern, Channels):
+            raise ValueError(f"PruneAtInit `shrink` removes whole channels: give granularity='channel', got granularity={granularity!r}")
         self.isometry_steps = check_int("isometry_steps", isometry_steps, 0, meaning="0 = off")
         self.isometry_lr = check_number("isometry_lr", isometry_lr, "a positive finite number", low=0, open_low=True)
         self._legacy_diagnostics = _legacy_diagnostics(log_jacobian, log_effective_sparsity, log_per_tensor, input_shape)
@@ -159,6 +169,7 @@ class PruneAtInit(Callback):
         self._restored: Optional[dict[str, Any]] = None  # a checkpoint's state, until on_fit_start adopts it
         self._distributed_checkpoints = False  # a sharded strategy saves distributed checkpoints
         self._start_at_train_start = False  # a checkpoint this fit resumes would be restored after on_fit_start
+        self._shrunk: Optional[dict[str, tuple[int, ...]]] = None  # the parameter shapes of the shrunk model
 
     @property
     def masks(self) -> Optional[dict[str, Tensor]]:
@@ -169,6 +180,11 @@ class PruneAtInit(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         check_strategy(trainer.strategy)
+        if self.shrink and not isinstance(trainer.strategy, SingleDeviceStrategy):
+            raise ValueError(
+                f"PruneAtInit(shrink=True) replaces the model's parameters, which {type(trainer.strategy).__name__}"
+                f" holds references to; it runs on a single device"
+            )
         if is_sharded_strategy(trainer.strategy):
             self._check_sharded(trainer)
             self._distributed_checkpoints = bool(trainer.strategy._save_distributed_checkpoint)
@@ -194,6 +210,9 @@ class PruneAtInit(Callback):
     def _start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Prune (or take up the masks to keep), apply the masks and hook them to every optimizer step."""
         masks, origin = self._masks_to_keep(trainer, pl_module)
+        if masks is not None and self._shrunk is not None:
+            self._keep_shrunk(pl_module, masks, origin)
+            return
         fresh = masks is None
         observers = [cb for cb in trainer.callbacks if isinstance(cb, PruningDiagnostics)] if fresh else []
         for observer in observers:
@@ -220,6 +239,8 @@ class PruneAtInit(Callback):
             self._isometry(trainer, pl_module)
             for observer in observers:
                 observer.after_isometry(trainer, pl_module, self._masks)
+        if fresh and self.shrink:
+            self._shrink(trainer, pl_module)
 
     def _prune(self, trainer: Trainer, pl_module: LightningModule) -> tuple[dict[str, Tensor], float]:
         """The masks (rank zero's under DDP; each rank's part of them on a sharded model) and the seconds scoring
@@ -235,6 +256,32 @@ class PruneAtInit(Callback):
         if self.reinit:
             self._reinitialize(trainer, pl_module)
         return masks, seconds
+
+    def _shrink(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Remove the pruned channels; the optimizers are built again for the smaller parameters, and there is
+        nothing left to mask."""
+        example = example_input(trainer, pl_module, self.input_shape, "PruneAtInit(shrink=True)")
+        before = sum(p.numel() for p in pl_module.parameters())
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks, self._bound = [], None
+        shrink_(pl_module, self._masks, example)
+        trainer.strategy.setup_optimizers(trainer)
+        self._shrunk = {n: tuple(p.shape) for n, p in pl_module.named_parameters()}
+        after = sum(p.numel() for p in pl_module.parameters())
+        log_metrics(trainer, {"pruning/parameters_before_shrink": float(before), "pruning/parameters": float(after)})
+        rank_zero_info(f"PruneAtInit: shrunk {type(pl_module).__name__} from {before:,} to {after:,} parameters")
+
+    def _keep_shrunk(self, pl_module: LightningModule, masks: dict[str, Tensor], origin: str) -> None:
+        """Resuming a shrunk model: nothing to mask, once the model is checked to be the shrunk one."""
+        shapes = {n: tuple(p.shape) for n, p in pl_module.named_parameters()}
+        if shapes != self._shrunk:
+            raise ValueError(
+                f"PruneAtInit: the masks {origin} belong to a shrunk {type(pl_module).__name__}, but this model has its"
+                f" full shapes; rebuild the smaller one with lightning_synflow.load_shrunk(model, ckpt_path) first"
+            )
+        self._masks, self._owner = masks, weakref.ref(pl_module)
+        rank_zero_info(f"PruneAtInit: kept the shrunk model, masks {origin}")
 
     def _check_sharded(self, trainer: Trainer) -> None:
         """Under a sharded strategy, refuse before any work what needs whole tensors on one process."""
@@ -273,6 +320,7 @@ class PruneAtInit(Callback):
         restored, self._restored = self._restored, None
         if restored is not None:
             self._warn_if_arguments_differ(restored)
+            self._shrunk = {n: tuple(s) for n, s in restored["shrunk"].items()} if "shrunk" in restored else None
             return self._restored_masks(trainer, pl_module, restored), "restored from the checkpoint"
         if self._masks is not None and self._owner is not None and self._owner() is pl_module:
             return self._masks, "of this model's previous fit"
@@ -339,7 +387,8 @@ class PruneAtInit(Callback):
         if self._masks is None:
             return {}
         if not any(is_sharded(m) for m in self._masks.values()):
-            return {"masks": {n: m.cpu() for n, m in self._masks.items()}, **self._settings()}
+            shrunk = {} if self._shrunk is None else {"shrunk": self._shrunk}
+            return {"masks": {n: m.cpu() for n, m in self._masks.items()}, **shrunk, **self._settings()}
         if self._masks_beside_checkpoint():
             return {"masks_beside": list(self._masks), **self._settings()}
         return {"packed_masks": full_packed(self._masks), **self._settings()}
@@ -454,6 +503,22 @@ class PruneAtInit(Callback):
                 " Without a skip connection around them the network is disconnected; lower the sparsity,"
                 " use more iterations, or exclude them."
             )
+
+
+def load_shrunk(model: LightningModule, checkpoint_path: Union[str, Path], example_input: Optional[Any] = None) -> LightningModule:
+    """Shrink ``model`` (built as before pruning) in place to the architecture a ``PruneAtInit(shrink=True)``
+    checkpoint holds, so that the checkpoint loads into it (``trainer.fit(model, ckpt_path=...)`` or
+    ``model.load_state_dict(checkpoint["state_dict"])``). ``example_input``: default the model's
+    ``example_input_array``."""
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    state = checkpoint.get("callbacks", {}).get(PruneAtInit.__qualname__, {})
+    if "shrunk" not in state:
+        raise ValueError(f"{checkpoint_path} holds no shrunk model: it was not saved by PruneAtInit(shrink=True)")
+    example = model.example_input_array if example_input is None else example_input
+    if example is None:
+        raise ValueError("load_shrunk traces the model once: give `example_input` or set model.example_input_array")
+    shrink_(model, state["masks"], example)
+    return model
 
 
 def _save_masks_beside_checkpoints(strategy: Any) -> None:

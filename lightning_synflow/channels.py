@@ -190,10 +190,15 @@ def select_channels(
 def shrink(model: nn.Module, masks: Mapping[str, Tensor], example_input: Any) -> nn.Module:
     """A copy of ``model`` with every pruned channel removed: a smaller dense network computing what the
     masked one computes. ``masks`` are :func:`compute_masks`' with ``granularity="channel"``."""
-    smaller = copy.deepcopy(model)
+    return shrink_(copy.deepcopy(model), masks, example_input)
+
+
+def shrink_(model: nn.Module, masks: Mapping[str, Tensor], example_input: Any) -> nn.Module:
+    """:func:`shrink` in place: ``model``'s layers lose their pruned channels (new, smaller parameters: an
+    optimizer built before holds the old ones). Everything is checked before anything changes."""
     tp = _torch_pruning()
-    by_name = dict(smaller.named_parameters())
-    unknown = [n for n in masks if n not in by_name]
+    params = dict(model.named_parameters())
+    unknown = [n for n in masks if n not in params]
     if unknown:
         raise ValueError(f"masks name tensors that {type(model).__name__} does not have: {unknown}")
     names = [n for n in masks if masks[n].dim() >= 2]
@@ -205,33 +210,32 @@ def shrink(model: nn.Module, masks: Mapping[str, Tensor], example_input: Any) ->
                 f"shrink removes whole channels, but the mask of {name!r} keeps part of channel(s) {partial[:10]}:"
                 f" prune with granularity='channel'"
             )
-    smaller.eval()  # tracing runs forward passes: running statistics stay as they are
-    groups = channel_groups(smaller, example_input, names)
-    roots = {g.name for g in groups}
-    blocked = [n for n in names if n not in roots and not bool(masks[n].reshape(masks[n].shape[0], -1).all(1).all())]
-    rooted_rows = {row for g in groups for row, _ in g.rows}
-    blocked = [n for n in blocked if n not in rooted_rows]
+    modes = [m.training for m in model.modules()]
+    model.eval()  # tracing runs forward passes: running statistics stay as they are
+    try:
+        groups = channel_groups(model, example_input, names)
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    finally:
+        for module, training in zip(model.modules(), modes):
+            module.training = training
+    rows_of = {row for g in groups for row, _ in g.rows}
+    blocked = [n for n in names if n not in rows_of and not bool(masks[n].all())]
     if blocked:
         raise ValueError(
             f"shrink cannot remove the pruned channels of {blocked}: their layers' outputs are the model's outputs or"
             f" pass through a layer that cannot lose a channel exactly (lightning_synflow.channels)"
         )
-    modules = {id(m.weight): m for m in smaller.modules() if isinstance(m, _LAYERS)}
-    graph = tp.DependencyGraph().build_dependency(smaller, example_inputs=example_input)
-    for g in groups:
-        if g.name not in masks:
-            continue
-        rows = masks[g.name].reshape(g.size, -1).any(1)
-        pruned = torch.nonzero(~rows).flatten().tolist()
-        if len(pruned) == g.size:
-            raise ValueError(f"every channel of {g.name!r} is pruned: a network without them cannot be shrunk")
-        if pruned:
-            root = modules[id(by_name[g.name])]
+    pruned = {g.name: torch.nonzero(~masks[g.name].reshape(g.size, -1).any(1)).flatten().tolist() for g in groups if g.name in masks}
+    emptied = [n for n, idxs in pruned.items() if len(idxs) == params[n].shape[0]]
+    if emptied:
+        raise ValueError(f"every channel of {emptied} is pruned: a network without them cannot be shrunk")
+    layers = {id(m.weight): m for m in model.modules() if isinstance(m, _LAYERS)}
+    for name, idxs in pruned.items():
+        if idxs:
+            root = layers[id(params[name])]
             handler = tp.prune_linear_out_channels if isinstance(root, nn.Linear) else tp.prune_conv_out_channels
-            graph.get_pruning_group(root, handler, idxs=pruned).prune()
-    for module, training in zip(smaller.modules(), (m.training for m in model.modules())):
-        module.training = training
-    return smaller
+            graph.get_pruning_group(root, handler, idxs=idxs).prune()
+    return model
 
 
 def _call(model: nn.Module, example_input: Any) -> Any:

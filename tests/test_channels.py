@@ -179,3 +179,47 @@ def test_prune_at_init_with_channels_keeps_whole_channels_through_training():
         assert (params[name].detach()[~mask] == 0).all()
         if mask.dim() > 1:
             kept_channels(pruner.masks, name)
+
+
+def test_prune_shrink_train_save_and_load_the_smaller_network(tmp_path):
+    from lightning.pytorch import Trainer
+
+    from lightning_helpers import MLP, random_data
+    from lightning_synflow import load_shrunk
+
+    def trainer(steps, pruner):
+        return Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                       enable_model_summary=False, callbacks=[pruner])
+
+    torch.manual_seed(0)
+    model = MLP()
+    dense = sum(p.numel() for p in model.parameters())
+    pruner = PruneAtInit(scorer="synflow", sparsity=0.5, iterations=4, granularity="channel", shrink=True, verbose=False)
+    first = trainer(3, pruner)
+    first.fit(model, random_data())
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    assert shapes["net.0.weight"][0] + shapes["net.2.weight"][0] == num_kept(0.5, 64)  # channels kept of 32 + 32
+    assert shapes["net.4.weight"] == (4, shapes["net.2.weight"][0])  # the 4 classes stay
+    assert sum(p.numel() for p in model.parameters()) < dense
+    optimized = {id(p) for group in first.optimizers[0].param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in model.parameters()}  # the optimizer was built for the smaller network
+    path = tmp_path / "shrunk.ckpt"
+    first.save_checkpoint(path)
+
+    rebuilt = load_shrunk(MLP(), path)
+    assert {n: tuple(p.shape) for n, p in rebuilt.named_parameters()} == shapes
+    rebuilt.load_state_dict(torch.load(path, weights_only=False)["state_dict"])
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(rebuilt(x), model(x))
+
+    resumed = PruneAtInit(scorer="synflow", sparsity=0.5, iterations=4, granularity="channel", shrink=True, verbose=False)
+    trainer(5, resumed).fit(load_shrunk(MLP(), path), random_data(), ckpt_path=path)
+    with pytest.raises(ValueError, match=r"PruneAtInit: the masks restored from the checkpoint belong to a shrunk MLP, but"
+                                         r" this model has its full shapes; rebuild the smaller one with"
+                                         r" lightning_synflow.load_shrunk\(model, ckpt_path\) first"):
+        again = PruneAtInit(scorer="synflow", sparsity=0.5, iterations=4, granularity="channel", shrink=True)
+        again.load_state_dict(torch.load(path, weights_only=False)["callbacks"]["PruneAtInit"])
+        again._start(trainer(5, again), MLP())
+    with pytest.raises(ValueError, match=r"PruneAtInit `shrink` removes whole channels: give granularity='channel', got"
+                                         r" granularity='weight'"):
+        PruneAtInit(sparsity=0.5, shrink=True)
