@@ -209,3 +209,17 @@ def test_sharded_memory_benchmark_quick(tmp_path):
         assert r["mask_local_bytes"] == r["prunable_mb"] * MB / 4  # a bool per weight it holds
         cells = _table_row(stdout, r["setup"], str(r["rank"]))
         assert cells[2:5] == [f"{r['prunable_mb'] / 1024:.2f}", f"{r['floor_mb'] / 1024:.2f}", f"{r['peak_mb'] / 1024:.2f}"]
+
+
+def test_shrink_speed_benchmark_quick(tmp_path):
+    out = tmp_path / "rows.json"
+    stdout = _run_benchmark("shrink_speed.py", "--quick", "--json", str(out))
+    rows = json.loads(out.read_text())
+    assert [r["model"] for r in rows] == ["dense", "2x"]
+    dense, small = rows
+    assert dense["flop_ratio"] == 1.0 and dense["speedup"] == 1.0 and dense["channel_density"] == 1.0
+    assert 1.5 < small["flop_ratio"] < 2.6 and small["params"] < dense["params"] and 0 < small["channel_density"] < 1
+    for r in rows:
+        assert r["step_ms_min"] <= r["step_ms"] <= r["step_ms_max"]
+        cells = _table_row(stdout, r["model"])
+        assert cells[2:4] == [f"{r['flop_ratio']:.2f}x", f"{r['params']:,}"]
