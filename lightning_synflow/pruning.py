@@ -241,12 +241,16 @@ def compute_masks(
             (per-tensor counts kept; torch's global generator).
         progress: Show a progress bar over the iterations.
         scope: Deprecated: ``"global"`` or ``"layerwise"``, now ``distribution="global"`` or ``"uniform"``.
-        granularity: ``"weight"`` (any weights; the default) or ``"N:M"`` (e.g. ``"2:4"``): exactly ``N`` of
-            every ``M`` consecutive weights along each stored row are kept
-            (:mod:`lightning_synflow.granularity`). Its density ``N/M`` is implied: ``sparsity`` may be left
-            out. Tensors whose rows are not a multiple of ``M`` long are left dense (all-kept masks) and listed
-            in a warning; the distribution must give every grouped tensor ``N/M`` at the end (``"global"``,
-            ``"uniform"``).
+        granularity: ``"weight"`` (any weights; the default), ``"channel"`` or ``"N:M"`` (e.g. ``"2:4"``).
+            ``"channel"`` keeps or prunes whole output channels, coupled ones together
+            (:mod:`lightning_synflow.channels`; needs ``example_input`` or data to trace, and
+            ``torch-pruning``): ``sparsity`` is the fraction of channels removed, the distribution shares
+            channels among the groups of coupled channels, and the masks also cover the channels' biases and
+            normalisation parameters. ``"N:M"`` keeps exactly ``N`` of every ``M`` consecutive weights along
+            each stored row (:mod:`lightning_synflow.granularity`); its density ``N/M`` is implied
+            (``sparsity`` may be left out); tensors whose rows are not a multiple of ``M`` long are left dense
+            (all-kept masks) and named in a warning; the distribution must give every grouped tensor ``N/M``
+            at the end (``"global"``, ``"uniform"``).
 
     On a sharded model (DTensor parameters of FSDP2 or tensor parallelism: every rank calls this together)
     each rank scores its shards and keeps its part of one exact selection over the full tensors; the masks are
