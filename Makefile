@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test study study-isometry install clean
+.PHONY: demo test study study-isometry study-channels install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ study: $(STAMP)
 study-isometry: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) examples/sweep.py --preset fashion-mnist-isometry --out $(STUDY).csv --jobs 2
 	$(PY) examples/plot_sweep.py $(STUDY).csv --out $(STUDY)_isometry.png --table $(STUDY)_isometry.md
+
+# Channel pruning at 2x, 4x and 8x fewer FLOPs (its own CSV), and the unstructured study's protocol at the
+# parameter counts those keep (the study's CSV); resumable.
+study-channels: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) examples/sweep.py --preset fashion-mnist-channels --out $(STUDY)_channels.csv --no-dense --jobs 2
+	OMP_NUM_THREADS=1 $(PY) examples/sweep.py --preset fashion-mnist-equal-params --out $(STUDY).csv --no-dense --jobs 2
+	$(PY) examples/plot_sweep.py $(STUDY)_channels.csv --no-reference --out $(STUDY)_channels.png --table $(STUDY)_channels.md
 
 clean:
 	rm -rf $(VENV) lightning_logs .pytest_cache

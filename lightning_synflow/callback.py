@@ -303,7 +303,12 @@ class PruneAtInit(Callback):
     def _reads_training_data(self, pl_module: LightningModule) -> bool:
         """Scoring will draw training batches (for data, or for the input shape)."""
         shape_from_data = pl_module.example_input_array is None and self.input_shape is None
-        return self.scorer.needs_data or (self.scorer.needs_input and shape_from_data)
+        return self.scorer.needs_data or (self._needs_input and shape_from_data)
+
+    @property
+    def _needs_input(self) -> bool:
+        """The scorer needs the model's input, or channel granularity traces a forward pass with it."""
+        return self.scorer.needs_input or isinstance(self.pattern, Channels)
 
     def _isometry(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """The approximate-isometry steps on the kept weights, the same result on every rank."""
@@ -459,7 +464,7 @@ class PruneAtInit(Callback):
             schedule=self.schedule,
             distribution=self.distribution,
             example_input=example_input(trainer, pl_module, self.input_shape, f"PruneAtInit(scorer={self.scorer.name!r})")
-            if self.scorer.needs_input
+            if self._needs_input
             else None,
             dataloader=training_batches(trainer, num_batches) if self.scorer.needs_data else None,
             loss_fn=training_step_loss(trainer) if self.scorer.needs_data else None,

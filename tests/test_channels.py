@@ -164,21 +164,25 @@ def test_channel_pruning_needs_an_input_to_trace():
         compute_masks(TinyCNN(), "magnitude", sparsity=0.5, granularity="channel")
 
 
-def test_prune_at_init_with_channels_keeps_whole_channels_through_training():
+@pytest.mark.parametrize("scorer", ["synflow", "magnitude", "snip"])
+@pytest.mark.parametrize("input_from", ["example_input_array", "first batch"])
+def test_prune_at_init_with_channels_keeps_whole_channels_through_training(scorer, input_from):
     from lightning.pytorch import Trainer
 
     from lightning_helpers import MLP, random_data
 
-    model = MLP()
-    pruner = PruneAtInit(scorer="synflow", sparsity=0.5, iterations=5, granularity="channel", verbose=False)
+    model = MLP(example_input=input_from == "example_input_array")  # else traced with the first batch's input
+    pruner = PruneAtInit(scorer=scorer, sparsity=0.5, iterations=2, granularity="channel", verbose=False)
     trainer = Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, callbacks=[pruner])
-    trainer.fit(model, random_data())
+    trainer.fit(model, torch.utils.data.DataLoader(random_data(), batch_size=8))
     params = dict(model.named_parameters())
     for name, mask in pruner.masks.items():
         assert (params[name].detach()[~mask] == 0).all()
         if mask.dim() > 1:
             kept_channels(pruner.masks, name)
+    kept = kept_channels(pruner.masks, "net.0.weight").sum() + kept_channels(pruner.masks, "net.2.weight").sum()
+    assert int(kept) == num_kept(0.5, 64)
 
 
 def test_prune_shrink_train_save_and_load_the_smaller_network(tmp_path):
