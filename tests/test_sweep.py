@@ -438,7 +438,9 @@ def test_paper_configs(path, monkeypatch, capsys):
     assert "compression" in prune["init_args"] and "sparsity" not in prune["init_args"]
     model = config["model"]
     assert model["momentum"] == 0.9 and config["data"]["init_args"]["batch_size"] == 128
-    if path.stem != "fashion_mnist_lenet5":
+    if path.stem == "fashion_mnist_lenet5_channels":  # the Fashion-MNIST recipe, pruned by whole channels
+        assert prune["init_args"]["granularity"] == "channel" and prune["init_args"]["distribution"] == "uniform"
+    if not path.stem.startswith("fashion_mnist_lenet5"):
         key = "tinyimagenet" if path.stem.startswith("tinyimagenet") else "resnet18" if "resnet18" in path.stem else "vgg"
         lr, milestones, gamma, wd, epochs = PAPER_RECIPES[key]
         assert (model["lr"], model["milestones"], model["gamma"], model["weight_decay"], config["trainer"]["max_epochs"]) == (lr, milestones, gamma, wd, epochs)
