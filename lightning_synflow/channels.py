@@ -65,16 +65,24 @@ class ChannelGroup:
 
 
 def output_layers(model: nn.Module, example_input: Any) -> set[nn.Module]:
-    """The convolution and Linear layers whose outputs reach the model's outputs through no other such layer."""
+    """The convolution and Linear layers whose outputs reach the model's outputs through no other such layer
+    (found through the autograd graph of one forward pass, frozen parameters made to require grad for it)."""
     produced: dict[Any, nn.Module] = {}
-    hooks = [
-        m.register_forward_hook(lambda mod, args, out: produced.__setitem__(out.grad_fn, mod) if isinstance(out, Tensor) else None)
-        for m in model.modules() if isinstance(m, _LAYERS)
-    ]
+
+    def record(module: nn.Module, args: Any, out: Any) -> None:
+        if isinstance(out, Tensor) and out.grad_fn is not None:
+            produced[out.grad_fn] = module
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, _LAYERS)]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
     try:
+        for p in frozen:
+            p.requires_grad_(True)
         with torch.enable_grad():
             outputs = _call(model, example_input)
     finally:
+        for p in frozen:
+            p.requires_grad_(False)
         for h in hooks:
             h.remove()
     found: set[nn.Module] = set()

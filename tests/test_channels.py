@@ -227,3 +227,13 @@ def test_prune_shrink_train_save_and_load_the_smaller_network(tmp_path):
     with pytest.raises(ValueError, match=r"PruneAtInit `shrink` removes whole channels: give granularity='channel', got"
                                          r" granularity='weight'"):
         PruneAtInit(sparsity=0.5, shrink=True)
+
+
+def test_the_classes_are_found_on_a_frozen_model_too():
+    model = TinyCNN().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    from lightning_synflow.channels import output_layers
+
+    assert output_layers(model, X[:, :, :8, :8]) == {model.fc}
+    assert all(not p.requires_grad for p in model.parameters())
