@@ -153,8 +153,7 @@ def channel_masks(
                 masks[name] = torch.ones(params[name].shape, dtype=torch.bool, device=params[name].device)
             pruned = index[~kept[g.name].cpu()].to(params[name].device)
             masks[name][pruned] = False
-    order = list(params)
-    return {n: masks[n] for n in sorted(masks, key=order.index)}
+    return {n: masks[n] for n in params if n in masks}  # in the model's order
 
 
 def channel_scores(groups: Sequence[ChannelGroup], scores: Mapping[str, Tensor]) -> dict[str, Tensor]:

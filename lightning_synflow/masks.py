@@ -75,18 +75,21 @@ class BoundMasks:
         self.names = list(masks)
         self.params = [params[n] for n in self.names]
         self.masks = [masks[n].to(p.device) for n, p in zip(self.names, self.params)]
+        with torch.no_grad():  # the tensors each step writes: a DTensor's local shard shares its memory
+            self._weights = [local(p) for p in self.params]
+            self._local_masks = [local(m) for m in self.masks]
 
     @torch.no_grad()
     def apply_(self) -> None:
         """Zero every pruned weight."""
         if self.params:
-            torch._foreach_mul_([local(p) for p in self.params], [local(m) for m in self.masks])
+            torch._foreach_mul_(self._weights, self._local_masks)
 
     @torch.no_grad()
     def mask_grads_(self) -> None:
         """Zero the gradients of pruned weights, so that optimizer state (momentum, Adam moments) of a
         pruned weight never leaves zero."""
-        pairs = [(local(p.grad), local(m)) for p, m in zip(self.params, self.masks) if p.grad is not None]
+        pairs = [(local(p.grad), m) for p, m in zip(self.params, self._local_masks) if p.grad is not None]
         if pairs:
             torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
 

@@ -94,7 +94,7 @@ def _score(
     masks: Mapping[str, Tensor],
     context: ScoringContext,
     incremental: Optional[tuple[LivingWeights, Any]] = None,
-    all_reduce: Callable[[Tensor], Tensor] = lambda t: t,
+    all_reduce: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> dict[str, Tensor]:
     """One round's scores: ``scorer.score``, or ``score_round`` on ``(living weights, state)`` for an
     :class:`IncrementalScorer`; checked to cover every tensor of ``masks`` and to be finite (on every rank's
@@ -112,9 +112,10 @@ def _score(
     bad = [] if scorer.checks_finite else [
         n for n in masks if not torch.isfinite(local(scores[n]).sum()) and not torch.isfinite(local(scores[n])).all()
     ]
-    device = local(next(iter(scores.values()))).device if scores else None
-    if not scorer.checks_finite and int(all_reduce(torch.tensor([len(bad)], device=device))[0]) and not bad:
-        raise FloatingPointError(f"scorer {scorer!r} produced non-finite scores on another rank")
+    if all_reduce is not None and not scorer.checks_finite and scores:  # every rank joins, so that none waits
+        device = local(next(iter(scores.values()))).device
+        if int(all_reduce(torch.tensor([len(bad)], device=device))[0]) and not bad:
+            raise FloatingPointError(f"scorer {scorer!r} produced non-finite scores on another rank")
     if bad:
         raise FloatingPointError(f"scorer {scorer!r} produced non-finite scores for {bad}")
     return {n: scores[n] for n in masks}
