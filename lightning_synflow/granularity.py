@@ -44,6 +44,7 @@ class NM:
 
     @property
     def density(self) -> float:
+        """The density the pattern implies, N / M."""
         return self.n / self.m
 
     def fits(self, shape: Sequence[int]) -> bool:

@@ -25,10 +25,12 @@ class TensorSparsity:
 
     @property
     def density(self) -> float:
+        """Fraction of the tensor's weights kept."""
         return self.kept / self.total
 
     @property
     def sparsity(self) -> float:
+        """Fraction of the tensor's weights removed."""
         return 1.0 - self.density
 
     @property
@@ -51,18 +53,22 @@ class SparsityReport:
 
     @property
     def kept(self) -> int:
+        """Weights kept over all masked tensors."""
         return sum(t.kept for t in self.tensors)
 
     @property
     def total(self) -> int:
+        """Weights in all masked tensors (frozen ones excluded)."""
         return sum(t.total for t in self.tensors)
 
     @property
     def density(self) -> float:
+        """Fraction kept over all masked tensors (1 when there are none)."""
         return self.kept / self.total if self.total else 1.0
 
     @property
     def sparsity(self) -> float:
+        """Fraction removed over all masked tensors."""
         return 1.0 - self.density
 
     @property

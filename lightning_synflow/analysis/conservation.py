@@ -58,6 +58,7 @@ class LayerScore:
 
 @dataclass(frozen=True)
 class ConservationResult:
+    """Per-neuron and per-layer score conservation of one scorer (:func:`conservation`)."""
     scorer: str
     neurons: tuple[NeuronConservation, ...]
     layers: tuple[LayerScore, ...]
@@ -85,6 +86,7 @@ class ConservationResult:
         return sum((p[0] - mx) * (p[1] - my) for p in pts) / var if var > 0 else float("nan")
 
     def as_metrics(self, prefix: str = "conservation") -> dict[str, float]:
+        """The three summary figures, flat, for a logger."""
         return {
             f"{prefix}/{self.scorer}/max_neuron_relative_error": self.max_relative_error,
             f"{prefix}/{self.scorer}/layer_total_spread": self.total_spread,
@@ -92,6 +94,7 @@ class ConservationResult:
         }
 
     def rows(self) -> list[dict[str, Any]]:
+        """One row per layer (scorer, tensor, size, total, mean) for a CSV."""
         return [{"scorer": self.scorer, "tensor": l.name, "size": l.size, "total": l.total, "mean": l.mean} for l in self.layers]
 
 

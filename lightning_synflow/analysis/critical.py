@@ -61,6 +61,7 @@ class SweepPoint:
 
     @property
     def compression(self) -> float:
+        """The compression ratio ``10^log10``."""
         return 10.0**self.log10
 
     @property
@@ -77,18 +78,22 @@ class SweepPoint:
 
     @property
     def is_collapsed(self) -> bool:
+        """Whether some tensor (``ignore`` patterns excepted) has no weight left."""
         return bool(self.collapsed)
 
     @property
     def min_kept(self) -> int:
+        """Fewest weights any tensor keeps."""
         return min(self.kept.values())
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (see :meth:`from_dict`)."""
         return {"log10": self.log10, "kept": dict(self.kept), "total": dict(self.total), "seconds": self.seconds,
                 "ignore": list(self.ignore)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SweepPoint":
+        """The point :meth:`to_dict` wrote."""
         return cls(float(d["log10"]), dict(d["kept"]), dict(d["total"]), float(d.get("seconds", 0.0)),
                    tuple(d.get("ignore", ())))
 
@@ -109,6 +114,7 @@ class CriticalRun:
 
     @property
     def compression(self) -> float:
+        """The critical compression ratio ``10^log10``."""
         return 10.0**self.log10
 
     def point(self, log10: float) -> SweepPoint:
@@ -129,6 +135,7 @@ class CriticalRun:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CriticalRun":
+        """The run :meth:`to_dict` wrote."""
         return cls(
             d["scorer"], d.get("seed"), float(d["log10"]), float(d["max_log10"]),
             tuple(SweepPoint.from_dict(p) for p in d["points"]), float(d.get("seconds", 0.0)),
@@ -157,6 +164,7 @@ class CriticalCompressionResult:
 
     @property
     def log10_per_run(self) -> list[float]:
+        """Each run's critical exponent, in run order."""
         return [r.log10 for r in self.runs]
 
     @property
@@ -167,6 +175,7 @@ class CriticalCompressionResult:
 
     @property
     def compression(self) -> float:
+        """The critical compression ratio ``10^log10`` (of the mean exponent)."""
         return 10.0**self.log10
 
     @property
@@ -176,9 +185,11 @@ class CriticalCompressionResult:
 
     @property
     def seconds(self) -> float:
+        """Wall-clock seconds of all runs together."""
         return sum(r.seconds for r in self.runs)
 
     def as_metrics(self, prefix: str = "critical_compression") -> dict[str, float]:
+        """The mean exponent, the maximum and each run's exponent, flat, for a logger."""
         out = {f"{prefix}/{self.scorer}/log10": self.log10, f"{prefix}/max_log10": self.max_log10}
         if self.exact_log10 is not None:
             out[f"{prefix}/{self.scorer}/exact_log10"] = self.exact_log10

@@ -111,6 +111,7 @@ class EffectiveSparsityReport:
         return self.nominal.kept - self.effective.kept
 
     def as_metrics(self, prefix: str = "sparsity") -> dict[str, float]:
+        """Nominal and effective sparsity and compression, dead weights and collapsed tensors, flat."""
         out = {
             f"{prefix}/nominal": self.nominal.sparsity,
             f"{prefix}/effective": self.effective.sparsity,

@@ -40,6 +40,7 @@ class IsometryResult:
     seconds: float = 0.0
 
     def as_metrics(self, prefix: str = "isometry") -> dict[str, float]:
+        """Penalty before and after, steps and seconds, flat, for a logger."""
         return {
             f"{prefix}/penalty_before": self.before,
             f"{prefix}/penalty_after": self.after,

@@ -35,6 +35,7 @@ class SingularValueStats:
     count: int
 
     def as_metrics(self, prefix: str = "jacobian_sv") -> dict[str, float]:
+        """Mean, std, min and max, flat, for a logger."""
         return {f"{prefix}/mean": self.mean, f"{prefix}/std": self.std, f"{prefix}/min": self.min, f"{prefix}/max": self.max}
 
     def __str__(self) -> str:
