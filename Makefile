@@ -1,10 +1,11 @@
 # Two entry points: `make demo` and `make test`. Both create the virtualenv on first use.
+# `make docs` builds the docs site (docs/, mkdocs.yml) into site/, offline.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test study study-isometry study-channels install clean
+.PHONY: demo test docs study study-isometry study-channels install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 # The CPU-scale accuracy-vs-sparsity study (about 45-55 min on 2 cores; resumable): needs Debian's
 # dataset-fashion-mnist (apt-get install dataset-fashion-mnist). Not part of `make test`.
@@ -40,4 +44,4 @@ study-channels: $(STAMP)
 	$(PY) examples/plot_sweep.py $(STUDY)_channels.csv --no-reference --out $(STUDY)_channels.png --table $(STUDY)_channels.md
 
 clean:
-	rm -rf $(VENV) lightning_logs .pytest_cache
+	rm -rf $(VENV) lightning_logs .pytest_cache site
