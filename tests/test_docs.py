@@ -140,3 +140,19 @@ def test_the_readme_links_land_on_github_and_in_the_site(site):
             elif anchor not in _html_ids(_page(site, target.removeprefix("docs/"))):
                 broken.append(link)
     assert not broken, f"README links that do not land: {broken}"
+
+
+def _section(text: str, start: str, end: str) -> str:
+    body = text[text.index(start) : text.index(end, text.index(start))]
+    body = re.sub(r"\]\(docs/", "](", body)  # README -> docs/ relative links
+    body = re.sub(r"\[([^\]]+)\]\((?!https?://)[^)]*\.\w+\)", lambda m: m.group(1) if "examples/" in m.group(0) else m.group(0), body)
+    return body.strip()
+
+
+def test_the_site_repeats_the_readme_word_for_word():
+    """The site's home and getting-started page repeat the README's "why" and quick start: they must not drift."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    index = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    start = (ROOT / "docs" / "getting-started.md").read_text(encoding="utf-8")
+    assert _section(readme, "Prune a neural network", "## Quick start") == _section(index, "Prune a neural network", "## Where to go")
+    assert _section(readme, "Python:\n", "## Scorers") == _section(start, "Python:\n", "Next:")
