@@ -97,7 +97,7 @@ class Runner:
 
     ``precision`` is Lightning's flag: ``"bf16-mixed"`` and ``"16-mixed"`` run forward and loss under autocast,
     ``"16-mixed"`` with a GradScaler whose unscaling comes before the masking of gradients, as in
-    ``Trainer(precision="16-mixed")`` (a step the scaler skips fires no step post-hook). A step ends with a
+    ``Trainer(precision="16-mixed")`` (a step the scaler skips fires no step post-hook: its re-masking counts as 0 s, and ``skipped`` counts it). A step ends with a
     synchronisation of the model's device, so that its wall clock covers the GPU's work; the mask operations
     alone are timed with CUDA events there."""
 
@@ -116,6 +116,7 @@ class Runner:
     def reset(self) -> None:
         """Forget the warm-up."""
         self.step_s: list[float] = []
+        self.skipped = 0  # steps the GradScaler skipped (inf/NaN gradients): no update, no re-masking
         self._mask_grads: list[tuple[Mark, Mark]] = []
         self._apply: list[tuple[Mark, Mark]] = []
 
@@ -133,6 +134,8 @@ class Runner:
         self._apply.append((start, mark(self.device)))
 
     def step(self, x: Tensor, y: Tensor) -> None:
+        scale = None if self.scaler is None else self.scaler.get_scale()  # before the clock starts: a sync on a GPU
+        applied = len(self._apply)
         start = time.perf_counter()
         self.optimizer.zero_grad()
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
@@ -153,6 +156,10 @@ class Runner:
             self.scaler.update()
         synchronize(self.device)
         self.step_s.append(time.perf_counter() - start)
+        if scale is not None and self.scaler.get_scale() < scale:
+            self.skipped += 1
+        if self.bound is not None and len(self._apply) == applied:  # a skipped step re-masks nothing: it cost 0
+            self._apply.append((0.0, 0.0))
 
 
 def random_masks(model: nn.Module, generator: torch.Generator) -> dict[str, Tensor]:
@@ -245,6 +252,7 @@ def measure(
             "device": str(runner.device),
             "precision": precision,
             "variant": runner.name,
+            "skipped_steps": runner.skipped,
             "median_ms": median * 1e3,
             "mean_ms": statistics.fmean(runner.step_s) * 1e3,
             "step_ms": [s * 1e3 for s in runner.step_s],
