@@ -1,11 +1,11 @@
 # Two entry points: `make demo` and `make test`. Both create the virtualenv on first use.
-# `make docs` builds the docs site (docs/, mkdocs.yml) into site/, offline.
+# `make docs` builds the docs site (docs/, mkdocs.yml) into site/, offline; `make gpu-check` runs on a GPU.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs study study-isometry study-channels install clean
+.PHONY: demo test docs gpu-check study study-isometry study-channels install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: $(STAMP)
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# What only a GPU can show (at most 5 minutes; report in results/gpu_check/). Options through GPU_CHECK_ARGS, e.g.
+# GPU_CHECK_ARGS="--authors-code /tmp/Synaptic-Flow". `make test` runs its --quick mode on CPU. Without network
+# (no virtualenv can be built): PYTHONPATH=. python3 benchmarks/gpu_check.py --out-dir DIR
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # The CPU-scale accuracy-vs-sparsity study (about 45-55 min on 2 cores; resumable): needs Debian's
 # dataset-fashion-mnist (apt-get install dataset-fashion-mnist). Not part of `make test`.

@@ -27,6 +27,10 @@ of broken masking would mean nothing.
 
 Measure on an otherwise idle machine (the header prints the load average); ``--quick`` numbers (batch
 8, 2 rounds after 1 warm-up) are for checking that the script runs, not for reporting.
+
+The command line measures float32 on CPU. :func:`measure` also takes a device and a mixed precision
+(``"bf16-mixed"``, ``"16-mixed"``: autocast, and for the latter a GradScaler): ``benchmarks/gpu_check.py``
+measures the same steps on a GPU that way.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -61,14 +65,50 @@ QUICK = {"batch_size": 8, "steps": 2, "warmup": 1}
 FULL = {"batch_size": 128, "steps": 20, "warmup": 3}
 
 
-class Runner:
-    """One variant: its model copy, its optimizer, and the step times it has recorded."""
+#: Lightning's precision flags and the autocast dtype each trains under (None: no autocast).
+AUTOCAST = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
-    def __init__(self, name: str, model: nn.Module, bound: Optional[BoundMasks] = None) -> None:
+#: A point in time: ``time.perf_counter()`` on CPU, a recorded CUDA event on a GPU (read after a synchronize).
+Mark = Union[float, "torch.cuda.Event"]
+
+
+def mark(device: torch.device) -> Mark:
+    """Now, on ``device``'s clock: a CUDA event in its stream (no synchronisation), else the wall clock."""
+    if device.type != "cuda":
+        return time.perf_counter()
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+def seconds_between(a: Mark, b: Mark) -> float:
+    """Seconds from mark ``a`` to mark ``b`` (CUDA events: once both have completed)."""
+    return a.elapsed_time(b) / 1e3 if isinstance(a, torch.cuda.Event) else b - a
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device``, so that the wall clock covers it (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Runner:
+    """One variant: its model copy, its optimizer, and the step times it has recorded.
+
+    ``precision`` is Lightning's flag: ``"bf16-mixed"`` and ``"16-mixed"`` run forward and loss under autocast,
+    ``"16-mixed"`` with a GradScaler whose unscaling comes before the masking of gradients, as in
+    ``Trainer(precision="16-mixed")`` (a step the scaler skips fires no step post-hook: its re-masking counts as 0 s, and ``skipped`` counts it). A step ends with a
+    synchronisation of the model's device, so that its wall clock covers the GPU's work; the mask operations
+    alone are timed with CUDA events there."""
+
+    def __init__(self, name: str, model: nn.Module, bound: Optional[BoundMasks] = None, precision: str = "32-true") -> None:
         self.name = name
         self.model = model.train()
+        self.device = next(model.parameters()).device
         self.optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4)
         self.bound = bound
+        self.autocast = AUTOCAST[precision]
+        self.scaler = torch.amp.GradScaler(self.device.type) if precision == "16-mixed" else None
         if bound is not None:  # as PruneAtInit: re-mask in a post-hook, which fires only for steps that happened
             self.optimizer.register_step_post_hook(self._after_step)
         self.reset()
@@ -76,24 +116,50 @@ class Runner:
     def reset(self) -> None:
         """Forget the warm-up."""
         self.step_s: list[float] = []
-        self.mask_grads_s: list[float] = []
-        self.apply_s: list[float] = []
+        self.skipped = 0  # steps the GradScaler skipped (inf/NaN gradients): no update, no re-masking
+        self._mask_grads: list[tuple[Mark, Mark]] = []
+        self._apply: list[tuple[Mark, Mark]] = []
+
+    @property
+    def mask_grads_s(self) -> list[float]:
+        return [seconds_between(a, b) for a, b in self._mask_grads]
+
+    @property
+    def apply_s(self) -> list[float]:
+        return [seconds_between(a, b) for a, b in self._apply]
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        start = time.perf_counter()
+        start = mark(self.device)
         self.bound.apply_()
-        self.apply_s.append(time.perf_counter() - start)
+        self._apply.append((start, mark(self.device)))
 
     def step(self, x: Tensor, y: Tensor) -> None:
+        scale = None if self.scaler is None else self.scaler.get_scale()  # before the clock starts: a sync on a GPU
+        applied = len(self._apply)
         start = time.perf_counter()
         self.optimizer.zero_grad()
-        F.cross_entropy(self.model(x), y).backward()
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            loss = F.cross_entropy(self.model(x), y)
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
         if self.bound is not None:  # PruneAtInit.on_before_optimizer_step
-            t = time.perf_counter()
+            t = mark(self.device)
             self.bound.mask_grads_()
-            self.mask_grads_s.append(time.perf_counter() - t)
-        self.optimizer.step()
+            self._mask_grads.append((t, mark(self.device)))
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        synchronize(self.device)
         self.step_s.append(time.perf_counter() - start)
+        if scale is not None and self.scaler.get_scale() < scale:
+            self.skipped += 1
+        if self.bound is not None and len(self._apply) == applied:  # a skipped step re-masks nothing: it cost 0
+            self._apply.append((0.0, 0.0))
 
 
 def random_masks(model: nn.Module, generator: torch.Generator) -> dict[str, Tensor]:
@@ -111,18 +177,21 @@ def torch_pruned(model: nn.Module, masks: dict[str, Tensor]) -> nn.Module:
     return model
 
 
-def build_runners(model_name: str, seed: int) -> tuple[list[Runner], dict[str, Tensor]]:
-    """The three variants, each on its own copy of one initial model, and the masks both sparse ones use."""
+def build_runners(
+    model_name: str, seed: int, device: Union[str, torch.device] = "cpu", precision: str = "32-true"
+) -> tuple[list[Runner], dict[str, Tensor]]:
+    """The three variants, each on its own copy of one initial model on ``device``, and the masks both sparse
+    ones use (on ``device``)."""
     torch.manual_seed(seed)
     initial = get_model(model_name, num_classes=NUM_CLASSES)
-    masks = random_masks(initial, torch.Generator().manual_seed(seed))
-    sparse = copy.deepcopy(initial)
+    masks = {n: m.to(device) for n, m in random_masks(initial, torch.Generator().manual_seed(seed)).items()}
+    sparse = copy.deepcopy(initial).to(device)
     bound = BoundMasks(sparse, masks)
     bound.apply_()  # PruneAtInit.on_fit_start
     runners = [
-        Runner("dense", copy.deepcopy(initial)),
-        Runner("lightning_synflow", sparse, bound),
-        Runner("torch.nn.utils.prune", torch_pruned(copy.deepcopy(initial), masks)),
+        Runner("dense", copy.deepcopy(initial).to(device), precision=precision),
+        Runner("lightning_synflow", sparse, bound, precision=precision),
+        Runner("torch.nn.utils.prune", torch_pruned(copy.deepcopy(initial).to(device), masks), precision=precision),
     ]
     return runners, masks
 
@@ -150,12 +219,15 @@ def _quartiles(xs: list[float]) -> tuple[float, float]:
     return q[0].item(), q[1].item()
 
 
-def measure(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Time the three variants on one model; rows for both tables and the zero check."""
-    runners, masks = build_runners(model_name, args.seed)
+def measure(
+    model_name: str, args: argparse.Namespace, device: Union[str, torch.device] = "cpu", precision: str = "32-true"
+) -> dict[str, Any]:
+    """Time the three variants on one model (on ``device``, at Lightning's ``precision``); rows for both
+    tables and the zero check."""
+    runners, masks = build_runners(model_name, args.seed, device, precision)
     g = torch.Generator().manual_seed(args.seed + 1)
-    x = torch.randn(args.batch_size, 3, 32, 32, generator=g)
-    y = torch.randint(0, NUM_CLASSES, (args.batch_size,), generator=g)
+    x = torch.randn(args.batch_size, 3, 32, 32, generator=g).to(device)
+    y = torch.randint(0, NUM_CLASSES, (args.batch_size,), generator=g).to(device)
 
     run_rounds(runners, x, y, args.warmup)
     for runner in runners:
@@ -177,7 +249,10 @@ def measure(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
         row = {
             "model": model_name,
             "threads": threads,
+            "device": str(runner.device),
+            "precision": precision,
             "variant": runner.name,
+            "skipped_steps": runner.skipped,
             "median_ms": median * 1e3,
             "mean_ms": statistics.fmean(runner.step_s) * 1e3,
             "step_ms": [s * 1e3 for s in runner.step_s],

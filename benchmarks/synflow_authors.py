@@ -99,18 +99,28 @@ def check_authors_code(path: Optional[str]) -> Path:
     return root
 
 
+def _synchronize(x: Any) -> None:
+    """Wait for the GPU's queued work when ``x`` is on one, so that the wall clock covers it."""
+    import torch
+
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
 def _floor(model: Any, x: Any, iterations: int, repeats: int = 2) -> float:
     """Seconds for ``iterations`` bare forward+backward passes after one warm-up pass, the faster of ``repeats``
-    timings (as in ``synflow_speed.py``)."""
+    timings (as in ``synflow_speed.py``); on a GPU each timing ends when the GPU has finished."""
     model.eval()
     model.zero_grad(set_to_none=True)
     model(x).sum().backward()
     timings = []
     for _ in range(repeats):
+        _synchronize(x)
         start = time.perf_counter()
         for _ in range(iterations):
             model.zero_grad(set_to_none=True)
             model(x).sum().backward()
+        _synchronize(x)
         timings.append(time.perf_counter() - start)
     model.zero_grad(set_to_none=True)
     return min(timings)
@@ -132,8 +142,9 @@ def _authors_model(model_name: str, plain: Any) -> Any:
     return theirs
 
 
-def _authors_prune(model: Any, args: argparse.Namespace, iterations: int, x: Any) -> Any:
-    """Their prune_loop with their SynFlow on ``model``; returns the pruner (its masks are the model's)."""
+def _authors_prune(model: Any, compression: float, iterations: int, x: Any) -> Any:
+    """Their prune_loop with their SynFlow on ``model`` (on ``x``'s device, where the model must be); returns the
+    pruner (its masks are the model's)."""
     import torch
     import prune  # the authors' prune.py
     from Pruners import pruners
@@ -142,11 +153,20 @@ def _authors_prune(model: Any, args: argparse.Namespace, iterations: int, x: Any
     pruner = pruners.SynFlow(generator.masked_parameters(model, False, False, False))
     loader = [(torch.zeros_like(x), torch.zeros(1, dtype=torch.long))]  # read only for its shape
     try:
-        prune.prune_loop(model, torch.nn.CrossEntropyLoss(), pruner, loader, torch.device("cpu"),
-                         1.0 / args.compression, "exponential", "global", iterations)
+        prune.prune_loop(model, torch.nn.CrossEntropyLoss(), pruner, loader, x.device,
+                         1.0 / compression, "exponential", "global", iterations)
     except SystemExit:
         raise RuntimeError("their prune_loop's final density check failed (it calls quit())") from None
     return pruner
+
+
+def _their_masks(pruner: Any, names: list[str], plain: Any) -> dict[str, Any]:
+    """Their float masks, in the order of our ``names`` (the prunable tensors of ``plain``), as bool masks on the CPU."""
+    theirs = [m for m, _ in pruner.masked_parameters]
+    shapes = dict(plain.named_parameters())
+    if len(theirs) != len(names) or any(m.shape != shapes[n].shape for m, n in zip(theirs, names)):
+        raise RuntimeError("their pruned parameters differ from ours")
+    return {n: (m != 0).cpu() for n, m in zip(names, theirs)}
 
 
 def measure(model_name: str, method: str, args: argparse.Namespace, masks_out: Optional[str]) -> dict[str, Any]:
@@ -177,7 +197,7 @@ def measure(model_name: str, method: str, args: argparse.Namespace, masks_out: O
     def run(target: Any, iterations: int) -> Any:
         if not authors:
             return compute_masks(target, "synflow", compression=args.compression, iterations=iterations, example_input=x)
-        return _authors_prune(target, args, iterations, x)
+        return _authors_prune(target, args.compression, iterations, x)
 
     if method.endswith("warm"):
         run(copy.deepcopy(model), 2)
@@ -188,11 +208,7 @@ def measure(model_name: str, method: str, args: argparse.Namespace, masks_out: O
         masks = run(model, args.iterations)
         seconds, faults = time.perf_counter() - start, minor_faults() - faults
     if authors:  # their float masks, in the order of our names, as bool masks (outside the measurement)
-        theirs = [m for m, _ in masks.masked_parameters]
-        shapes = dict(plain.named_parameters())
-        if len(theirs) != len(names) or any(m.shape != shapes[n].shape for m, n in zip(theirs, names)):
-            raise RuntimeError("their pruned parameters differ from ours")
-        masks = {n: m != 0 for n, m in zip(names, theirs)}
+        masks = _their_masks(masks, names, plain)
     torch.manual_seed(args.seed)
     floor = _floor(get_model(model_name, num_classes=10), x, args.iterations)
     row = {
