@@ -19,7 +19,7 @@ from lightning_synflow.alive import AliveSet
 from lightning_synflow.masks import check_masks, check_weight_norm
 from lightning_synflow.model_state import preserved_model_state
 from lightning_synflow.parameters import select_prunable, tied_names
-from lightning_synflow.distributions import Distribution, DistributionSpec, get_distribution
+from lightning_synflow.distributions import ERK, Distribution, DistributionSpec, GroupERK, get_distribution
 from lightning_synflow.channels import channel_groups, channel_masks, channel_scores, select_channels
 from lightning_synflow.granularity import NM, Channels, GranularitySpec, get_granularity, resolve_pattern_density, select_pattern
 from lightning_synflow.ranking import select
@@ -373,17 +373,29 @@ def _prune_channels(
     distribution's count of channels (its "tensors" being the groups of coupled channels)."""
     if masks and not all(bool(m.all()) for m in masks.values()):
         raise ValueError("granularity='channel' cannot continue from given `masks` yet; prune from the dense model")
-    example = context.example_input if context.example_input is not None else (context.batches[0][0] if context.batches else None)
+    example = context.example_input
+    if example is None and context.batches:
+        batch = context.batches[0]
+        if isinstance(batch, Tensor):
+            batch = (batch,)
+        if not isinstance(batch, (tuple, list)):
+            raise ValueError(
+                f"granularity='channel' traces one forward pass with the model's input, which a batch of type"
+                f" {type(batch).__name__} does not single out: pass `example_input` (e.g. the batch's model inputs)"
+            )
+        example = batch[0]
     if example is None:
         raise ValueError("granularity='channel' traces one forward pass to find coupled channels: pass `example_input`")
-    with preserved_model_state(model):
-        model.eval()
-        groups = channel_groups(model, example, list(masks))
+    groups = channel_groups(model, example, list(masks))
     if not groups:
         raise ValueError(
-            f"granularity='channel' found no channel of {type(model).__name__} it can prune: the prunable layers'"
-            f" channels all reach the outputs or pass through a layer that cannot lose one (lightning_synflow.channels)"
+            f"granularity='channel' found no channel of {type(model).__name__} it can prune: it removes output channels"
+            f" of nn.Conv1d/2d/3d and nn.Linear layers, and those of the prunable tensors all reach the outputs or pass"
+            f" through a layer that cannot lose one exactly (lightning_synflow.channels)"
         )
+    if isinstance(layers, ERK):
+        params = dict(model.named_parameters())
+        layers = GroupERK({g.name: [tuple(params[n].shape) for n in g.scored] for g in groups}, layers.power_scale)
     shapes = {g.name: (g.size,) for g in groups}
     kept = {g.name: torch.ones(g.size, dtype=torch.bool) for g in groups}
     rounds = _reachable(rounds, kept, layers, shapes, scorer.monotone)
