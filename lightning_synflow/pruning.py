@@ -21,7 +21,9 @@ from lightning_synflow.model_state import preserved_model_state
 from lightning_synflow.parameters import select_prunable, tied_names
 from lightning_synflow.distributions import ERK, Distribution, DistributionSpec, GroupERK, get_distribution
 from lightning_synflow.channels import channel_groups, channel_masks, channel_scores, select_channels
-from lightning_synflow.granularity import NM, Channels, GranularitySpec, get_granularity, resolve_pattern_density, select_pattern
+from lightning_synflow.granularity import (
+    NM, Channels, GranularitySpec, get_granularity, input_major, resolve_pattern_density, select_pattern,
+)
 from lightning_synflow.ranking import select
 from lightning_synflow.sharded_ranking import ProcessGroupCollectives, global_counts, kept_counts, select_sharded
 from lightning_synflow.sharding import blocks_of, check_shardable_masks, is_sharded, like, local
@@ -56,6 +58,12 @@ def _initial_masks(
 ) -> dict[str, Tensor]:
     """The masks to start from: the given ones (checked), else all-kept masks over ``parameters``
     (default: :func:`select_prunable`)."""
+    meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if meta:
+        raise ValueError(
+            f"{type(model).__name__} has parameters on the meta device (shapes without values): {meta[:5]}; materialise"
+            f" them first (e.g. model.to_empty(device=...) and initialise), pruning scores their values"
+        )
     if masks is not None:
         check_masks(model, masks)
         check_shardable_masks(model, masks)
@@ -321,11 +329,17 @@ def _prune_to_pattern(
     progress: bool,
 ) -> dict[str, Tensor]:
     """The loop with an N:M pattern: the tensors it fits are pruned round by round, never below ``n`` in a
-    group, and to exactly ``n`` per group in the last round; the others keep their masks (dense)."""
-    dense = [n for n, m in masks.items() if not pattern.fits(tuple(m.shape))]
+    group, and to exactly ``n`` per group in the last round; the others keep their masks (dense). Weights stored
+    ``(in, out)`` (Hugging Face's Conv1D) are grouped along their input features too, on their transpose."""
+    flipped = input_major(model) & set(masks)
+
+    def by_input(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:  # its own inverse
+        return {n: t.T.contiguous() if n in flipped else t for n, t in tensors.items()}
+
+    dense = [n for n, m in by_input(masks).items() if not pattern.fits(tuple(m.shape))]
     if len(dense) == len(masks):
         raise ValueError(
-            f"granularity {str(pattern)!r} fits none of the prunable tensors {dense}: their rows (all dimensions"
+            f"granularity {str(pattern)!r} fits none of the prunable tensors {dense}: their input rows (all dimensions"
             f" but the first) must be a multiple of {pattern.m} long"
         )
     if dense:
@@ -352,7 +366,7 @@ def _prune_to_pattern(
         scores = {n: -s for n, s in scores.items()} if invert else scores
         alive = {n: int(torch.count_nonzero(m)) for n, m in grouped.items()} if scorer.monotone else None
         budget = layers.budget(shapes, d, alive)
-        grouped = select_pattern(scores, budget, pattern, grouped if scorer.monotone else None)
+        grouped = by_input(select_pattern(by_input(scores), budget, pattern, by_input(grouped) if scorer.monotone else None))
         del scores
     check_weight_norm(model, grouped)
     return {n: grouped.get(n, masks[n]) for n in masks}
