@@ -144,11 +144,19 @@ def channel_groups(model: nn.Module, example_input: Any, names: Sequence[str]) -
     modules = {m: n for n, m in model.named_modules()}
     wanted = set(names)
     found: dict[bool, dict[str, ChannelGroup]] = {}
+    example_input = _batch_of_two(example_input)  # batch statistics of one sample are not defined
     with _restored(model):
         outputs: set[nn.Module] = set()
         for training in (True, False):
             model.train(training)
-            outputs |= output_layers(model, example_input)
+            try:
+                outputs |= output_layers(model, example_input)
+            except Exception as err:
+                raise ValueError(
+                    f"granularity='channel' and shrink() trace {type(model).__name__} in training and in eval mode (to see"
+                    f" every branch), and its forward pass failed in {'training' if training else 'eval'} mode on the"
+                    f" example input ({type(err).__name__}: {err})"
+                ) from err
         roots = [m for m in model.modules() if isinstance(m, _LAYERS) and params.get(id(m.weight)) in wanted and m not in outputs]
         if not roots:
             return []
@@ -331,21 +339,23 @@ def _with_folds(model: nn.Module, example_input: Any, groups: list[ChannelGroup]
     return kept
 
 
+def _batch_of_two(example_input: Any) -> Any:
+    """The example input with a batch of one made two, as it is otherwise: batch statistics (BatchNorm in
+    training mode) of one sample are not defined."""
+    return tree_map(lambda t: torch.cat([t, t]) if isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] == 1 else t, example_input)
+
+
 def _probe_input(example_input: Any) -> Any:
-    """The example input for checking exactness: floating tensors random (a fixed generator) in float64, a batch
-    of one made two (batch statistics of one sample are not defined); token ids as they are."""
+    """The example input for checking exactness, a batch of at least two: floating tensors random (a fixed
+    generator) in float64, token ids as they are."""
     gen = torch.Generator().manual_seed(0)
 
     def one(t: Any) -> Any:
-        if not isinstance(t, Tensor):
-            return t
-        if t.dim() >= 1 and t.shape[0] == 1:
-            t = torch.cat([t, t])
-        if t.is_floating_point():
+        if isinstance(t, Tensor) and t.is_floating_point():
             return torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device)
-        return t.clone()
+        return t.clone() if isinstance(t, Tensor) else t
 
-    return tree_map(one, example_input)
+    return tree_map(one, _batch_of_two(example_input))
 
 
 def channel_masks(
@@ -480,7 +490,7 @@ def _remove(model: nn.Module, groups: Sequence[ChannelGroup], pruned: Mapping[st
                     columns = columns.sum(tuple(range(2, columns.dim()))) if columns.dim() > 2 else columns
                     bias += (columns @ fold.value[at].to(columns.device)).to(bias.dtype)
     with _restored(model):
-        graph = _graph(model, example_input, training=True)
+        graph = _graph(model, _batch_of_two(example_input), training=True)
     layers = {id(m.weight): m for m in model.modules() if isinstance(m, _LAYERS)}
     for name, idxs in pruned.items():
         if idxs:

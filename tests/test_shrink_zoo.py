@@ -303,3 +303,37 @@ def test_channel_groups_give_the_model_back_as_it_came():
     channel_groups(model, torch.randn(2, 3, 64, 64), [n for n, p in model.named_parameters() if p.dim() > 1])
     assert not any(m.training for m in model.modules())
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # running statistics too
+
+
+def test_prune_at_init_shrinks_a_model_with_a_train_only_branch_and_trains_it():
+    from lightning.pytorch import LightningModule, Trainer
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_synflow import PruneAtInit
+
+    class Net(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = TrainOnlyBranch()
+            self.example_input_array = torch.zeros(1, 3, 16, 16)
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, _):
+            x, y = batch
+            out, aux = self(x)
+            return F.cross_entropy(out, y) + 0.3 * F.cross_entropy(aux, y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    torch.manual_seed(0)
+    model = Net()
+    data = DataLoader(TensorDataset(torch.randn(8, 3, 16, 16), torch.randint(4, (8,))), batch_size=4)
+    pruner = PruneAtInit(scorer="magnitude", sparsity=0.5, granularity="channel", shrink=True, verbose=False)
+    Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[pruner]).fit(model, data)
+    assert tuple(model.net.c1.weight.shape) == (4, 8, 3, 3)  # shrunk
+    assert tuple(model.net.aux.weight.shape) == (8, 8, 1, 1)  # seen only in training: whole, and so is c0
+    assert tuple(model.net.c0.weight.shape) == (8, 3, 3, 3)
