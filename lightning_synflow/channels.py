@@ -5,17 +5,25 @@ Which channels must go together is read from the model itself by tracing one for
 Torch-Pruning's dependency graph (``pip install torch-pruning``, the ``structured`` extra): a residual add
 couples the channels it adds, a depthwise convolution its input and output channels, a concatenation maps
 channels through, a BatchNorm follows its channel. Each :class:`ChannelGroup` is one set of coupled
-channels, rooted at a convolution or Linear layer whose weights are prunable; the layers whose outputs are
-the model's outputs (the classes) are never roots, and a group that would change them, or a layer it cannot
-remove a channel of exactly (a LayerNorm or GroupNorm normalises over all channels, so a zeroed channel
-still counts; attention, embeddings), is left whole.
+channels, rooted at a convolution or Linear layer whose weights are prunable. The model is traced in
+training and in eval mode, and a group is kept only where both traces agree (a branch that runs in one mode
+only, such as GoogLeNet's auxiliary heads, leaves the channels it reads whole). A group is left whole where it
+reaches a layer it cannot remove a channel of exactly: the layers whose outputs are the model's outputs (the
+classes), a LayerNorm or GroupNorm (which normalise over all channels, so that a zeroed channel still counts),
+a grouped convolution other than a depthwise one (its groups would keep unequal numbers of channels), a
+parameter outside a layer, embeddings, and attention (heads of equal width, scaled by that width), whether
+an ``nn.MultiheadAttention`` or Linear layers around ``scaled_dot_product_attention`` or a matmul and softmax.
+What Torch-Pruning cannot trace (a channel shuffle) is refused with the cause.
 
 A channel's score is the sum of its weights' scores over every layer of the group whose output channel it
 is: for SynFlow the flow through a neuron is the sum of the scores of its incoming weights (the
 conservation law), for magnitude it is the L1 norm of the filters (Li et al., ICLR 2017), for SNIP the
 first-order change of the loss summed over the channel's weights, for random a random ranking. Masks cover
-the channel's weights and also its biases and normalisation parameters, so that the masked network
-computes exactly what the shrunk one does: a pruned channel outputs zero.
+the channel's weights and also its biases and normalisation parameters, so that a pruned channel outputs
+zero. Where an activation is not zero at zero (sigmoid, softplus) the next layer reads a constant instead:
+:func:`shrink` adds it to that layer's bias (:class:`Fold`), or, where that cannot be exact (a padded
+convolution reads it, or it differs between modes), the group is left whole. :func:`shrink` checks its result
+against the masked model in float64, in both modes, before anything is returned or changed.
 """
 
 from __future__ import annotations

@@ -254,7 +254,8 @@ def compute_masks(
             ``"channel"`` keeps or prunes whole output channels, coupled ones together
             (:mod:`lightning_synflow.channels`; needs ``example_input`` or data to trace, and
             ``torch-pruning``): ``sparsity`` is the fraction of channels removed, the distribution shares
-            channels among the groups of coupled channels, and the masks also cover the channels' biases and
+            channels among the groups of coupled channels (``"erk"`` by the shapes of the weights each group
+            spans: :class:`~lightning_synflow.distributions.GroupERK`), and the masks also cover the channels' biases and
             normalisation parameters. ``"N:M"`` keeps exactly ``N`` of every ``M`` consecutive weights along
             each stored row (:mod:`lightning_synflow.granularity`); its density ``N/M`` is implied
             (``sparsity`` may be left out); tensors whose rows are not a multiple of ``M`` long are left dense
