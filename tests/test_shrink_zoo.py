@@ -110,17 +110,18 @@ def gpt2():
     return transformers.GPT2LMHeadModel(config)
 
 
-IMAGE, TOKENS = torch.randn(2, 3, 16, 16), {"input_ids": torch.randint(64, (2, 8))}
+_G = torch.Generator().manual_seed(0)
+IMAGE, TOKENS = torch.randn(2, 3, 16, 16, generator=_G), {"input_ids": torch.randint(64, (2, 8), generator=_G)}
 # name: builder, example input, the layers whose channels must stay whole (their weights' masks all kept)
 EXACT = {
     "grouped_conv": (GroupedConv, IMAGE, ["c0.weight", "c1.weight"]),
     "not_zero_at_zero": (NotZeroAtZero, IMAGE, ["c1.weight"]),  # c1's channels reach c2 as softplus(sigmoid(0))
-    "free_norm": (FreeNorm, torch.randn(4, 8), ["a.weight"]),
-    "linear_attention": (LinearAttention, torch.randn(2, 5, 16), ["q.weight", "k.weight", "v.weight", "o.weight"]),
+    "free_norm": (FreeNorm, torch.randn(4, 8, generator=_G), ["a.weight"]),
+    "linear_attention": (LinearAttention, torch.randn(2, 5, 16, generator=_G), ["q.weight", "k.weight", "v.weight", "o.weight"]),
     "train_only_branch": (TrainOnlyBranch, IMAGE, ["c0.weight", "aux.weight"]),
     "googlenet": (lambda: torchvision.models.googlenet(num_classes=4, aux_logits=True, init_weights=False),
-                  torch.randn(2, 3, 64, 64), ["aux1.conv.conv.weight", "inception4a.branch1.conv.weight"]),
-    "regnet_grouped_se": (lambda: torchvision.models.regnet_y_400mf(num_classes=4), torch.randn(2, 3, 32, 32),
+                  torch.randn(2, 3, 64, 64, generator=_G), ["aux1.conv.conv.weight", "inception4a.branch1.conv.weight"]),
+    "regnet_grouped_se": (lambda: torchvision.models.regnet_y_400mf(num_classes=4), torch.randn(2, 3, 32, 32, generator=_G),
                           ["trunk_output.block1.block1-0.f.b.0.weight"]),
     "bert": (bert, TOKENS, ["bert.encoder.layer.0.attention.self.query.weight",
                             "bert.encoder.layer.0.attention.self.value.weight",
@@ -129,12 +130,15 @@ EXACT = {
 
 
 def outputs64(model, x, training):
-    """The model's output tensors in float64, dropout modules off (the same random draws otherwise)."""
+    """The model's output tensors in float64 on 8 samples of ``x``'s shape (batch statistics of two samples are
+    too ill-conditioned to compare), dropout modules off (the same random draws otherwise)."""
     model = copy.deepcopy(model).to(torch.float64).train(training)
     for m in model.modules():
         if isinstance(m, nn.modules.dropout._DropoutNd):
             m.eval()
-    x = {k: v for k, v in x.items()} if isinstance(x, dict) else x.double()
+    gen = torch.Generator().manual_seed(1)
+    x = ({k: v.repeat(4, 1) for k, v in x.items()} if isinstance(x, dict)
+         else torch.randn(8, *x.shape[1:], generator=gen, dtype=torch.float64))
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(0)
         return _tensors(_call(model, x))
