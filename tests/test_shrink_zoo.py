@@ -175,6 +175,18 @@ def test_an_activation_not_zero_at_zero_moves_into_the_next_bias():
     assert small[2].weight.shape == (4, int((~gone).sum()))
 
 
+def test_constants_fold_where_exact_and_their_groups_stay_whole_where_not():
+    model = NotZeroAtZero()
+    groups = {g.name: g for g in channel_groups(model, IMAGE, [n for n, p in model.named_parameters() if p.dim() > 1])}
+    # c0 -> sigmoid -> 1x1 c1, c2 -> softplus -> 1x1 c3, f0 -> softplus -> Linear f1: folded; c1 -> sigmoid -> padded
+    # c2: whole; c3 -> sigmoid -> masked BatchNorm: zero, nothing to fold
+    assert {n for n, g in groups.items() if g.folds} == {"c0.weight", "c2.weight", "f0.weight"}
+    assert "c1.weight" not in groups and not groups["c3.weight"].folds
+    (fold,) = groups["f0.weight"].folds
+    assert (fold.weight, fold.bias) == ("f1.weight", "f1.bias")
+    torch.testing.assert_close(fold.value, torch.full((16,), float(F.softplus(torch.zeros(1))), dtype=torch.float64))
+
+
 def test_a_channel_shuffle_is_refused_with_its_cause():
     with pytest.raises(ValueError, match=r"granularity='channel' and shrink\(\) cannot follow the channels of ShuffleNetV2:"
                                          r" Torch-Pruning failed to trace a reshape that regroups channels \(such as"
