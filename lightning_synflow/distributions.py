@@ -110,6 +110,30 @@ def erk_densities(shapes: Mapping[str, Sequence[int]], density: float, power_sca
     return {n: min(1.0, k / sizes[n]) for n, k in zip(names, kept)}
 
 
+def erk_group_densities(
+    sizes: Mapping[str, int], spans: Mapping[str, Sequence[Sequence[int]]], density: float, power_scale: float = 1.0
+) -> dict[str, float]:
+    """ERK densities for groups of whole channels (or any units each spanning rows of several weights).
+
+    A group of ``sizes[g]`` channels holds rows of the weights whose shapes are ``spans[g]``; all of its rows
+    share one density. ERK would give each of those weights ``ε·e_l`` with ``e_l = ((Σ dims)/(Π dims))^power_scale``;
+    a group takes the density that keeps as many of its weights as that, ``ε·Σ n_l e_l / Σ n_l`` (``n_l`` the
+    weight's size), and ``ε`` is solved so that ``density·Σ sizes`` channels are kept, groups that would
+    exceed 1 kept whole."""
+    check_power_scale(power_scale)
+    _check({g: (n,) for g, n in sizes.items()}, density)
+    empty = [g for g in sizes if not spans.get(g)]
+    if empty:
+        raise ValueError(f"ERK over channel groups needs the weight shapes each group spans; none for {empty}")
+    names = list(sizes)
+    raw = []
+    for g in names:
+        weights = [math.prod(s) for s in spans[g]]
+        raw.append(sum(n * (sum(s) / n) ** power_scale for n, s in zip(weights, spans[g])) / sum(weights))
+    kept = proportional_fill([r * sizes[g] for r, g in zip(raw, names)], [sizes[g] for g in names], density * sum(sizes.values()))
+    return {g: min(1.0, k / sizes[g]) for g, k in zip(names, kept)}
+
+
 def uniform_densities(shapes: Mapping[str, Sequence[int]], density: float) -> dict[str, float]:
     """Every tensor at the global ``density`` (no tensor kept dense; exclude one from pruning to keep it so)."""
     _check(shapes, density)
@@ -267,6 +291,29 @@ class ERK(_GlobalTotal, LayerDensities):
 
     def __repr__(self) -> str:
         return f"ERK(power_scale={self.power_scale!r})"
+
+
+class GroupERK(_GlobalTotal, LayerDensities):
+    """:class:`ERK` for groups of whole channels (:func:`erk_group_densities`): a group's "shape" is one
+    dimension, its channel count, so ERK's ``(Σ dims)/(Π dims)`` is taken on the weights it spans.
+    ``compute_masks`` uses it in place of :class:`ERK` with ``granularity="channel"``.
+
+    Args:
+        spans: Group name -> the shapes of the weights whose rows are its channels.
+        power_scale: As :class:`ERK`'s.
+    """
+
+    def __init__(self, spans: Mapping[str, Sequence[Sequence[int]]], power_scale: float = 1.0) -> None:
+        super().__init__(exact_total=True)
+        self.spans = {g: [tuple(s) for s in shapes] for g, shapes in spans.items()}
+        self.power_scale = check_power_scale(power_scale)
+
+    def densities(self, shapes: Shapes, density: float) -> dict[str, float]:
+        sizes = {g: math.prod(s) for g, s in shapes.items()}
+        return erk_group_densities(sizes, self.spans, density, self.power_scale)
+
+    def __repr__(self) -> str:
+        return f"GroupERK(power_scale={self.power_scale!r})"
 
 
 class DensityMap(LayerDensities):

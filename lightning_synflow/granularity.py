@@ -6,8 +6,9 @@ consecutive weights along each row of a weight as it is stored, ``weight.reshape
 of a Linear, ``in_channels·kh·kw`` of a convolution. That is the row a GEMM reads (a convolution lowered to
 one by im2col, the usual lowering), and for Linear it is the layout ``torch.sparse.to_sparse_semi_structured``
 accelerates. (NVIDIA's ASP groups a convolution's weights along ``in_channels`` at a fixed ``kh, kw``
-instead; for 1x1 convolutions the two agree.) A tensor whose rows do not split into groups of ``M`` is left
-dense.
+instead; for 1x1 convolutions the two agree.) Hugging Face's ``Conv1D`` (GPT-2) stores its weight the other
+way round, ``(in_features, out_features)``: it is grouped along its input features too, down the stored columns
+(:func:`input_major`). A tensor whose input rows do not split into groups of ``M`` is left dense.
 
 Selection with a pattern, in each ranking of a round's budget: the ``N`` highest-scoring living weights of
 every group are kept first, then the rest of the budget goes to the highest scores left, over all the
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_synflow.distributions import Budget
 from lightning_synflow.ranking import budget_groups, top_k_masks
@@ -101,6 +102,17 @@ def resolve_pattern_density(pattern: NM, sparsity: Optional[float], compression:
             f"{1 - pattern.density:g}; got {given}"
         )
     return pattern.density
+
+
+def input_major(model: nn.Module) -> set[str]:
+    """Names of the weights stored ``(in_features, out_features)``: Hugging Face's ``Conv1D`` (GPT-2), which
+    computes ``x @ W``. N:M groups them along the input features, i.e. along their stored columns."""
+    return {
+        f"{name}.weight" if name else "weight"
+        for name, m in model.named_modules()
+        if type(m).__name__ == "Conv1D" and isinstance(getattr(m, "weight", None), Tensor) and m.weight.dim() == 2
+        and getattr(m, "nf", None) == m.weight.shape[1]
+    }
 
 
 def select_pattern(

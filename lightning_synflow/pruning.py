@@ -19,9 +19,11 @@ from lightning_synflow.alive import AliveSet
 from lightning_synflow.masks import check_masks, check_weight_norm
 from lightning_synflow.model_state import preserved_model_state
 from lightning_synflow.parameters import select_prunable, tied_names
-from lightning_synflow.distributions import Distribution, DistributionSpec, get_distribution
+from lightning_synflow.distributions import ERK, Distribution, DistributionSpec, GroupERK, get_distribution
 from lightning_synflow.channels import channel_groups, channel_masks, channel_scores, select_channels
-from lightning_synflow.granularity import NM, Channels, GranularitySpec, get_granularity, resolve_pattern_density, select_pattern
+from lightning_synflow.granularity import (
+    NM, Channels, GranularitySpec, get_granularity, input_major, resolve_pattern_density, select_pattern,
+)
 from lightning_synflow.ranking import select
 from lightning_synflow.sharded_ranking import ProcessGroupCollectives, global_counts, kept_counts, select_sharded
 from lightning_synflow.sharding import blocks_of, check_shardable_masks, is_sharded, like, local
@@ -56,6 +58,12 @@ def _initial_masks(
 ) -> dict[str, Tensor]:
     """The masks to start from: the given ones (checked), else all-kept masks over ``parameters``
     (default: :func:`select_prunable`)."""
+    meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if meta:
+        raise ValueError(
+            f"{type(model).__name__} has parameters on the meta device (shapes without values): {meta[:5]}; materialise"
+            f" them first (e.g. model.to_empty(device=...) and initialise), pruning scores their values"
+        )
     if masks is not None:
         check_masks(model, masks)
         check_shardable_masks(model, masks)
@@ -246,7 +254,8 @@ def compute_masks(
             ``"channel"`` keeps or prunes whole output channels, coupled ones together
             (:mod:`lightning_synflow.channels`; needs ``example_input`` or data to trace, and
             ``torch-pruning``): ``sparsity`` is the fraction of channels removed, the distribution shares
-            channels among the groups of coupled channels, and the masks also cover the channels' biases and
+            channels among the groups of coupled channels (``"erk"`` by the shapes of the weights each group
+            spans: :class:`~lightning_synflow.distributions.GroupERK`), and the masks also cover the channels' biases and
             normalisation parameters. ``"N:M"`` keeps exactly ``N`` of every ``M`` consecutive weights along
             each stored row (:mod:`lightning_synflow.granularity`); its density ``N/M`` is implied
             (``sparsity`` may be left out); tensors whose rows are not a multiple of ``M`` long are left dense
@@ -321,11 +330,17 @@ def _prune_to_pattern(
     progress: bool,
 ) -> dict[str, Tensor]:
     """The loop with an N:M pattern: the tensors it fits are pruned round by round, never below ``n`` in a
-    group, and to exactly ``n`` per group in the last round; the others keep their masks (dense)."""
-    dense = [n for n, m in masks.items() if not pattern.fits(tuple(m.shape))]
+    group, and to exactly ``n`` per group in the last round; the others keep their masks (dense). Weights stored
+    ``(in, out)`` (Hugging Face's Conv1D) are grouped along their input features too, on their transpose."""
+    flipped = input_major(model) & set(masks)
+
+    def by_input(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:  # its own inverse
+        return {n: t.T.contiguous() if n in flipped else t for n, t in tensors.items()}
+
+    dense = [n for n, m in by_input(masks).items() if not pattern.fits(tuple(m.shape))]
     if len(dense) == len(masks):
         raise ValueError(
-            f"granularity {str(pattern)!r} fits none of the prunable tensors {dense}: their rows (all dimensions"
+            f"granularity {str(pattern)!r} fits none of the prunable tensors {dense}: their input rows (all dimensions"
             f" but the first) must be a multiple of {pattern.m} long"
         )
     if dense:
@@ -352,7 +367,7 @@ def _prune_to_pattern(
         scores = {n: -s for n, s in scores.items()} if invert else scores
         alive = {n: int(torch.count_nonzero(m)) for n, m in grouped.items()} if scorer.monotone else None
         budget = layers.budget(shapes, d, alive)
-        grouped = select_pattern(scores, budget, pattern, grouped if scorer.monotone else None)
+        grouped = by_input(select_pattern(by_input(scores), budget, pattern, by_input(grouped) if scorer.monotone else None))
         del scores
     check_weight_norm(model, grouped)
     return {n: grouped.get(n, masks[n]) for n in masks}
@@ -373,17 +388,29 @@ def _prune_channels(
     distribution's count of channels (its "tensors" being the groups of coupled channels)."""
     if masks and not all(bool(m.all()) for m in masks.values()):
         raise ValueError("granularity='channel' cannot continue from given `masks` yet; prune from the dense model")
-    example = context.example_input if context.example_input is not None else (context.batches[0][0] if context.batches else None)
+    example = context.example_input
+    if example is None and context.batches:
+        batch = context.batches[0]
+        if isinstance(batch, Tensor):
+            batch = (batch,)
+        if not isinstance(batch, (tuple, list)):
+            raise ValueError(
+                f"granularity='channel' traces one forward pass with the model's input, which a batch of type"
+                f" {type(batch).__name__} does not single out: pass `example_input` (e.g. the batch's model inputs)"
+            )
+        example = batch[0]
     if example is None:
         raise ValueError("granularity='channel' traces one forward pass to find coupled channels: pass `example_input`")
-    with preserved_model_state(model):
-        model.eval()
-        groups = channel_groups(model, example, list(masks))
+    groups = channel_groups(model, example, list(masks))
     if not groups:
         raise ValueError(
-            f"granularity='channel' found no channel of {type(model).__name__} it can prune: the prunable layers'"
-            f" channels all reach the outputs or pass through a layer that cannot lose one (lightning_synflow.channels)"
+            f"granularity='channel' found no channel of {type(model).__name__} it can prune: it removes output channels"
+            f" of nn.Conv1d/2d/3d and nn.Linear layers, and those of the prunable tensors all reach the outputs or pass"
+            f" through a layer that cannot lose one exactly (lightning_synflow.channels)"
         )
+    if isinstance(layers, ERK):
+        params = dict(model.named_parameters())
+        layers = GroupERK({g.name: [tuple(params[n].shape) for n in g.scored] for g in groups}, layers.power_scale)
     shapes = {g.name: (g.size,) for g in groups}
     kept = {g.name: torch.ones(g.size, dtype=torch.bool) for g in groups}
     rounds = _reachable(rounds, kept, layers, shapes, scorer.monotone)

@@ -4,7 +4,8 @@ Pruning at ``granularity="2:4"`` leaves at most 2 non-zero weights in every 4 co
 ``in_features``; on NVIDIA GPUs of compute capability 8.0 or higher PyTorch multiplies such a weight in its
 compressed form (cuSPARSELt, or CUTLASS). :func:`semi_structured_plan` says which Linear layers qualify and
 why the others do not (pattern, dtype, shape); :func:`to_semi_structured` swaps the weights of those that
-qualify. Only the forward pass of such a layer is what PyTorch accelerates: convert for inference, or for
+qualify. Hugging Face's ``Conv1D`` (GPT-2) is pruned to the pattern along its input features too, but is not
+converted: its weight is stored transposed, ``(in, out)``, and it is not an ``nn.Linear``. Only the forward pass of such a layer is what PyTorch accelerates: convert for inference, or for
 training with that caveat.
 """
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lightning_synflow.scorers.base import Scorer, ScoringContext, register_scorer
 from lightning_synflow.scorers.functional import Mode, batch_loss, check_mode, masked_state
@@ -61,7 +62,9 @@ def hessian_gradient_product(
     state = masked_state(model, masks)
     weights = {n: state[n] for n in masks}
     leaves = list(weights.values())
-    with output_divided_by(model, temperature) as calls:
+    # Attention through scaled_dot_product_attention (nn.MultiheadAttention, transformer layers) must run on the
+    # math kernel: the fused ones (flash attention on CPU, ...) have no double backward.
+    with output_divided_by(model, temperature) as calls, sdpa_kernel(SDPBackend.MATH):
         # First pass: the gradient, no graph kept.
         g = {n: torch.zeros_like(w) for n, w in weights.items()}
         for batch in context.batches:

@@ -173,6 +173,12 @@ class SynFlow(IncrementalScorer[Linearised]):
                 state.scored_in_place = living.positions is None
                 return scores
             if state.dtype == torch.float64:
+                bad = [n for n, t in state.tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+                if bad:
+                    raise FloatingPointError(
+                        f"SynFlow cannot score {type(model).__name__}: {bad[:5]} hold NaN or inf values; initialise"
+                        f" (or load) finite weights first"
+                    )
                 raise FloatingPointError(
                     f"SynFlow overflowed in float64: the synaptic flow R of {type(model).__name__} exceeds the"
                     f" float64 range on an all-ones input"
