@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_synflow.sharding import local
+
 # nn.Module's own bookkeeping: parameters, buffers, children and hooks are not state a step changes.
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 
@@ -115,3 +117,41 @@ def preserved_attributes(model: nn.Module) -> Iterator[None]:
                 state[key] = _restore(saved)
             for key, saved in saved_buffers.items():
                 module._buffers[key] = _restore(saved)
+
+
+@contextmanager
+def restored_on_failure(model: nn.Module) -> Iterator[None]:
+    """If the body raises, give ``model`` back as it came: every module's attributes (as
+    :func:`preserved_attributes` does; its parameter, buffer, submodule and hook tables too, so that a layer
+    shrunk meanwhile is the old layer again) and the values of every parameter and buffer, from a copy in host
+    memory taken on entry. Nothing is restored when the body succeeds.
+    """
+    seen: set[int] = set()
+    saved = []
+    for module in model.modules():
+        internals = {k: dict(v) if isinstance(v, dict) else v for k, v in vars(module).items() if k in _MODULE_INTERNALS}
+        others = {k: _snapshot(v, seen) for k, v in vars(module).items() if k not in _MODULE_INTERNALS}
+        saved.append((module, {k: vars(module)[k] for k in internals}, internals, others))
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    values = {i: local(t).detach().to("cpu", copy=True) for i, t in tensors.items()}
+    try:
+        yield
+    except BaseException:
+        for module, objects, internals, others in saved:
+            state = vars(module)
+            state.clear()
+            for key, obj in objects.items():
+                if isinstance(obj, dict):
+                    obj.clear()
+                    obj.update(internals[key])
+                state[key] = obj
+            for key, s in others.items():
+                state[key] = _restore(s)
+        with torch.no_grad():
+            for i, t in tensors.items():
+                piece, value = local(t), values[i]
+                if piece.shape == value.shape:
+                    piece.copy_(value)
+                else:  # replaced wholesale while shrinking
+                    t.data = value.to(t.device)
+        raise
