@@ -7,17 +7,15 @@ pruned weights stays zero, and stores the masks in its own checkpoint state (a s
 :mod:`lightning_synflow.sharded_checkpoint`).
 """
 
-from __future__ import annotations
-
 import time
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import torch
-from annotated_types import Ge, Gt, Interval, Predicate
+from annotated_types import Predicate
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
@@ -46,22 +44,32 @@ from lightning_synflow.trainer_data import example_input, setup_training_data, t
 from lightning_synflow.validation import check_bool, check_int, check_number, check_shape
 
 
-def _is_scorer_name(name: str) -> bool:
-    return name in available_scorers()
+def _checked(check: Callable[[Any], Any]) -> Predicate:
+    """A type-hint constraint that LightningCLI's parser applies (through pydantic, where installed) when it reads
+    a config or ``--print_config``: this package's own check, so that the parser's error carries its message."""
+
+    def valid(value: Any) -> bool:
+        check(value)
+        return True
+
+    valid.__qualname__ = valid.__name__ = getattr(check, "__name__", "check")
+    return Predicate(valid)
 
 
-def _is_granularity(spec: str) -> bool:
-    try:
-        get_granularity(spec)
-    except ValueError:
-        return False
-    return True
+def _granularity(spec: str) -> None:
+    get_granularity(spec)
 
 
-#: A registered scorer's name; the type hint lets LightningCLI refuse another name when it parses a config.
-ScorerName = Annotated[str, Predicate(_is_scorer_name)]
-#: ``"weight"``, ``"channel"`` or ``"N:M"`` with 0 < N < M, checked the same way.
-GranularityName = Annotated[str, Predicate(_is_granularity)]
+#: A registered scorer's name.
+ScorerName = Annotated[str, _checked(get_scorer)]
+#: ``"weight"``, ``"channel"`` or ``"N:M"`` with 0 < N < M.
+GranularityName = Annotated[str, _checked(_granularity)]
+Sparsity = Annotated[float, _checked(lambda v: resolve_density(v, None))]
+Compression = Annotated[float, _checked(lambda v: resolve_density(None, v))]
+Iterations = Annotated[int, _checked(lambda v: check_int("iterations", v))]
+NumBatches = Annotated[int, _checked(lambda v: check_int("num_batches", v))]
+IsometrySteps = Annotated[int, _checked(lambda v: check_int("isometry_steps", v, 0, meaning="0 = off"))]
+IsometryLR = Annotated[float, _checked(lambda v: check_number("isometry_lr", v, "a positive finite number", low=0, open_low=True))]
 
 
 @carry_state_back
@@ -124,16 +132,16 @@ class PruneAtInit(Callback):
     def __init__(
         self,
         scorer: Union[ScorerName, Scorer] = "synflow",
-        sparsity: Optional[Annotated[float, Interval(ge=0, lt=1)]] = None,
-        compression: Optional[Annotated[float, Ge(1)]] = None,
-        iterations: Optional[Annotated[int, Ge(1)]] = None,
+        sparsity: Optional[Sparsity] = None,
+        compression: Optional[Compression] = None,
+        iterations: Optional[Iterations] = None,
         schedule: Schedule = "exponential",
         distribution: Optional[Union[str, dict[str, float], Distribution]] = None,
         scope: Optional[Literal["global", "layerwise"]] = None,
         granularity: GranularityName = "weight",
         shrink: bool = False,
         input_shape: Optional[list[int]] = None,
-        num_batches: Optional[Annotated[int, Ge(1)]] = None,
+        num_batches: Optional[NumBatches] = None,
         include_types: Optional[Union[str, list[str]]] = None,
         exclude_types: Optional[Union[str, list[str]]] = None,
         include_names: Optional[Union[str, list[str]]] = None,
@@ -142,8 +150,8 @@ class PruneAtInit(Callback):
         invert: bool = False,
         shuffle: bool = False,
         reinit: bool = False,
-        isometry_steps: Annotated[int, Ge(0)] = 0,
-        isometry_lr: Annotated[float, Gt(0)] = 0.1,
+        isometry_steps: IsometrySteps = 0,
+        isometry_lr: IsometryLR = 0.1,
         verbose: bool = True,
         log_jacobian: bool = False,
         log_effective_sparsity: bool = False,
@@ -235,7 +243,7 @@ class PruneAtInit(Callback):
             trainer.strategy._lightning_synflow_pruner = self
             _save_masks_beside_checkpoints(trainer.strategy)
         else:
-            self._rebuild_shrunk(trainer, pl_module)
+            _read_checkpoints_first(trainer.strategy, self)
         if self._legacy_diagnostics is not None and self._legacy_diagnostics not in trainer.callbacks:
             trainer.callbacks.append(self._legacy_diagnostics)  # its own hooks run from here on, this one's too
 
@@ -253,22 +261,18 @@ class PruneAtInit(Callback):
         for key, patterns in unmatched.items():
             rank_zero_warn(f"PruneAtInit: `{key}` pattern(s) {patterns} match no parameter name of {type(pl_module).__name__}")
 
-    def _rebuild_shrunk(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """A checkpoint this run reads that holds a shrunk model (``shrink=True``): shrink the model (built as
-        before pruning) to it now, before Lightning loads its weights, so that ``fit``, ``validate``, ``test`` and
-        ``predict`` with ``ckpt_path`` (LightningCLI's ``--ckpt_path`` too) work as for any checkpoint."""
-        path = trainer.ckpt_path
-        if path is None or not Path(path).is_file():
-            return
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    def _read_checkpoint(self, strategy: Any, checkpoint: Mapping[str, Any], path: Any) -> None:
+        """See the checkpoint this run reads as soon as it is loaded, before any of it is restored. One that holds a
+        shrunk model (``shrink=True``): shrink the model (built as before pruning) to it now, so that ``fit``,
+        ``validate``, ``test`` and ``predict`` with ``ckpt_path`` (LightningCLI's ``--ckpt_path`` too) work as for
+        any checkpoint. One that holds the weights alone: remembered, so that a fit resuming it fails before
+        pruning, rather than after (Lightning refuses it when it restores the optimizers)."""
+        pl_module = strategy.lightning_module
+        self._weights_only_checkpoint = (
+            self._stage == "fit" and strategy.lightning_restore_optimizer and "optimizer_states" not in checkpoint
+        )
         if shrink_to_checkpoint(pl_module, checkpoint, _example_or_none(pl_module, self.input_shape), self.state_key):
             rank_zero_info(f"PruneAtInit: shrunk {type(pl_module).__name__} to the architecture {path} holds")
-
-    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        # Called before load_state_dict, after the model's weights were loaded and before on_fit_start.
-        self._weights_only_checkpoint = (
-            trainer.state.fn == "fit" and trainer.strategy.lightning_restore_optimizer and "optimizer_states" not in checkpoint
-        )
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.strategy.restore_checkpoint_after_setup:
@@ -757,6 +761,26 @@ def _save_masks_beside_checkpoints(strategy: Any) -> None:
 
     strategy.save_checkpoint = save_checkpoint
     strategy._lightning_synflow_saves_masks = True
+
+
+def _read_checkpoints_first(strategy: Any, pruner: PruneAtInit) -> None:
+    """Make the strategy's ``load_checkpoint`` show the loaded checkpoint to the pruner before Lightning restores
+    anything from it (no callback hook runs between loading a checkpoint and loading the model's weights).
+    Installed once per strategy; the pruner is the one last set up with it."""
+    strategy._lightning_synflow_reader = pruner
+    if getattr(strategy, "_lightning_synflow_reads_checkpoints", False):
+        return
+    load = strategy.load_checkpoint
+
+    def load_checkpoint(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+        checkpoint = load(checkpoint_path, *args, **kwargs)
+        reader = getattr(strategy, "_lightning_synflow_reader", None)
+        if reader is not None and isinstance(checkpoint, Mapping):
+            reader._read_checkpoint(strategy, checkpoint, checkpoint_path)
+        return checkpoint
+
+    strategy.load_checkpoint = load_checkpoint
+    strategy._lightning_synflow_reads_checkpoints = True
 
 
 def _pruner_state(checkpoint: Mapping[str, Any], pruner: PruneAtInit) -> Mapping[str, Any]:
