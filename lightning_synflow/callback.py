@@ -464,15 +464,17 @@ class PruneAtInit(Callback):
     def _check_restored_names(self, pl_module: LightningModule, masks: Mapping[str, Tensor], restored: Mapping[str, Any]) -> None:
         """A checkpoint's masks must cover exactly the tensors this callback's selection picks, or those of the
         selection stored with them (then kept, with a warning naming the difference); else they are refused."""
-        whole_channels = restored.get("granularity", self.granularity) == "channel"
+        if restored.get("granularity", self.granularity) == "channel":
+            self._check_restored_channels(masks)
+            return
         own = select_prunable(pl_module, include_frozen=self.include_frozen, **self._selection())
-        missing, extra = name_differences(masks, own, whole_channels)
+        missing, extra = name_differences(masks, own)
         if not missing and not extra:
             return
         stored = {k: restored[k] for k in SELECTION_KEYS if k in restored}
         if len(stored) == len(SELECTION_KEYS):
             theirs = select_prunable(pl_module, **stored)
-            if name_differences(masks, theirs, whole_channels) == ([], []):
+            if name_differences(masks, theirs) == ([], []):
                 rank_zero_warn(
                     f"PruneAtInit: the checkpoint's masks were made with another selection of tensors"
                     f" ({'; '.join(f'{k}: checkpoint {stored[k]!r}, callback {v!r}' for k, v in self._selection_settings().items() if not same_setting(stored[k], v))});"
@@ -487,6 +489,19 @@ class PruneAtInit(Callback):
             + (f"; not prunable under the selection (a bias or norm would be zeroed): {extra}" if extra else "")
             + ". Nothing was changed; resume with the selection arguments the checkpoint was made with, or prune afresh"
         )
+
+    @staticmethod
+    def _check_restored_channels(masks: Mapping[str, Tensor]) -> None:
+        """Whole-channel masks cover the layers whose channels tracing found removable, with their biases and
+        normalisation parameters (not the output layers): they must be there, and remove whole slices only."""
+        if not masks:
+            raise ValueError("PruneAtInit: the checkpoint's whole-channel masks are empty; nothing was changed")
+        partial = [n for n, m in masks.items() if m.dim() and not _whole_slices(m)]
+        if partial:
+            raise ValueError(
+                f"PruneAtInit: the checkpoint's masks {partial} do not remove whole output channels, as granularity"
+                f" 'channel' does; nothing was changed"
+            )
 
     def _warn_if_arguments_differ(self, restored: Mapping[str, Any]) -> None:
         own = self._settings()
@@ -685,19 +700,30 @@ class PruneAtInit(Callback):
 
 
 def _channel_figures(model: nn.Module, masks: Mapping[str, Tensor], selection: Mapping[str, Any]) -> dict[str, float]:
-    """With whole-channel masks, what users compare: the fraction of the prunable layers' output channels removed
-    (what ``sparsity`` asks for), and of their weights (``pruning/sparsity`` also counts the biases and
-    normalisation parameters of the removed channels)."""
-    weights = [n for n in select_prunable(model, include_frozen=True, **selection) if n in masks]
-    channels = [masks[n].reshape(masks[n].shape[0], -1).any(1) for n in weights]
+    """With whole-channel masks, each named for what it counts: ``channel_sparsity``, the fraction of the output
+    channels of the masked weight matrices removed (what ``sparsity`` asks for); ``weight_sparsity``, the fraction
+    of all selected weight matrices' weights the masks zero (``pruning/sparsity`` counts the masked tensors alone,
+    the removed channels' biases and normalisation parameters among them). After ``shrink``,
+    ``pruning/parameter_sparsity`` is what the smaller network lost of all its parameters."""
+    params = dict(model.named_parameters())
+    selected = select_prunable(model, include_frozen=True, **selection)
+    channels = [masks[n].reshape(masks[n].shape[0], -1).any(1) for n in selected if n in masks]
     kept_channels = sum(int(c.sum()) for c in channels)
     all_channels = sum(c.numel() for c in channels)
-    kept_weights = sum(int(masks[n].sum()) for n in weights)
-    all_weights = sum(masks[n].numel() for n in weights)
+    kept_weights = sum(int(masks[n].sum()) if n in masks else params[n].numel() for n in selected)
+    all_weights = sum(params[n].numel() for n in selected)
     return {
         "pruning/channel_sparsity": 1.0 - kept_channels / all_channels if all_channels else 0.0,
         "pruning/weight_sparsity": 1.0 - kept_weights / all_weights if all_weights else 0.0,
     }
+
+
+def _whole_slices(mask: Tensor) -> bool:
+    """Every slice along dim 0 is wholly kept or wholly pruned."""
+    if mask.dtype != torch.bool:
+        return True  # refused later, with the dtype named
+    rows = mask.reshape(mask.shape[0], -1)
+    return bool((rows.all(1) | ~rows.any(1)).all())
 
 
 def _example_or_none(pl_module: LightningModule, input_shape: Optional[list[int]]) -> Optional[Any]:

@@ -33,12 +33,9 @@ def stored_masks(state: Mapping[str, Any]) -> dict[str, Tensor]:
     return dict(masks)
 
 
-def name_differences(names: Collection[str], expected: Collection[str], whole_channels: bool) -> tuple[list[str], list[str]]:
-    """The prunable tensors the masks leave out, and the tensors they name beyond those. Masks of whole channels
-    also cover the pruned channels' biases and normalisation parameters: only missing tensors count there."""
-    missing = [n for n in expected if n not in names]
-    extra = [] if whole_channels else [n for n in names if n not in expected]
-    return missing, extra
+def name_differences(names: Collection[str], expected: Collection[str]) -> tuple[list[str], list[str]]:
+    """The prunable tensors the masks leave out, and the tensors they name beyond those."""
+    return [n for n in expected if n not in names], [n for n in names if n not in expected]
 
 
 def same_setting(a: Any, b: Any) -> bool:
