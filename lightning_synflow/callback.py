@@ -236,7 +236,6 @@ class PruneAtInit(Callback):
                 f"PruneAtInit(shrink=True) replaces the model's parameters, which {type(trainer.strategy).__name__}"
                 f" holds references to; it runs on a single device"
             )
-        self._check_selection(pl_module)
         if is_sharded_strategy(trainer.strategy):
             self._check_sharded(trainer)
             self._distributed_checkpoints = bool(trainer.strategy._save_distributed_checkpoint)
@@ -304,6 +303,7 @@ class PruneAtInit(Callback):
             raise
 
     def _start_unguarded(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._check_selection(pl_module)  # here, not in setup: configure_model may build layers after setup
         masks, origin = self._masks_to_keep(trainer, pl_module)
         if masks is not None and self._shrunk is not None:
             self._keep_shrunk(pl_module, masks, origin)
