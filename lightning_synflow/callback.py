@@ -31,7 +31,7 @@ from lightning_synflow.checkpoint_state import SELECTION_KEYS, name_differences,
 from lightning_synflow.isolation import preserved_attributes, preserved_rng, restored_on_failure
 from lightning_synflow.masks import BoundMasks, check_masks
 from lightning_synflow.parameters import frozen_weight_matrices, select_prunable, selection_list, unmatched_selection
-from lightning_synflow.distributions import Distribution, Global, Uniform
+from lightning_synflow.distributions import ERK, DensityMap, Distribution
 from lightning_synflow.pruning import compute_masks, resolve_distribution
 from lightning_synflow.report import SparsityReport, sparsity_report
 from lightning_synflow.schedules import Schedule, density_schedule, resolve_density
@@ -204,7 +204,7 @@ class PruneAtInit(Callback):
 
     def _check_combinations(self) -> None:
         """Refuse, at construction, argument combinations that fit would refuse only after work was done."""
-        if isinstance(self.pattern, NM) and not isinstance(self.distribution, (Global, Uniform)):
+        if isinstance(self.pattern, NM) and isinstance(self.distribution, (ERK, DensityMap)):  # densities per layer
             raise ValueError(
                 f"PruneAtInit(granularity={self.granularity!r}) keeps {self.pattern.n} of every {self.pattern.m} weights of"
                 f" each tensor it groups, which `distribution` {self.distribution!r} does not; give distribution='global'"
