@@ -53,15 +53,15 @@ def test_exclude_types_as_a_string_is_one_type_name(tmp_path):
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"include_names": [1, 2]}, r"`include_names` must be a glob pattern or a list of them, got \[1, 2\]"),
-    ({"exclude_types": {"Linear": 1}}, r"`exclude_types` must be a layer class name or a list of them, got \{'Linear': 1\}"),
+    ({"sparsity": 0.5, "include_names": [1, 2]}, r"`include_names` must be a glob pattern or a list of them, got \[1, 2\]"),
+    ({"sparsity": 0.5, "exclude_types": {"Linear": 1}}, r"`exclude_types` must be a layer class name or a list of them, got \{'Linear': 1\}"),
     ({"granularity": "2:4", "distribution": "erk"}, r"granularity='2:4'\) keeps 2 of every 4 weights of each tensor it groups, which `distribution` ERK\(power_scale=1.0\) does not"),
-    ({"granularity": "channel", "shuffle": True}, r"granularity='channel'\) keeps or removes whole channels, which shuffle=True does not"),
-    ({"granularity": "channel", "isometry_steps": 5}, r"granularity='channel'\) keeps or removes whole channels, which isometry_steps=5 does not"),
+    ({"sparsity": 0.5, "granularity": "channel", "shuffle": True}, r"granularity='channel'\) keeps or removes whole channels, which shuffle=True does not"),
+    ({"sparsity": 0.5, "granularity": "channel", "isometry_steps": 5}, r"granularity='channel'\) keeps or removes whole channels, which isometry_steps=5 does not"),
 ])
 def test_combinations_and_types_fit_would_refuse_are_refused_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        PruneAtInit(**{"sparsity": 0.5, **kwargs} if "granularity" not in kwargs or kwargs["granularity"] == "channel" else kwargs)
+        PruneAtInit(**kwargs)
 
 
 # ---------------------------------------------------------------- no failure in on_fit_start changes the model
@@ -95,7 +95,7 @@ class Boom(RuntimeError):
 
 def _after(original):
     def wrapped(*args, **kwargs):
-        result = original(*args, **kwargs)
+        original(*args, **kwargs)
         raise Boom("forced failure")
     return wrapped
 
