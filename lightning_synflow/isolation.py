@@ -133,7 +133,7 @@ def restored_on_failure(model: nn.Module) -> Iterator[None]:
         others = {k: _snapshot(v, seen) for k, v in vars(module).items() if k not in _MODULE_INTERNALS}
         saved.append((module, {k: vars(module)[k] for k in internals}, internals, others))
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    values = {i: local(t).detach().to("cpu", copy=True) for i, t in tensors.items()}
+    values = {i: local(t).detach().to("cpu", copy=True) for i, t in tensors.items() if not t.is_meta}  # meta: no values
     try:
         yield
     except BaseException:
@@ -148,8 +148,9 @@ def restored_on_failure(model: nn.Module) -> Iterator[None]:
             for key, s in others.items():
                 state[key] = _restore(s)
         with torch.no_grad():
-            for i, t in tensors.items():
-                piece, value = local(t), values[i]
+            for i, value in values.items():
+                t = tensors[i]
+                piece = local(t)
                 if piece.shape == value.shape:
                     piece.copy_(value)
                 else:  # replaced wholesale while shrinking
