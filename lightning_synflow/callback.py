@@ -467,14 +467,13 @@ class PruneAtInit(Callback):
         if restored.get("granularity", self.granularity) == "channel":
             self._check_restored_channels(masks)
             return
-        own = select_prunable(pl_module, include_frozen=self.include_frozen, **self._selection())
-        missing, extra = name_differences(masks, own)
+        missing, extra = _uncovered(pl_module, masks, self._selection(), self.include_frozen)
         if not missing and not extra:
             return
         stored = {k: restored[k] for k in SELECTION_KEYS if k in restored}
         if len(stored) == len(SELECTION_KEYS):
-            theirs = select_prunable(pl_module, **stored)
-            if name_differences(masks, theirs) == ([], []):
+            theirs = {k: v for k, v in stored.items() if k != "include_frozen"}
+            if _uncovered(pl_module, masks, theirs, stored["include_frozen"]) == ([], []):
                 rank_zero_warn(
                     f"PruneAtInit: the checkpoint's masks were made with another selection of tensors"
                     f" ({'; '.join(f'{k}: checkpoint {stored[k]!r}, callback {v!r}' for k, v in self._selection_settings().items() if not same_setting(stored[k], v))});"
@@ -716,6 +715,16 @@ def _channel_figures(model: nn.Module, masks: Mapping[str, Tensor], selection: M
         "pruning/channel_sparsity": 1.0 - kept_channels / all_channels if all_channels else 0.0,
         "pruning/weight_sparsity": 1.0 - kept_weights / all_weights if all_weights else 0.0,
     }
+
+
+def _uncovered(
+    model: nn.Module, masks: Mapping[str, Tensor], selection: Mapping[str, Any], include_frozen: bool
+) -> tuple[list[str], list[str]]:
+    """The tensors a selection prunes that the masks leave out, and those the masks name that it never prunes.
+    A frozen weight matrix may be either way: frozen since the masks were made (fine-tuning), it keeps its mask."""
+    wanted = select_prunable(model, include_frozen=include_frozen, **selection)
+    allowed = select_prunable(model, include_frozen=True, **selection)
+    return name_differences(masks, wanted)[0], name_differences(masks, allowed)[1]
 
 
 def _whole_slices(mask: Tensor) -> bool:

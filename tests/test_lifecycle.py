@@ -176,3 +176,12 @@ def test_more_batches_than_the_loader_has_is_said_once(tmp_path):
         fit(model, PruneAtInit(scorer="snip", sparsity=0.5, num_batches=10), tmp_path)
     said = [str(w.message) for w in record if "num_batches" in str(w.message)]
     assert said == ["PruneAtInit(scorer='snip'): `num_batches` is 10, but the training loader gives 2 batch(es) per rank; scoring uses those 2"]
+
+
+def test_a_layer_frozen_since_the_checkpoint_keeps_its_mask(tmp_path, synflow_checkpoint):
+    stored = torch.load(synflow_checkpoint, weights_only=False)["callbacks"]["PruneAtInit"]["masks"]
+    model = MLP()
+    model.net[0].requires_grad_(False)  # fine-tuning: the first layer frozen on resume
+    pruner = PruneAtInit(sparsity=0.9, iterations=3, distribution={"net.0.*": 0.5})
+    fit(model, pruner, tmp_path, ckpt_path=synflow_checkpoint, steps=2)
+    assert list(pruner.masks) == NAMES and torch.equal(pruner.masks["net.0.weight"], stored["net.0.weight"])
