@@ -97,8 +97,10 @@ class PruneAtInit(Callback):
             out); tensors whose rows are not a multiple of M long stay dense, with a warning naming them.
         shrink: With ``granularity="channel"``: remove the pruned channels after pruning, so that a smaller dense
             network trains (the optimizers are built again for it, ``configure_optimizers`` called a second
-            time). One device only. A checkpoint then holds the smaller network: rebuild it with
-            ``lightning_synflow.load_shrunk(model, ckpt_path)`` before loading or resuming.
+            time). One device only. A checkpoint then holds the smaller network: a Trainer with this callback
+            rebuilds it when given the checkpoint (``ckpt_path``); elsewhere call
+            ``lightning_synflow.load_shrunk(model, ckpt_path)`` first (or ``shrink_to_checkpoint`` in the model's
+            ``on_load_checkpoint``).
         input_shape: Input shape without the batch dimension (e.g. ``[3, 32, 32]``), for scorers that need
             one (SynFlow) when the LightningModule has no ``example_input_array``. Without either, the
             shape of the first training batch is used.
@@ -106,11 +108,14 @@ class PruneAtInit(Callback):
             default every layer that multiplies activations by a weight matrix: Linear, Bilinear, convolutions,
             attention projections, recurrent weights, Hugging Face ``Conv1D``
             (``lightning_synflow.parameters.WEIGHT_MATRICES``). Embeddings, norms and biases stay dense.
-        exclude_types: Layer types never pruned (e.g. ``["Linear"]``).
+        exclude_types: Layer types never pruned (e.g. ``["Linear"]``). A type name that no layer of the model is
+            (here or in ``include_types``) is an error; a single string is one name.
         num_batches: Training batches data-driven scorers (SNIP, GraSP, ...) draw, per rank; default the
             scorer's own. Their loss is the LightningModule's own ``training_step`` loss.
         include_names: Glob patterns of further parameter names to prune (e.g. ``["embed.weight"]``).
         exclude_names: Glob patterns of parameter names never pruned (e.g. ``["fc.*"]`` keeps the classifier dense).
+            A single string is one pattern; a pattern (here or in ``include_names``) that matches no parameter is
+            warned about.
         include_frozen: Also prune frozen parameters (``requires_grad=False``); by default they stay dense, as
             they are never trained and a cut could never be repaired.
         invert: Ablation: keep the lowest-scoring weights instead of the highest.
