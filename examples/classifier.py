@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_synflow import shrink_to_checkpoint
+
 
 class ImageClassifier(LightningModule):
     """Classify images with any backbone: cross-entropy, SGD with momentum and a step learning-rate schedule.
@@ -118,6 +120,11 @@ class ImageClassifier(LightningModule):
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x).argmax(1)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A checkpoint of a network PruneAtInit(shrink=True) shrank: become that smaller network before its
+        # weights load, so that `ImageClassifier.load_from_checkpoint(path)` works (needs `input_shape`).
+        shrink_to_checkpoint(self, checkpoint, self.example_input_array)
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.SGD(

@@ -33,7 +33,7 @@ from lightning_synflow.scorers import (
     get_scorer,
     register_scorer,
 )
-from lightning_synflow.callback import PruneAtInit, load_shrunk  # noqa: E402  (imports the functional core above)
+from lightning_synflow.callback import PruneAtInit, load_shrunk, shrink_to_checkpoint  # noqa: E402  (imports the functional core above)
 from lightning_synflow.channels import shrink  # noqa: E402
 from lightning_synflow.diagnostics import PruningDiagnostics  # noqa: E402
 
@@ -78,6 +78,7 @@ __all__ = [
     "get_scorer",
     "kept_counts",
     "load_shrunk",
+    "shrink_to_checkpoint",
     "num_kept",
     "register_scorer",
     "reinitialize",

@@ -7,21 +7,19 @@ pruned weights stays zero, and stores the masks in its own checkpoint state (a s
 :mod:`lightning_synflow.sharded_checkpoint`).
 """
 
-from __future__ import annotations
-
-import math
 import time
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import torch
+from annotated_types import Predicate
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightning_synflow.ablations import reinitialize
@@ -29,10 +27,11 @@ from lightning_synflow.collectives import broadcast_masks, broadcast_tensors_
 from lightning_synflow.diagnostics import PruningDiagnostics, log_metrics
 from lightning_synflow.channels import shrink_
 from lightning_synflow.granularity import NM, Channels, get_granularity, resolve_pattern_density
-from lightning_synflow.isolation import preserved_attributes, preserved_rng
+from lightning_synflow.checkpoint_state import SELECTION_KEYS, name_differences, same_setting, stored_masks
+from lightning_synflow.isolation import preserved_attributes, preserved_rng, restored_on_failure
 from lightning_synflow.masks import BoundMasks, check_masks
-from lightning_synflow.parameters import frozen_weight_matrices, select_prunable
-from lightning_synflow.distributions import Distribution
+from lightning_synflow.parameters import frozen_weight_matrices, select_prunable, selection_list, unmatched_selection
+from lightning_synflow.distributions import ERK, DensityMap, Distribution
 from lightning_synflow.pruning import compute_masks, resolve_distribution
 from lightning_synflow.report import SparsityReport, sparsity_report
 from lightning_synflow.schedules import Schedule, density_schedule, resolve_density
@@ -43,6 +42,34 @@ from lightning_synflow.sharding import is_sharded
 from lightning_synflow.strategies import check_strategy, is_sharded_strategy
 from lightning_synflow.trainer_data import example_input, setup_training_data, training_batches, training_step_loss
 from lightning_synflow.validation import check_bool, check_int, check_number, check_shape
+
+
+def _checked(check: Callable[[Any], Any]) -> Predicate:
+    """A type-hint constraint that LightningCLI's parser applies (through pydantic, where installed) when it reads
+    a config or ``--print_config``: this package's own check, so that the parser's error carries its message."""
+
+    def valid(value: Any) -> bool:
+        check(value)
+        return True
+
+    valid.__qualname__ = valid.__name__ = getattr(check, "__name__", "check")
+    return Predicate(valid)
+
+
+def _granularity(spec: str) -> None:
+    get_granularity(spec)
+
+
+#: A registered scorer's name.
+ScorerName = Annotated[str, _checked(get_scorer)]
+#: ``"weight"``, ``"channel"`` or ``"N:M"`` with 0 < N < M.
+GranularityName = Annotated[str, _checked(_granularity)]
+Sparsity = Annotated[float, _checked(lambda v: resolve_density(v, None))]
+Compression = Annotated[float, _checked(lambda v: resolve_density(None, v))]
+Iterations = Annotated[int, _checked(lambda v: check_int("iterations", v))]
+NumBatches = Annotated[int, _checked(lambda v: check_int("num_batches", v))]
+IsometrySteps = Annotated[int, _checked(lambda v: check_int("isometry_steps", v, 0, meaning="0 = off"))]
+IsometryLR = Annotated[float, _checked(lambda v: check_number("isometry_lr", v, "a positive finite number", low=0, open_low=True))]
 
 
 @carry_state_back
@@ -70,8 +97,10 @@ class PruneAtInit(Callback):
             out); tensors whose rows are not a multiple of M long stay dense, with a warning naming them.
         shrink: With ``granularity="channel"``: remove the pruned channels after pruning, so that a smaller dense
             network trains (the optimizers are built again for it, ``configure_optimizers`` called a second
-            time). One device only. A checkpoint then holds the smaller network: rebuild it with
-            ``lightning_synflow.load_shrunk(model, ckpt_path)`` before loading or resuming.
+            time). One device only. A checkpoint then holds the smaller network: a Trainer with this callback
+            rebuilds it when given the checkpoint (``ckpt_path``); elsewhere call
+            ``lightning_synflow.load_shrunk(model, ckpt_path)`` first (or ``shrink_to_checkpoint`` in the model's
+            ``on_load_checkpoint``).
         input_shape: Input shape without the batch dimension (e.g. ``[3, 32, 32]``), for scorers that need
             one (SynFlow) when the LightningModule has no ``example_input_array``. Without either, the
             shape of the first training batch is used.
@@ -79,11 +108,14 @@ class PruneAtInit(Callback):
             default every layer that multiplies activations by a weight matrix: Linear, Bilinear, convolutions,
             attention projections, recurrent weights, Hugging Face ``Conv1D``
             (``lightning_synflow.parameters.WEIGHT_MATRICES``). Embeddings, norms and biases stay dense.
-        exclude_types: Layer types never pruned (e.g. ``["Linear"]``).
+        exclude_types: Layer types never pruned (e.g. ``["Linear"]``). A type name that no layer of the model is
+            (here or in ``include_types``) is an error; a single string is one name.
         num_batches: Training batches data-driven scorers (SNIP, GraSP, ...) draw, per rank; default the
             scorer's own. Their loss is the LightningModule's own ``training_step`` loss.
         include_names: Glob patterns of further parameter names to prune (e.g. ``["embed.weight"]``).
         exclude_names: Glob patterns of parameter names never pruned (e.g. ``["fc.*"]`` keeps the classifier dense).
+            A single string is one pattern; a pattern (here or in ``include_names``) that matches no parameter is
+            warned about.
         include_frozen: Also prune frozen parameters (``requires_grad=False``); by default they stay dense, as
             they are never trained and a cut could never be repaired.
         invert: Ablation: keep the lowest-scoring weights instead of the highest.
@@ -104,27 +136,27 @@ class PruneAtInit(Callback):
 
     def __init__(
         self,
-        scorer: Union[str, Scorer] = "synflow",
-        sparsity: Optional[float] = None,
-        compression: Optional[float] = None,
-        iterations: Optional[int] = None,
+        scorer: Union[ScorerName, Scorer] = "synflow",
+        sparsity: Optional[Sparsity] = None,
+        compression: Optional[Compression] = None,
+        iterations: Optional[Iterations] = None,
         schedule: Schedule = "exponential",
         distribution: Optional[Union[str, dict[str, float], Distribution]] = None,
         scope: Optional[Literal["global", "layerwise"]] = None,
-        granularity: str = "weight",
+        granularity: GranularityName = "weight",
         shrink: bool = False,
         input_shape: Optional[list[int]] = None,
-        num_batches: Optional[int] = None,
-        include_types: Optional[list[str]] = None,
-        exclude_types: Optional[list[str]] = None,
-        include_names: Optional[list[str]] = None,
-        exclude_names: Optional[list[str]] = None,
+        num_batches: Optional[NumBatches] = None,
+        include_types: Optional[Union[str, list[str]]] = None,
+        exclude_types: Optional[Union[str, list[str]]] = None,
+        include_names: Optional[Union[str, list[str]]] = None,
+        exclude_names: Optional[Union[str, list[str]]] = None,
         include_frozen: bool = False,
         invert: bool = False,
         shuffle: bool = False,
         reinit: bool = False,
-        isometry_steps: int = 0,
-        isometry_lr: float = 0.1,
+        isometry_steps: IsometrySteps = 0,
+        isometry_lr: IsometryLR = 0.1,
         verbose: bool = True,
         log_jacobian: bool = False,
         log_effective_sparsity: bool = False,
@@ -156,10 +188,11 @@ class PruneAtInit(Callback):
         self.reinit = check_bool("reinit", reinit)
         self.schedule = schedule
         self.input_shape = None if input_shape is None else list(input_shape)
-        self.include_types = include_types
-        self.exclude_types = list(exclude_types or ())
-        self.include_names = list(include_names or ())
-        self.exclude_names = list(exclude_names or ())
+        self.include_types = None if include_types is None else selection_list("include_types", include_types, types=True)
+        self.exclude_types = selection_list("exclude_types", exclude_types, types=True)
+        self.include_names = selection_list("include_names", include_names)
+        self.exclude_names = selection_list("exclude_names", exclude_names)
+        self._check_combinations()
         self.include_frozen = check_bool("include_frozen", include_frozen)
         self.verbose = check_bool("verbose", verbose)
         self._masks: Optional[dict[str, Tensor]] = None
@@ -170,6 +203,26 @@ class PruneAtInit(Callback):
         self._distributed_checkpoints = False  # a sharded strategy saves distributed checkpoints
         self._start_at_train_start = False  # a checkpoint this fit resumes would be restored after on_fit_start
         self._shrunk: Optional[dict[str, tuple[int, ...]]] = None  # the parameter shapes of the shrunk model
+        self._described: dict[str, Any] = {}  # the settings that made the masks held (a checkpoint's, when resumed)
+        self._stage: Optional[str] = None  # the Trainer entry point running: only "fit" adopts a checkpoint's masks
+        self._weights_only_checkpoint = False  # the checkpoint this fit resumes holds no training state
+
+    def _check_combinations(self) -> None:
+        """Refuse, at construction, argument combinations that fit would refuse only after work was done."""
+        if isinstance(self.pattern, NM) and isinstance(self.distribution, (ERK, DensityMap)):  # densities per layer
+            raise ValueError(
+                f"PruneAtInit(granularity={self.granularity!r}) keeps {self.pattern.n} of every {self.pattern.m} weights of"
+                f" each tensor it groups, which `distribution` {self.distribution!r} does not; give distribution='global'"
+                f" or 'uniform'"
+            )
+        if isinstance(self.pattern, Channels):
+            given = {k: v for k, v in {"shuffle": self.shuffle, "isometry_steps": self.isometry_steps}.items() if v}
+            if given:
+                raise ValueError(
+                    f"PruneAtInit(granularity='channel') keeps or removes whole channels, which"
+                    f" {', '.join(f'{k}={v!r}' for k, v in given.items())} does not (shuffle moves single weights, isometry"
+                    f" steps work on weight matrices alone): leave them out"
+                )
 
     @property
     def masks(self) -> Optional[dict[str, Tensor]]:
@@ -179,6 +232,9 @@ class PruneAtInit(Callback):
     # ------------------------------------------------------------------ life cycle
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Lightning restores a checkpoint (and calls load_state_dict) after setup: what an earlier run left
+        # unadopted (validate(ckpt_path=...) restores this callback's state too) is forgotten here.
+        self._restored, self._stage, self._weights_only_checkpoint = None, stage, False
         check_strategy(trainer.strategy)
         if self.shrink and not isinstance(trainer.strategy, SingleDeviceStrategy):
             raise ValueError(
@@ -190,8 +246,37 @@ class PruneAtInit(Callback):
             self._distributed_checkpoints = bool(trainer.strategy._save_distributed_checkpoint)
             trainer.strategy._lightning_synflow_pruner = self
             _save_masks_beside_checkpoints(trainer.strategy)
+        else:
+            _read_checkpoints_first(trainer.strategy, self)
         if self._legacy_diagnostics is not None and self._legacy_diagnostics not in trainer.callbacks:
             trainer.callbacks.append(self._legacy_diagnostics)  # its own hooks run from here on, this one's too
+
+    def _check_selection(self, pl_module: LightningModule) -> None:
+        """Layer type names that no layer of the model is are refused; name patterns that match no parameter are
+        warned about: both are most likely typos that would leave layers dense or prune what was to stay."""
+        unmatched = unmatched_selection(pl_module, **self._selection())
+        types = {k: v for k, v in unmatched.items() if k.endswith("_types")}
+        if types:
+            raise ValueError(
+                f"PruneAtInit: {', '.join(f'`{k}` {v}' for k, v in types.items())}: no layer of {type(pl_module).__name__}"
+                f" is of that type; allowed are the class names of its layers, e.g."
+                f" {sorted({type(m).__name__ for m in pl_module.modules()})[:12]} (case-sensitive)"
+            )
+        for key, patterns in unmatched.items():
+            rank_zero_warn(f"PruneAtInit: `{key}` pattern(s) {patterns} match no parameter name of {type(pl_module).__name__}")
+
+    def _read_checkpoint(self, strategy: Any, checkpoint: Mapping[str, Any], path: Any) -> None:
+        """See the checkpoint this run reads as soon as it is loaded, before any of it is restored. One that holds a
+        shrunk model (``shrink=True``): shrink the model (built as before pruning) to it now, so that ``fit``,
+        ``validate``, ``test`` and ``predict`` with ``ckpt_path`` (LightningCLI's ``--ckpt_path`` too) work as for
+        any checkpoint. One that holds the weights alone: remembered, so that a fit resuming it fails before
+        pruning, rather than after (Lightning refuses it when it restores the optimizers)."""
+        pl_module = strategy.lightning_module
+        self._weights_only_checkpoint = (
+            self._stage == "fit" and strategy.lightning_restore_optimizer and "optimizer_states" not in checkpoint
+        )
+        if shrink_to_checkpoint(pl_module, checkpoint, _example_or_none(pl_module, self.input_shape), self.state_key):
+            rank_zero_info(f"PruneAtInit: shrunk {type(pl_module).__name__} to the architecture {path} holds")
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.strategy.restore_checkpoint_after_setup:
@@ -208,7 +293,22 @@ class PruneAtInit(Callback):
             self._start(trainer, pl_module)
 
     def _start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Prune (or take up the masks to keep), apply the masks and hook them to every optimizer step."""
+        """Prune (or take up the masks to keep), apply the masks and hook them to every optimizer step. If
+        anything fails on the way, the model is given back as it came and this callback holds what it held."""
+        held = {k: getattr(self, k) for k in ("_masks", "_owner", "_bound", "_shrunk", "_described")}
+        try:
+            with restored_on_failure(pl_module):
+                self._start_unguarded(trainer, pl_module)
+        except BaseException:
+            for handle in self._hooks:
+                handle.remove()
+            self._hooks = []
+            for key, value in held.items():
+                setattr(self, key, value)
+            raise
+
+    def _start_unguarded(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._check_selection(pl_module)  # here, not in setup: configure_model may build layers after setup
         masks, origin = self._masks_to_keep(trainer, pl_module)
         if masks is not None and self._shrunk is not None:
             self._keep_shrunk(pl_module, masks, origin)
@@ -219,6 +319,7 @@ class PruneAtInit(Callback):
             observer.before_pruning(trainer, pl_module)
         if fresh:
             masks, seconds = self._prune(trainer, pl_module)
+            self._described = self._settings()
         else:
             seconds = None
             try:
@@ -232,7 +333,7 @@ class PruneAtInit(Callback):
         self._bound = bound
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
         frozen = frozen_weight_matrices(pl_module, **self._selection())
-        self._report(trainer, sparsity_report(pl_module, self._masks, frozen=frozen), seconds, origin)
+        self._report(trainer, pl_module, sparsity_report(pl_module, self._masks, frozen=frozen), seconds, origin)
         for observer in observers:
             observer.after_pruning(trainer, pl_module, self._masks)
         if fresh and self.isometry_steps:
@@ -269,7 +370,11 @@ class PruneAtInit(Callback):
         trainer.strategy.setup_optimizers(trainer)
         self._shrunk = {n: tuple(p.shape) for n, p in pl_module.named_parameters()}
         after = sum(p.numel() for p in pl_module.parameters())
-        log_metrics(trainer, {"pruning/parameters_before_shrink": float(before), "pruning/parameters": float(after)})
+        log_metrics(trainer, {
+            "pruning/parameters_before_shrink": float(before),
+            "pruning/parameters": float(after),
+            "pruning/parameter_sparsity": 1.0 - after / before,  # of the whole network, biases and norms included
+        })
         rank_zero_info(f"PruneAtInit: shrunk {type(pl_module).__name__} from {before:,} to {after:,} parameters")
 
     def _keep_shrunk(self, pl_module: LightningModule, masks: dict[str, Tensor], origin: str) -> None:
@@ -320,13 +425,23 @@ class PruneAtInit(Callback):
         log_metrics(trainer, result.as_metrics("isometry"))
 
     def _masks_to_keep(self, trainer: Trainer, pl_module: LightningModule) -> tuple[Optional[dict[str, Tensor]], str]:
-        """The masks this fit keeps instead of pruning, and where they come from: a checkpoint's, or those of
-        this same model's previous fit; ``None`` when the model is to be pruned now."""
+        """The masks this fit keeps instead of pruning, and where they come from: the checkpoint this fit resumes,
+        or this same model's previous fit; ``None`` when the model is to be pruned now."""
         restored, self._restored = self._restored, None
         if restored is not None:
+            masks = self._restored_masks(trainer, pl_module, restored)
+            self._check_restored_names(pl_module, masks, restored)
             self._warn_if_arguments_differ(restored)
+            self._described = {k: restored[k] for k in self._settings() if k in restored}
             self._shrunk = {n: tuple(s) for n, s in restored["shrunk"].items()} if "shrunk" in restored else None
-            return self._restored_masks(trainer, pl_module, restored), "restored from the checkpoint"
+            return masks, "restored from the checkpoint"
+        if trainer.ckpt_path is not None and self._weights_only_checkpoint:
+            raise ValueError(
+                f"PruneAtInit: {trainer.ckpt_path} holds the model's weights alone (saved with"
+                f" ModelCheckpoint(save_weights_only=True)): no optimizer state, which Lightning needs to resume"
+                f" training, and no masks. Nothing was pruned. Resume from a full checkpoint, or load these weights"
+                f" (model.load_state_dict(torch.load(path)['state_dict'])) and fit without `ckpt_path` to prune them"
+            )
         if self._masks is not None and self._owner is not None and self._owner() is pl_module:
             return self._masks, "of this model's previous fit"
         if self._masks is not None:
@@ -342,15 +457,59 @@ class PruneAtInit(Callback):
     def _restored_masks(trainer: Trainer, pl_module: LightningModule, restored: Mapping[str, Any]) -> dict[str, Tensor]:
         """A checkpoint's masks, laid out as the model's parameters: as saved (one process, DDP), or, for a
         sharded model, each rank unpacking its own block (:mod:`lightning_synflow.sharded_checkpoint`)."""
-        if "masks" in restored:
-            return dict(restored["masks"])
-        if "packed_masks" in restored:
-            return from_full_packed(pl_module, restored["packed_masks"])
-        return load_masks_beside(pl_module, list(restored["masks_beside"]), Path(trainer.ckpt_path))
+        try:
+            if "masks" in restored:
+                return stored_masks(restored)
+            if "packed_masks" in restored:
+                return from_full_packed(pl_module, restored["packed_masks"])
+            return load_masks_beside(pl_module, list(restored["masks_beside"]), Path(trainer.ckpt_path))
+        except (ValueError, TypeError, KeyError) as err:
+            raise ValueError(f"PruneAtInit: the masks restored from {trainer.ckpt_path} are not usable: {err}") from err
+
+    def _check_restored_names(self, pl_module: LightningModule, masks: Mapping[str, Tensor], restored: Mapping[str, Any]) -> None:
+        """A checkpoint's masks must cover exactly the tensors this callback's selection picks, or those of the
+        selection stored with them (then kept, with a warning naming the difference); else they are refused."""
+        if restored.get("granularity", self.granularity) == "channel":
+            self._check_restored_channels(masks)
+            return
+        missing, extra = _uncovered(pl_module, masks, self._selection(), self.include_frozen)
+        if not missing and not extra:
+            return
+        stored = {k: restored[k] for k in SELECTION_KEYS if k in restored}
+        if len(stored) == len(SELECTION_KEYS):
+            theirs = {k: v for k, v in stored.items() if k != "include_frozen"}
+            if _uncovered(pl_module, masks, theirs, stored["include_frozen"]) == ([], []):
+                rank_zero_warn(
+                    f"PruneAtInit: the checkpoint's masks were made with another selection of tensors"
+                    f" ({'; '.join(f'{k}: checkpoint {stored[k]!r}, callback {v!r}' for k, v in self._selection_settings().items() if not same_setting(stored[k], v))});"
+                    f" they are kept as stored: {'pruned as before, though this selection leaves them dense: ' + str(extra) if extra else ''}"
+                    f"{'; ' if extra and missing else ''}{'left dense, though this selection would prune them: ' + str(missing) if missing else ''}"
+                )
+                return
+        raise ValueError(
+            f"PruneAtInit: the masks restored from the checkpoint do not cover the prunable tensors of"
+            f" {type(pl_module).__name__}"
+            + (f"; missing (they would train dense): {missing}" if missing else "")
+            + (f"; not prunable under the selection (a bias or norm would be zeroed): {extra}" if extra else "")
+            + ". Nothing was changed; resume with the selection arguments the checkpoint was made with, or prune afresh"
+        )
+
+    @staticmethod
+    def _check_restored_channels(masks: Mapping[str, Tensor]) -> None:
+        """Whole-channel masks cover the layers whose channels tracing found removable, with their biases and
+        normalisation parameters (not the output layers): they must be there, and remove whole slices only."""
+        if not masks:
+            raise ValueError("PruneAtInit: the checkpoint's whole-channel masks are empty; nothing was changed")
+        partial = [n for n, m in masks.items() if m.dim() and not _whole_slices(m)]
+        if partial:
+            raise ValueError(
+                f"PruneAtInit: the checkpoint's masks {partial} do not remove whole output channels, as granularity"
+                f" 'channel' does; nothing was changed"
+            )
 
     def _warn_if_arguments_differ(self, restored: Mapping[str, Any]) -> None:
         own = self._settings()
-        differ = {k: (v, own[k]) for k, v in restored.items() if k in own and not _same(v, own[k])}
+        differ = {k: (v, own[k]) for k, v in restored.items() if k in own and not same_setting(v, own[k])}
         if differ:
             said = "; ".join(f"{k}: checkpoint {_shown(old)}, callback {_shown(new)}" for k, (old, new) in differ.items())
             rank_zero_warn(f"PruneAtInit: resuming with the checkpoint's masks, which were made with other arguments ({said})")
@@ -373,6 +532,7 @@ class PruneAtInit(Callback):
             handle.remove()
         self._hooks = []
         self._bound = None
+        self._stage = None
 
     def _settings(self) -> dict[str, Any]:
         """What decides the masks, stored beside them so that a resume with other arguments is noticed."""
@@ -383,20 +543,34 @@ class PruneAtInit(Callback):
             "schedule": self.schedule,
             "distribution": repr(self.distribution),
             "granularity": self.granularity,
+            **self._selection_settings(),
+        }
+
+    def _selection_settings(self) -> dict[str, Any]:
+        """The selection arguments as stored: type names as strings."""
+        def names(types: Optional[list[Any]]) -> Optional[list[str]]:
+            return None if types is None else [t if isinstance(t, str) else f"{t.__module__}.{t.__qualname__}" for t in types]
+
+        return {
+            "include_types": names(self.include_types),
+            "exclude_types": names(self.exclude_types),
+            "include_names": list(self.include_names),
+            "exclude_names": list(self.exclude_names),
+            "include_frozen": self.include_frozen,
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """The masks and the settings that made them. A sharded model's masks go bit-packed: whole in a full
+        """The masks and the settings that made them (a resumed run's, those of the run that pruned). A sharded model's masks go bit-packed: whole in a full
         checkpoint (every rank calls this), or, in a distributed one, beside it in its own directory (only
         their names here)."""
         if self._masks is None:
             return {}
         if not any(is_sharded(m) for m in self._masks.values()):
             shrunk = {} if self._shrunk is None else {"shrunk": self._shrunk}
-            return {"masks": {n: m.cpu() for n, m in self._masks.items()}, **shrunk, **self._settings()}
+            return {"masks": {n: m.cpu() for n, m in self._masks.items()}, **shrunk, **self._described}
         if self._masks_beside_checkpoint():
-            return {"masks_beside": list(self._masks), **self._settings()}
-        return {"packed_masks": full_packed(self._masks), **self._settings()}
+            return {"masks_beside": list(self._masks), **self._described}
+        return {"packed_masks": full_packed(self._masks), **self._described}
 
     def _masks_beside_checkpoint(self) -> bool:
         """The masks are sharded and checkpoints are distributed: they are saved beside the model's shards."""
@@ -407,7 +581,9 @@ class PruneAtInit(Callback):
         )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if any(k in state_dict for k in ("masks", "packed_masks", "masks_beside")):
+        # Only the fit that resumes from the checkpoint takes its masks up (in on_fit_start); validate, test and
+        # predict read the checkpoint's weights alone, which its masks already zeroed.
+        if self._stage in (None, "fit") and any(k in state_dict for k in ("masks", "packed_masks", "masks_beside")):
             self._restored = dict(state_dict)
 
     def spawn_state(self) -> dict[str, Any]:
@@ -418,6 +594,8 @@ class PruneAtInit(Callback):
         """In the main process after a spawned fit: the masks belong to the main process's model, which got
         the pruned weights back, so that its next ``fit`` keeps them."""
         self._masks = dict(state["masks"])
+        self._described = {k: state[k] for k in self._settings() if k in state}
+        self._shrunk = {n: tuple(v) for n, v in state["shrunk"].items()} if "shrunk" in state else None
         self._owner = weakref.ref(module)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -466,7 +644,7 @@ class PruneAtInit(Callback):
             example_input=example_input(trainer, pl_module, self.input_shape, f"PruneAtInit(scorer={self.scorer.name!r})")
             if self._needs_input
             else None,
-            dataloader=training_batches(trainer, num_batches) if self.scorer.needs_data else None,
+            dataloader=self._batches(trainer, num_batches) if self.scorer.needs_data else None,
             loss_fn=training_step_loss(trainer) if self.scorer.needs_data else None,
             num_batches=num_batches,
             all_reduce=(lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None,
@@ -478,6 +656,16 @@ class PruneAtInit(Callback):
         )
         return masks
 
+    def _batches(self, trainer: Trainer, num_batches: int) -> list[Any]:
+        """The training batches to score with, saying so when the loader has fewer than asked for."""
+        batches = training_batches(trainer, num_batches)
+        if len(batches) < num_batches:
+            rank_zero_warn(
+                f"PruneAtInit(scorer={self.scorer.name!r}): `num_batches` is {num_batches}, but the training loader gives"
+                f" {len(batches)} batch(es) per rank; scoring uses those {len(batches)}"
+            )
+        return batches
+
     @staticmethod
     def _reinitialize(trainer: Trainer, pl_module: LightningModule) -> None:
         """The ``reinit`` ablation: the same fresh weights on every rank, drawn from rank zero's seed."""
@@ -487,20 +675,25 @@ class PruneAtInit(Callback):
             torch.manual_seed(seed)
             reinitialize(pl_module)
 
-    def _report(self, trainer: Trainer, report: SparsityReport, seconds: Optional[float], origin: str) -> None:
-        if seconds is None:
-            rank_zero_info(f"PruneAtInit: kept the masks {origin} (not scored again), sparsity {report.sparsity:.4%}")
-            return
+    def _report(
+        self, trainer: Trainer, pl_module: LightningModule, report: SparsityReport, seconds: Optional[float], origin: str
+    ) -> None:
+        """Log what the masks keep (a resumed run's new log gets the figures too) and warn of collapsed tensors."""
         metrics = {
             "pruning/sparsity": report.sparsity,
             "pruning/density": report.density,
             "pruning/kept": float(report.kept),
             "pruning/total": float(report.total),
             "pruning/collapsed": float(len(report.collapsed)),
-            "pruning/time_s": seconds,
         }
+        if self._described.get("granularity") == "channel":
+            metrics.update(_channel_figures(pl_module, self._masks, self._selection()))
+        if seconds is not None:
+            metrics["pruning/time_s"] = seconds
         log_metrics(trainer, metrics)
-        if self.verbose:
+        if seconds is None:
+            rank_zero_info(f"PruneAtInit: kept the masks {origin} (not scored again), sparsity {report.sparsity:.4%}")
+        elif self.verbose:
             rank_zero_info(f"PruneAtInit ({self.scorer!r}, {seconds:.2f} s):\n{report}")
         if report.collapsed:
             rank_zero_warn(
@@ -510,19 +703,85 @@ class PruneAtInit(Callback):
             )
 
 
+def _channel_figures(model: nn.Module, masks: Mapping[str, Tensor], selection: Mapping[str, Any]) -> dict[str, float]:
+    """With whole-channel masks, each named for what it counts: ``channel_sparsity``, the fraction of the output
+    channels of the masked weight matrices removed (what ``sparsity`` asks for); ``weight_sparsity``, the fraction
+    of all selected weight matrices' weights the masks zero (``pruning/sparsity`` counts the masked tensors alone,
+    the removed channels' biases and normalisation parameters among them). After ``shrink``,
+    ``pruning/parameter_sparsity`` is what the smaller network lost of all its parameters."""
+    params = dict(model.named_parameters())
+    selected = select_prunable(model, include_frozen=True, **selection)
+    channels = [masks[n].reshape(masks[n].shape[0], -1).any(1) for n in selected if n in masks]
+    kept_channels = sum(int(c.sum()) for c in channels)
+    all_channels = sum(c.numel() for c in channels)
+    kept_weights = sum(int(masks[n].sum()) if n in masks else params[n].numel() for n in selected)
+    all_weights = sum(params[n].numel() for n in selected)
+    return {
+        "pruning/channel_sparsity": 1.0 - kept_channels / all_channels if all_channels else 0.0,
+        "pruning/weight_sparsity": 1.0 - kept_weights / all_weights if all_weights else 0.0,
+    }
+
+
+def _uncovered(
+    model: nn.Module, masks: Mapping[str, Tensor], selection: Mapping[str, Any], include_frozen: bool
+) -> tuple[list[str], list[str]]:
+    """The tensors a selection prunes that the masks leave out, and those the masks name that it never prunes.
+    A frozen weight matrix may be either way: frozen since the masks were made (fine-tuning), it keeps its mask."""
+    wanted = select_prunable(model, include_frozen=include_frozen, **selection)
+    allowed = select_prunable(model, include_frozen=True, **selection)
+    return name_differences(masks, wanted)[0], name_differences(masks, allowed)[1]
+
+
+def _whole_slices(mask: Tensor) -> bool:
+    """Every slice along dim 0 is wholly kept or wholly pruned."""
+    if mask.dtype != torch.bool:
+        return True  # refused later, with the dtype named
+    rows = mask.reshape(mask.shape[0], -1)
+    return bool((rows.all(1) | ~rows.any(1)).all())
+
+
+def _example_or_none(pl_module: LightningModule, input_shape: Optional[list[int]]) -> Optional[Any]:
+    if pl_module.example_input_array is not None:
+        return pl_module.example_input_array
+    return None if input_shape is None else torch.zeros(1, *input_shape)
+
+
+def shrink_to_checkpoint(
+    model: nn.Module, checkpoint: Mapping[str, Any], example_input: Optional[Any] = None, state_key: str = "PruneAtInit"
+) -> bool:
+    """Shrink ``model`` (built as before pruning) in place to the architecture a ``PruneAtInit(shrink=True)``
+    checkpoint (loaded, as a dict) holds; ``False`` and nothing done where the checkpoint holds no shrunk model or
+    the model has its shapes already. For a LightningModule's ``on_load_checkpoint``, so that
+    ``Model.load_from_checkpoint(path)`` works: ``shrink_to_checkpoint(self, checkpoint, self.example_input_array)``.
+    """
+    state = checkpoint.get("callbacks", {}).get(state_key, {})
+    if "shrunk" not in state:
+        return False
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    if shapes == {n: tuple(s) for n, s in state["shrunk"].items()}:
+        return False
+    if example_input is None:
+        raise ValueError(
+            f"the checkpoint holds a {type(model).__name__} shrunk by PruneAtInit(shrink=True), which is traced once to"
+            f" be rebuilt: set `example_input_array` on the model (or PruneAtInit's `input_shape`), or call"
+            f" lightning_synflow.load_shrunk(model, ckpt_path, example_input) first"
+        )
+    shrink_(model, state["masks"], example_input)
+    return True
+
+
 def load_shrunk(model: LightningModule, checkpoint_path: Union[str, Path], example_input: Optional[Any] = None) -> LightningModule:
     """Shrink ``model`` (built as before pruning) in place to the architecture a ``PruneAtInit(shrink=True)``
     checkpoint holds, so that the checkpoint loads into it (``trainer.fit(model, ckpt_path=...)`` or
     ``model.load_state_dict(checkpoint["state_dict"])``). ``example_input``: default the model's
     ``example_input_array``."""
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    state = checkpoint.get("callbacks", {}).get(PruneAtInit.__qualname__, {})
-    if "shrunk" not in state:
+    if "shrunk" not in checkpoint.get("callbacks", {}).get(PruneAtInit.__qualname__, {}):
         raise ValueError(f"{checkpoint_path} holds no shrunk model: it was not saved by PruneAtInit(shrink=True)")
     example = model.example_input_array if example_input is None else example_input
     if example is None:
         raise ValueError("load_shrunk traces the model once: give `example_input` or set model.example_input_array")
-    shrink_(model, state["masks"], example)
+    shrink_to_checkpoint(model, checkpoint, example)
     return model
 
 
@@ -542,6 +801,26 @@ def _save_masks_beside_checkpoints(strategy: Any) -> None:
 
     strategy.save_checkpoint = save_checkpoint
     strategy._lightning_synflow_saves_masks = True
+
+
+def _read_checkpoints_first(strategy: Any, pruner: PruneAtInit) -> None:
+    """Make the strategy's ``load_checkpoint`` show the loaded checkpoint to the pruner before Lightning restores
+    anything from it (no callback hook runs between loading a checkpoint and loading the model's weights).
+    Installed once per strategy; the pruner is the one last set up with it."""
+    strategy._lightning_synflow_reader = pruner
+    if getattr(strategy, "_lightning_synflow_reads_checkpoints", False):
+        return
+    load = strategy.load_checkpoint
+
+    def load_checkpoint(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+        checkpoint = load(checkpoint_path, *args, **kwargs)
+        reader = getattr(strategy, "_lightning_synflow_reader", None)
+        if reader is not None and isinstance(checkpoint, Mapping):
+            reader._read_checkpoint(strategy, checkpoint, checkpoint_path)
+        return checkpoint
+
+    strategy.load_checkpoint = load_checkpoint
+    strategy._lightning_synflow_reads_checkpoints = True
 
 
 def _pruner_state(checkpoint: Mapping[str, Any], pruner: PruneAtInit) -> Mapping[str, Any]:
@@ -565,12 +844,6 @@ def _legacy_diagnostics(
         stacklevel=3,
     )
     return PruningDiagnostics(**flags, input_shape=input_shape)
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9)
-    return a == b
 
 
 def _shown(value: Any) -> str:

@@ -162,3 +162,46 @@ def tied_names(model: nn.Module) -> dict[str, str]:
         else:
             first[id(param)] = name
     return aliases
+
+
+def unmatched_selection(
+    model: nn.Module,
+    *,
+    include_types: Sequence[ModuleType] | None = None,
+    exclude_types: Sequence[ModuleType] = (),
+    include_names: Sequence[str] = (),
+    exclude_names: Sequence[str] = (),
+) -> dict[str, list[Any]]:
+    """The layer types no module of ``model`` is (or derives from) and the name patterns no parameter name
+    matches, per argument: most likely typos (``"Conv2D"`` for ``"Conv2d"``), which would otherwise leave
+    layers silently dense or silently pruned."""
+    classes = {cls for module in model.modules() for cls in type(module).__mro__}
+    names = [name for name, _ in model.named_parameters(remove_duplicate=False)]
+    names += [
+        f"{module_name}.{param_name}"
+        for module_name, module in model.named_modules()
+        if isinstance(module, ParametrizationList)
+        for param_name, _ in _parametrized_originals(module)
+    ]
+    unmatched = {
+        "include_types": [t for t in include_types or () if not any(_is(cls, t) for cls in classes)],
+        "exclude_types": [t for t in exclude_types if not any(_is(cls, t) for cls in classes)],
+        "include_names": [p for p in include_names if not any(fnmatchcase(n, p) for n in names)],
+        "exclude_names": [p for p in exclude_names if not any(fnmatchcase(n, p) for n in names)],
+    }
+    return {k: v for k, v in unmatched.items() if v}
+
+
+def selection_list(name: str, value: Any, *, types: bool = False) -> list[Any]:
+    """A selection argument as a list: ``None`` is empty, a single string is one pattern or type name (not its
+    characters: ``list("*fc1*")`` would hold the pattern ``"*"``), else a list or tuple of strings (or classes,
+    for ``types``). Raises a ValueError naming the argument otherwise."""
+    if value is None:
+        return []
+    if isinstance(value, str) or (types and isinstance(value, type)):
+        return [value]
+    allowed = (str, type) if types else (str,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, allowed) for v in value):
+        what = "a layer class name or a list of them" if types else "a glob pattern or a list of them"
+        raise ValueError(f"`{name}` must be {what}, got {value!r}")
+    return list(value)

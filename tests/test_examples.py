@@ -137,7 +137,7 @@ def test_distribution_from_yaml(tmp_path, distribution):
 @pytest.mark.parametrize(
     "prune_args, messages",
     [
-        ({"sparsity": 1.5}, ["`sparsity` must be a number in [0, 1) (the fraction of weights removed), got 1.5"]),
+        ({"sparsity": 1.5}, ['Parser key "sparsity"', "`sparsity` must be a number in [0, 1) (the fraction of weights removed)", "Given value: 1.5"]),
         ({"scorer": "nope"}, ["`scorer` must be one of [", *map(repr, available_scorers()), "got 'nope'"]),
         ({"scope": "per-layer"}, ['Parser key "scope"', "Literal['global', 'layerwise']", "per-layer"]),
         ({"distribution": "per-layer"}, ["`distribution` must be one of ['global', 'uniform', 'erk']", "got 'per-layer'"]),
