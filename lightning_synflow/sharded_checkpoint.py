@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_synflow.sharding import Shard, block_of, is_sharded, like, local
+from lightning_synflow.sharding import block_of, is_sharded, like, local, sharded_dims
 
 #: The sub-directory of a distributed checkpoint that holds the masks.
 MASKS_DIR = "pruning_masks"
@@ -34,7 +34,7 @@ MASKS_DIR = "pruning_masks"
 
 def packing_dim(t: Tensor) -> Optional[int]:
     """The last dimension of ``t`` that no placement shards; None if there is none."""
-    sharded = {p.dim % t.dim() for p in t.placements if isinstance(p, Shard)} if is_sharded(t) else set()
+    sharded = sharded_dims(t)
     free = [d for d in range(t.dim()) if d not in sharded]
     return free[-1] if free else None
 
@@ -131,10 +131,10 @@ def from_full_packed(model: nn.Module, entries: Mapping[str, Any]) -> dict[str, 
             raise ValueError(f"mask {name!r} has shape {tuple(entry['shape'])} but the parameter has shape {tuple(param.shape)}")
         block = block_of(name, param)
         dim = packing_dim(param)
-        index = tuple(
-            slice(None) if d == dim else slice(off, off + size)
-            for d, (off, size) in enumerate(zip(block.offset, block.local_shape))
-        )
-        piece = packed[index].to(local(param).device)
+        piece = packed
+        for d in range(piece.dim()):  # this rank's rows along every dimension but the packed one
+            if d != dim:
+                piece = piece.index_select(d, block.indices(d, piece.device))
+        piece = piece.to(local(param).device)
         masks[name] = like(param, piece.clone() if dim is None else _unpack(piece, block.local_shape[dim], dim))
     return masks

@@ -17,13 +17,13 @@ from thread_ranks import ThreadCollectives, run_ranks
 def shard(t, dim, world, rank):
     """Rank ``rank``'s ``torch.chunk`` piece along ``dim`` (None: replicated, rank 0 owns) and its Block."""
     if dim is None:
-        return t.clone(), Block(tuple(t.shape), tuple(t.shape), (0,) * t.dim(), owner=rank == 0)
+        return t.clone(), Block(tuple(t.shape), tuple(((0, s),) for s in t.shape), owner=rank == 0)
     pieces = list(torch.arange(t.shape[dim]).chunk(world))
     rows = pieces[rank] if rank < len(pieces) else torch.arange(0)
-    offset = [0] * t.dim()
-    offset[dim] = int(rows[0]) if rows.numel() else t.shape[dim]
+    index = [((0, s),) for s in t.shape]
+    index[dim] = ((int(rows[0]), int(rows[-1]) + 1),) if rows.numel() else ()
     piece = t.index_select(dim, rows).contiguous()
-    return piece, Block(tuple(t.shape), tuple(piece.shape), tuple(offset), owner=True)
+    return piece, Block(tuple(t.shape), tuple(index), owner=True)
 
 
 LAYOUTS = {  # tensor name -> (full shape, sharded dim or None for replicated)
