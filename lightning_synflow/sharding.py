@@ -120,14 +120,11 @@ class Block:
 
 def _runs(indices: Tensor) -> Runs:
     """Increasing ``indices`` as ``(start, stop)`` runs of consecutive ones."""
-    values = indices.tolist()
-    runs: list[tuple[int, int]] = []
-    for i in values:
-        if runs and runs[-1][1] == i:
-            runs[-1] = (runs[-1][0], i + 1)
-        else:
-            runs.append((i, i + 1))
-    return tuple(runs)
+    if not indices.numel():
+        return ()
+    breaks = (torch.nonzero(indices.diff() != 1).view(-1) + 1).tolist()
+    starts, stops = [0, *breaks], [*breaks, indices.numel()]
+    return tuple((int(indices[a]), int(indices[b - 1]) + 1) for a, b in zip(starts, stops))
 
 
 def block_of(name: str, t: Tensor) -> Block:
