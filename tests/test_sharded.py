@@ -96,7 +96,7 @@ def test_scoring_leaves_weights_and_buffers_as_they_were(run):
 
 def test_what_a_sharded_model_cannot_be_pruned_with_is_refused_before_any_weight_is_touched(run):
     mode, ranks = run
-    for rank in ranks:
+    for index, rank in enumerate(ranks):
         errors = rank["errors"]
         message, untouched = errors["grasp"]
         assert message.startswith("scorer GraSP(temperature=200.0, mode='train') cannot score a sharded model (DTensor"
@@ -116,11 +116,17 @@ def test_what_a_sharded_model_cannot_be_pruned_with_is_refused_before_any_weight
             assert message.startswith("scorer 'snip' sums gradients over the ranks through FSDP2, but the prunable"
                                       " parameters ['4.weight', '6.weight'] of Sequential are not sharded")
             assert untouched
+        if mode == "replicas":  # one rank holds the whole weight, the other its second half
+            message, untouched = errors["overlap"]
+            assert message.startswith("parameter '6.weight' (")
+            assert message.endswith("is held in pieces that overlap over the 2 ranks, so no rank can count its weights"
+                                    " once; exclude it (exclude_names=['6.weight'])")
+            assert untouched
         if mode in ("replicas", "2d"):  # peers that FSDP2 does not sum over scored different batches
             message, untouched = errors["batches"]
-            ranks_of = "[0]" if mode == "replicas" else "[0, 2]"
-            assert message.startswith(f"FSDP2 sums the gradients of ['{'1' if mode == 'replicas' else '0'}.weight',")
-            assert f"over ranks {ranks_of if rank is ranks[0] else ''}" in message or rank is not ranks[0]
+            summed = [index] if mode == "replicas" else [index % 2, index % 2 + 2]  # the data-parallel ranks
+            assert message.startswith(f"FSDP2 sums the gradients of ['0.weight', '0.bias'] over ranks {summed}, which"
+                                      f" score {len(summed)} of the {len(ranks)} different sets of batches")
             assert "scoring would not be one process's over their union" in message
             assert untouched
 

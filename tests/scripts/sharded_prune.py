@@ -197,16 +197,16 @@ def strided_case(mesh):
 
 
 def refusals(model, mode, mesh, x, batches):
-    """What compute_masks refuses on a sharded model: the message of each, and whether every weight was
-    left as it was."""
+    """What compute_masks refuses on a sharded model: the message of each, and whether this rank's pieces of
+    every weight were left as they were."""
     from torch.distributed.tensor import DTensor, Partial
 
     def attempt(target, data=batches, **kwargs):
-        before = {n: getattr(p, "full_tensor", p.clone)().clone() for n, p in target.named_parameters()}
+        before = {n: getattr(p, "to_local", p.clone)().clone() for n, p in target.named_parameters()}  # this rank's
         try:
             compute_masks(target, sparsity=SPARSITY, example_input=x, dataloader=data, **kwargs)
         except ValueError as err:
-            after = {n: getattr(p, "full_tensor", p.clone)() for n, p in target.named_parameters()}
+            after = {n: getattr(p, "to_local", p.clone)() for n, p in target.named_parameters()}
             return str(err), all(torch.equal(before[n], after[n]) for n in before)
         return None, None
 
@@ -222,6 +222,18 @@ def refusals(model, mode, mesh, x, batches):
         partly = build(mode)
         parallelize_module(partly, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
         errors["plain"] = attempt(partly, scorer="snip")
+    if mode == "replicas":  # rank 0 holds the whole weight, rank 1 the second half of it: they overlap
+        from torch.distributed.tensor import Replicate, Shard
+
+        overlapping = build(mode)
+        weight = overlapping[6].weight.detach()
+        if dist.get_rank() == 0:
+            piece = DTensor.from_local(weight.clone(), mesh["data_parallel"], [Replicate()], run_check=False)
+        else:
+            piece = DTensor.from_local(weight[5:].clone(), mesh["tensor_parallel"], [Shard(0)], run_check=False,
+                                       shape=weight.shape, stride=weight.stride())
+        overlapping[6].weight = nn.Parameter(piece)
+        errors["overlap"] = attempt(overlapping, scorer="magnitude", parameters=["6.weight"])
     if mode in ("replicas", "2d"):  # peers that FSDP2 does not sum over, scoring different batches
         torch.manual_seed(20 + dist.get_rank())
         errors["batches"] = attempt(model, data=[(example(mode), torch.randint(10, (2,)))], scorer="snip")
