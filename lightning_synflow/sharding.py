@@ -16,6 +16,7 @@ rank a whole replica on a one-rank mesh), so replicas are found by comparing eve
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from math import prod
@@ -178,7 +179,8 @@ def blocks_of(model: nn.Module, names: list[str]) -> dict[str, Block]:
 def with_owners(tensors: Mapping[str, Tensor]) -> dict[str, Block]:
     """The blocks of ``tensors`` on this rank, each owned by the lowest global rank that holds the very same
     block. Every rank's blocks are gathered once, so replicas are found whatever mesh (or slice of one) a
-    tensor lives on, and each tensor's distinct blocks are checked to tile it exactly: no overlap, no gap.
+    tensor lives on, and each tensor's distinct blocks are checked to tile it exactly: no overlap, no gap
+    (pairwise only where the ranks disagree on its mesh or placements; torch's own split of one layout tiles).
     Plain tensors are whole on every rank: rank zero owns them. Collective when any tensor is sharded."""
     blocks = {n: block_of(n, t) for n, t in tensors.items()}
     if not any(is_sharded(t) for t in tensors.values()) or not (dist.is_available() and dist.is_initialized()):
@@ -186,22 +188,31 @@ def with_owners(tensors: Mapping[str, Tensor]) -> dict[str, Block]:
         return {n: replace(b, owner=rank == 0) for n, b in blocks.items()}
     world, rank = dist.get_world_size(), dist.get_rank()
     everyone: list = [None] * world
-    dist.all_gather_object(everyone, [(n, b.shape, b.index) for n, b in blocks.items()])
+    dist.all_gather_object(everyone, [(n, b.shape, b.index, _layout(tensors[n])) for n, b in blocks.items()])
     names = list(blocks)
     for r, theirs in enumerate(everyone):
         if [n for n, *_ in theirs] != names:
             raise ValueError(f"rank {r} prunes the parameters {[n for n, *_ in theirs]}, but rank {rank} prunes {names}: every rank must prune the same ones")
     out = {}
     for i, name in enumerate(names):
-        held = [theirs[i][1:] for theirs in everyone]
+        held = [theirs[i][1:3] for theirs in everyone]
         distinct = list(dict.fromkeys(held))
-        _check_tiling(name, tensors[name], [Block(shape, index) for shape, index in distinct], world)
+        one_layout = len({theirs[i][3] for theirs in everyone}) == 1
+        _check_tiling(name, tensors[name], [Block(shape, index) for shape, index in distinct], world, one_layout)
         out[name] = replace(blocks[name], owner=held.index(held[rank]) == rank)
     return out
 
 
-def _check_tiling(name: str, t: Tensor, blocks: list[Block], world: int) -> None:
-    """Raise unless ``blocks`` (the distinct ones over all ranks) cover the full tensor exactly once."""
+def _layout(t: Tensor) -> str:
+    """A digest of ``t``'s mesh (its global ranks) and placements: equal on ranks that hold one layout."""
+    if not is_sharded(t):
+        return ""
+    return hashlib.sha256(repr((t.device_mesh.mesh.tolist(), tuple(t.placements))).encode()).hexdigest()
+
+
+def _check_tiling(name: str, t: Tensor, blocks: list[Block], world: int, one_layout: bool) -> None:
+    """Raise unless ``blocks`` (the distinct ones over all ranks) cover the full tensor exactly once; when every
+    rank has the same layout (``one_layout``), torch's split tiles it and only the total is checked."""
     layout = f"{tuple(t.placements)} on mesh {t.device_mesh}" if is_sharded(t) else "a plain tensor"
     shapes = {b.shape for b in blocks}
     if len(shapes) > 1:
@@ -211,7 +222,8 @@ def _check_tiling(name: str, t: Tensor, blocks: list[Block], world: int) -> None
         return any(all(x[1] <= y[0] or y[1] <= x[0] for x in r for y in s) for r, s in zip(a.index, b.index))
 
     covered = sum(prod(b.local_shape) for b in blocks)
-    overlap = next(((a, b) for i, a in enumerate(blocks) for b in blocks[i + 1 :] if not disjoint(a, b)), None)
+    pairs = [] if one_layout else ((a, b) for i, a in enumerate(blocks) for b in blocks[i + 1 :])
+    overlap = next(((a, b) for a, b in pairs if not disjoint(a, b)), None)
     if covered != blocks[0].numel or overlap is not None:
         raise ValueError(
             f"parameter {name!r} ({layout}) is held in pieces that {'overlap' if overlap else 'leave gaps'} over the"
