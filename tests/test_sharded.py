@@ -122,6 +122,12 @@ def test_what_a_sharded_model_cannot_be_pruned_with_is_refused_before_any_weight
             assert message.endswith("is held in pieces that overlap over the 2 ranks, so no rank can count its weights"
                                     " once; exclude it (exclude_names=['6.weight'])")
             assert untouched
+        if mode == "2d":  # tensor parallel alone: the data-parallel ranks' gradients are never summed
+            message, untouched = errors["unreduced"]
+            assert message == ("the gradients of ['0.weight', '2.weight', '4.weight', '6.weight'] are not reduced over"
+                               " the ranks (no fully_shard holds them), but the ranks score 2 different sets of batches:"
+                               " score the same batches on every rank, or fully_shard them")
+            assert untouched
         if mode in ("replicas", "2d"):  # peers that FSDP2 does not sum over scored different batches
             message, untouched = errors["batches"]
             summed = [index] if mode == "replicas" else [index % 2, index % 2 + 2]  # the data-parallel ranks

@@ -63,7 +63,7 @@ def summed_gradients(model: nn.Module, scored: Sequence[str], batches: Sequence[
         return
     modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
     groups = [g for m in modules for g in m._get_fsdp_state()._fsdp_param_groups]
-    factors = _divide_factors(model, groups, set(scored), batches)
+    factors = _divide_factors(model, groups, scored, batches)
     saved = [(g.gradient_divide_factor, g.force_sum_reduction_for_comms) for g in groups]
     for g, factor in zip(groups, factors):
         g.gradient_divide_factor = float(factor)
@@ -88,7 +88,7 @@ def _fingerprint(batches: Sequence[object]) -> str:
     return digest.hexdigest()
 
 
-def _divide_factors(model: nn.Module, groups: list, scored: set[str], batches: Sequence[object]) -> list[int]:
+def _divide_factors(model: nn.Module, groups: list, scored: Sequence[str], batches: Sequence[object]) -> list[int]:
     """For each FSDP2 parameter group, how many of the ranks it reduces over score each distinct batch; raise,
     for a group holding a ``scored`` parameter, unless its sum counts every batch that any rank scores that
     many times."""
@@ -99,11 +99,11 @@ def _divide_factors(model: nn.Module, groups: list, scored: set[str], batches: S
     distinct = set(prints)
     params = dict(model.named_parameters())
     names = {id(p): n for n, p in params.items()}
-    factors, reduced = [], set()
+    factors, reduced, wanted = [], set(), set(scored)
     for g in groups:
         held = [fp.sharded_param for fp in g.fsdp_params]
         reduced.update(id(p) for p in held)
-        if not any(names.get(id(p)) in scored for p in held):  # no score reads these gradients
+        if not any(names.get(id(p)) in wanted for p in held):  # no score reads these gradients
             factors.append(1)
             continue
         ranks = g.mesh_info.mesh.mesh.flatten().tolist()

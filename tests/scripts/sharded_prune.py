@@ -234,6 +234,13 @@ def refusals(model, mode, mesh, x, batches):
                                        shape=weight.shape, stride=weight.stride())
         overlapping[6].weight = nn.Parameter(piece)
         errors["overlap"] = attempt(overlapping, scorer="magnitude", parameters=["6.weight"])
+    if mode == "2d":  # tensor parallel alone on the 2-D mesh: nothing sums the data-parallel ranks' gradients
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+        unreduced = build(mode)
+        parallelize_module(unreduced, mesh["tensor_parallel"], {"0": ColwiseParallel(), "2": RowwiseParallel(),
+                                                                "4": ColwiseParallel(), "6": RowwiseParallel()})
+        errors["unreduced"] = attempt(unreduced, scorer="snip")
     if mode in ("replicas", "2d"):  # peers that FSDP2 does not sum over, scoring different batches
         torch.manual_seed(20 + dist.get_rank())
         errors["batches"] = attempt(model, data=[(example(mode), torch.randint(10, (2,)))], scorer="snip")
