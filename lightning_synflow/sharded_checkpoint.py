@@ -12,8 +12,9 @@ tensor is a DTensor with the parameter's mesh and placements: each rank packs an
   tensors: such a checkpoint gathers the whole model on rank zero anyway, and the masks add 1/32 of its
   float32 weights' bytes.
 
-A tensor sharded on every dimension (a 1-D tensor, or a 2-D weight sharded on both) has no dimension to
-pack along and is stored as bools, one byte per weight.
+A tensor sharded on every dimension (a 1-D tensor, or a 2-D weight sharded on both, as FSDP2 over row-parallel
+layers makes) has no dimension to pack along: a distributed checkpoint stores it as bools, one byte per
+weight; a full one gathers the bools and packs them whole.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_synflow.sharding import Shard, block_of, is_sharded, like, local
+from lightning_synflow.sharding import block_of, is_sharded, like, local, sharded_dims
 
 #: The sub-directory of a distributed checkpoint that holds the masks.
 MASKS_DIR = "pruning_masks"
@@ -34,7 +35,7 @@ MASKS_DIR = "pruning_masks"
 
 def packing_dim(t: Tensor) -> Optional[int]:
     """The last dimension of ``t`` that no placement shards; None if there is none."""
-    sharded = {p.dim % t.dim() for p in t.placements if isinstance(p, Shard)} if is_sharded(t) else set()
+    sharded = sharded_dims(t)
     free = [d for d in range(t.dim()) if d not in sharded]
     return free[-1] if free else None
 
@@ -110,9 +111,15 @@ def load_masks_beside(model: nn.Module, names: list[str], checkpoint: Path) -> d
 
 
 def full_packed(masks: Mapping[str, Tensor]) -> dict[str, Any]:
-    """For a full checkpoint: each mask packed and gathered whole (every rank calls)."""
+    """For a full checkpoint: each mask packed and gathered whole (every rank calls). A mask sharded on every
+    dimension (a row-parallel weight under FSDP2) is gathered as bools and packed whole, along its last
+    dimension: one bit per weight in the file either way."""
     out = {}
     for name, mask in masks.items():
+        if packing_dim(mask) is None and mask.dim():
+            whole = mask.full_tensor() if is_sharded(mask) else mask
+            out[name] = {"packed": _pack(whole, mask.dim() - 1), "shape": tuple(mask.shape)}
+            continue
         packed = pack(mask)
         out[name] = {"packed": packed.full_tensor() if is_sharded(packed) else packed, "shape": tuple(mask.shape)}
     return out
@@ -131,10 +138,12 @@ def from_full_packed(model: nn.Module, entries: Mapping[str, Any]) -> dict[str, 
             raise ValueError(f"mask {name!r} has shape {tuple(entry['shape'])} but the parameter has shape {tuple(param.shape)}")
         block = block_of(name, param)
         dim = packing_dim(param)
-        index = tuple(
-            slice(None) if d == dim else slice(off, off + size)
-            for d, (off, size) in enumerate(zip(block.offset, block.local_shape))
-        )
-        piece = packed[index].to(local(param).device)
+        if dim is None and param.dim():  # packed whole along the last dimension: unpack whole, then take the block
+            packed, dim = _unpack(packed, param.shape[-1], param.dim() - 1), None
+        piece = packed
+        for d in range(piece.dim()):  # this rank's rows along every dimension but the packed one
+            if d != dim:
+                piece = piece.index_select(d, block.indices(d, piece.device))
+        piece = piece.to(local(param).device)
         masks[name] = like(param, piece.clone() if dim is None else _unpack(piece, block.local_shape[dim], dim))
     return masks

@@ -2,7 +2,9 @@
 
 The result is :func:`~lightning_synflow.ranking.select`'s on the full tensors: exactly ``k`` kept, ties to the
 earlier tensor and then the lower flat index *of the full tensor*. Each rank holds a block of each tensor
-(:class:`~lightning_synflow.sharding.Block`); a replicated block is counted once, by its owner.
+(:class:`~lightning_synflow.sharding.Block`); a block several ranks hold (replicas) is counted once, by its
+owner, and the collectives run over the whole world, so owners must be decided over it
+(:func:`~lightning_synflow.sharding.blocks_of`).
 
 How: all ranks agree on one cutoff, the last weight dropped in the order (score up, tensor down, full
 position down), and each keeps its own weights beyond it. To find it, a band ``[lo, hi]`` known to hold the
@@ -26,7 +28,7 @@ from torch import Tensor
 
 from lightning_synflow.distributions import Budget
 from lightning_synflow.ranking import _bracket, budget_groups, compress, true_positions
-from lightning_synflow.sharding import Block, block_of, is_sharded, local
+from lightning_synflow.sharding import Block, is_sharded, local, with_owners
 
 #: Scores sampled per narrowing step, over all ranks.
 SAMPLE_SIZE = 1 << 14
@@ -101,9 +103,8 @@ def kept_counts(tensors: Mapping[str, Tensor]) -> dict[str, int]:
     once), so every rank must call this together."""
     if not any(is_sharded(t) for t in tensors.values()):
         return {n: int(torch.count_nonzero(t)) for n, t in tensors.items()}
-    names = list(tensors)
-    blocks = [block_of(n, tensors[n]) for n in names]
-    return dict(zip(names, global_counts([local(tensors[n]) for n in names], blocks, ProcessGroupCollectives())))
+    blocks = with_owners(tensors)
+    return dict(zip(blocks, global_counts([local(t) for t in tensors.values()], list(blocks.values()), ProcessGroupCollectives())))
 
 
 def _keep(

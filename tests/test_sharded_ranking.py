@@ -10,28 +10,40 @@ import torch
 from lightning_synflow import sharded_ranking
 from lightning_synflow.ranking import select
 from lightning_synflow.sharded_ranking import select_sharded
-from lightning_synflow.sharding import Block
+from lightning_synflow.sharding import Block, _runs
 from thread_ranks import ThreadCollectives, run_ranks
 
 
+def rows_of(size, dim, world, rank):
+    """The indices along the sharded dimension that rank ``rank`` holds: ``torch.chunk``'s piece, or for a
+    strided layout (``("strided", dim)``) ``_StridedShard(dim, split_factor=2)``'s, two runs of rows."""
+    if isinstance(dim, tuple):
+        from torch.distributed.tensor.placement_types import _StridedShard
+
+        return _StridedShard(0, split_factor=2)._split_tensor(torch.arange(size), world, with_padding=False)[0][rank]
+    pieces = list(torch.arange(size).chunk(world))
+    return pieces[rank] if rank < len(pieces) else torch.arange(0)
+
+
 def shard(t, dim, world, rank):
-    """Rank ``rank``'s ``torch.chunk`` piece along ``dim`` (None: replicated, rank 0 owns) and its Block."""
+    """Rank ``rank``'s piece along ``dim`` (None: replicated, rank 0 owns) and its Block."""
     if dim is None:
-        return t.clone(), Block(tuple(t.shape), tuple(t.shape), (0,) * t.dim(), owner=rank == 0)
-    pieces = list(torch.arange(t.shape[dim]).chunk(world))
-    rows = pieces[rank] if rank < len(pieces) else torch.arange(0)
-    offset = [0] * t.dim()
-    offset[dim] = int(rows[0]) if rows.numel() else t.shape[dim]
-    piece = t.index_select(dim, rows).contiguous()
-    return piece, Block(tuple(t.shape), tuple(piece.shape), tuple(offset), owner=True)
+        return t.clone(), Block(tuple(t.shape), tuple(((0, s),) for s in t.shape), owner=rank == 0)
+    axis = dim[1] if isinstance(dim, tuple) else dim
+    rows = rows_of(t.shape[axis], dim, world, rank)
+    index = [((0, s),) for s in t.shape]
+    index[axis] = _runs(rows)
+    piece = t.index_select(axis, rows).contiguous()
+    return piece, Block(tuple(t.shape), tuple(index), owner=True)
 
 
-LAYOUTS = {  # tensor name -> (full shape, sharded dim or None for replicated)
+LAYOUTS = {  # tensor name -> (full shape, sharded dim, ("strided", dim), or None for replicated)
     "a": ((7, 5), 0),
     "b": ((6, 9), 1),
     "c": ((3, 4, 5), None),
     "d": ((2, 11), 0),  # with 3 ranks the last chunk of 2 rows is empty
     "e": ((4, 6, 2, 3), 1),
+    "f": ((3, 10, 2), ("strided", 1)),  # pieces of two runs each: rank 0 of 2 holds rows {0, 1, 2, 5, 6, 7}
 }
 
 
@@ -67,7 +79,11 @@ def assemble(results, name, world_size):
         pieces = [r[name] for r in results]
         assert all(torch.equal(p, pieces[0]) for p in pieces), "replicas disagree"
         return pieces[0]
-    return torch.cat([r[name] for r in results], dim)
+    axis = dim[1] if isinstance(dim, tuple) else dim
+    full = torch.zeros(shape, dtype=results[0][name].dtype)
+    for rank, r in enumerate(results):
+        full.index_copy_(axis, rows_of(shape[axis], dim, world_size, rank), r[name])
+    return full
 
 
 @pytest.fixture(params=["small bands", "default"])
@@ -139,10 +155,11 @@ def test_a_large_tie_block_is_resolved_with_counts_not_gathered(monkeypatch):
     assert sum(gathered) <= total
 
 
-def test_block_positions_follow_the_full_tensor():
+@pytest.mark.parametrize("dim", [1, ("strided", 1)])
+def test_block_positions_follow_the_full_tensor(dim):
     full = torch.arange(6 * 9).view(6, 9)
     for rank in range(2):
-        piece, block = shard(full, 1, 2, rank)
+        piece, block = shard(full, dim, 2, rank)
         local = torch.arange(piece.numel())
         assert torch.equal(block.global_positions(local), piece.reshape(-1))
         for position in range(full.numel() + 1):

@@ -9,11 +9,15 @@ gathered beyond the layer FSDP2 is computing; the saved copy is one rank's share
 
 from __future__ import annotations
 
+import hashlib
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves
 
 from lightning_synflow.sharding import is_sharded, like, local
 
@@ -43,9 +47,15 @@ def preserved_buffers(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def summed_gradients(model: nn.Module) -> Iterator[None]:
-    """FSDP2 sums gradients over the data-parallel ranks instead of averaging them, as one process summing
-    over the union of their batches does."""
+def summed_gradients(model: nn.Module, scored: Sequence[str], batches: Sequence[object]) -> Iterator[None]:
+    """Gradients summed over the distinct batches the ranks score, as one process scoring their union would.
+
+    FSDP2 reduces each parameter group's gradient over its mesh (shards and, under HSDP, replicas) and
+    divides by the group's size; ranks on that mesh may see the same batch (a layer sharded over the tensor
+    parallel ranks, which share their data) or different ones. So each group's divide factor becomes how many
+    of its ranks score each distinct batch, and the sum over its ranks counts each batch once. A gradient FSDP2
+    does not reduce (a tensor parallel parameter among ``scored``) is this rank's own: then every rank must
+    score the same batches. Anything else is refused, before a weight is touched."""
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:  # pragma: no cover - torch without FSDP2
@@ -53,15 +63,66 @@ def summed_gradients(model: nn.Module) -> Iterator[None]:
         return
     modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
     groups = [g for m in modules for g in m._get_fsdp_state()._fsdp_param_groups]
+    factors = _divide_factors(model, groups, scored, batches)
     saved = [(g.gradient_divide_factor, g.force_sum_reduction_for_comms) for g in groups]
-    for m in modules:
-        m.set_gradient_divide_factor(1.0)
-        m.set_force_sum_reduction_for_comms(True)  # a plain sum (gloo has no pre-multiplied sum)
+    for g, factor in zip(groups, factors):
+        g.gradient_divide_factor = float(factor)
+        g.force_sum_reduction_for_comms = True  # a plain sum (gloo has no pre-multiplied sum), then the factor
     try:
         yield
     finally:
         for g, (factor, force_sum) in zip(groups, saved):
             g.gradient_divide_factor, g.force_sum_reduction_for_comms = factor, force_sum
+
+
+def _fingerprint(batches: Sequence[object]) -> str:
+    """A digest of the batches' contents: equal batches on two ranks give equal digests."""
+    digest = hashlib.sha256()
+    for leaf in tree_leaves(list(batches)):
+        if isinstance(leaf, Tensor):
+            t = leaf.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{t.dtype}{tuple(leaf.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(repr(leaf).encode())
+    return digest.hexdigest()
+
+
+def _divide_factors(model: nn.Module, groups: list, scored: Sequence[str], batches: Sequence[object]) -> list[int]:
+    """For each FSDP2 parameter group, how many of the ranks it reduces over score each distinct batch; raise,
+    for a group holding a ``scored`` parameter, unless its sum counts every batch that any rank scores that
+    many times."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [1] * len(groups)
+    prints: list = [None] * dist.get_world_size()
+    dist.all_gather_object(prints, _fingerprint(batches))
+    distinct = set(prints)
+    params = dict(model.named_parameters())
+    names = {id(p): n for n, p in params.items()}
+    factors, reduced, wanted = [], set(), set(scored)
+    for g in groups:
+        held = [fp.sharded_param for fp in g.fsdp_params]
+        reduced.update(id(p) for p in held)
+        if not any(names.get(id(p)) in wanted for p in held):  # no score reads these gradients
+            factors.append(1)
+            continue
+        ranks = g.mesh_info.mesh.mesh.flatten().tolist()
+        seen = Counter(prints[r] for r in ranks)
+        if set(seen) != distinct or len(set(seen.values())) != 1:
+            raise ValueError(
+                f"FSDP2 sums the gradients of {[names.get(id(p)) for p in held]} over ranks {ranks}, which score"
+                f" {len(seen)} of the {len(distinct)} different sets of batches the ranks score, not each equally often:"
+                f" scoring would not be one process's over their union; give the ranks a data-parallel mesh shards"
+                f" or replicates over different batches, and every other rank the same batches as its peers"
+            )
+        factors.append(next(iter(seen.values())))
+    own = [n for n in scored if id(params[n]) not in reduced]
+    if own and len(distinct) > 1:
+        raise ValueError(
+            f"the gradients of {own} are not reduced over the ranks (no fully_shard holds them), but the ranks score"
+            f" {len(distinct)} different sets of batches: score the same batches on every rank, or fully_shard them"
+        )
+    return factors
 
 
 def check_all_sharded(model: nn.Module, masks: Mapping[str, Tensor], scorer: str) -> None:
@@ -85,7 +146,7 @@ def masked_loss_gradients(
     targets = [params[n] for n in masks]
     for p in model.parameters():
         p.grad = None
-    with overwritten([local(p) for p in targets]), summed_gradients(model):
+    with summed_gradients(model, list(masks), batches), overwritten([local(p) for p in targets]):
         with torch.no_grad():
             for p, m in zip(targets, masks.values()):
                 local(p).mul_(local(m))

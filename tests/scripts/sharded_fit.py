@@ -1,11 +1,15 @@
-"""PruneAtInit under ModelParallelStrategy on 2 CPU processes (gloo): prune, train, save, resume.
+"""PruneAtInit under ModelParallelStrategy on CPU processes (gloo), in every layout it makes: prune, train, save,
+resume.
 
-Launched by tests/test_sharded_fit.py as a subprocess (Lightning starts the second rank). For each scorer in
-turn: fit 4 steps with PruneAtInit (the model sharded in ``configure_model``), check after every step that
-each rank's pruned weights are exactly zero, save a checkpoint (distributed or full), then resume it in a
-fresh Trainer and model for 2 more steps. Each rank saves what the test compares (``full_tensor`` of
-masks and weights: the test's view, never the library's).
-Usage: sharded_fit.py OUT_DIR fsdp|tp SCORER:distributed|full[,SCORER:distributed|full...]
+Launched by tests/test_sharded_fit.py as a subprocess (Lightning starts the other ranks). Layouts (MODES):
+FSDP2 over 2 ranks; Lightning's default strategy on 2 devices (a 1 x 2 data x tensor parallel mesh) with
+tensor parallelism, and with FSDP2 over its "data_parallel" slice only (a whole replica on each rank: the
+issue's 16-64-64-4 MLP); HSDP on a 2 x 2 (replicate x shard) mesh; FSDP2 over tensor parallelism on a 2 x 2
+mesh (``_StridedShard``). For each case in turn: fit 4 steps with PruneAtInit (the model sharded in
+``configure_model``), check after every step that each rank's pruned weights are exactly zero, save a
+checkpoint (distributed or full), then resume it in a fresh Trainer and model for 2 more steps. Each rank
+saves what the test compares (``full_tensor`` of masks and weights: the test's view, never the library's).
+Usage: sharded_fit.py OUT_DIR MODE:SCORER:distributed|full[,...]  (modes of one world size)
 """
 
 import os
@@ -26,8 +30,20 @@ from lightning_synflow.masks import BoundMasks  # noqa: E402
 from lightning_synflow.report import sparsity_report  # noqa: E402
 from lightning_synflow.sharding import local  # noqa: E402
 
-SPARSITY = 0.8
+SPARSITY = {"replicas": 0.9}  # the issue's case; 0.8 elsewhere
 ITERATIONS = {"synflow": 3, "snip": 1, "magnitude": 1, "random": 1}
+#: mode -> processes it runs on.
+MODES = {"fsdp": 2, "tp": 2, "replicas": 2, "hsdp": 4, "2d": 4}
+
+
+def sparsity_of(mode):
+    return SPARSITY.get(mode, 0.8)
+
+
+def data_ranks(mode):
+    """The ranks whose batches are the distinct ones (Lightning's sampler splits the data over the
+    "data_parallel" mesh dimension only): one process scores their union."""
+    return {"fsdp": [0, 1], "tp": [0], "replicas": [0], "hsdp": [0, 1, 2, 3], "2d": [0, 2]}[mode]
 
 
 def scorer_of(name):
@@ -44,25 +60,32 @@ class Net(LightningModule):
     def __init__(self, mode):
         super().__init__()
         self.mode = mode
-        torch.manual_seed(0)  # the same initial weights on both ranks and in the test's one-process run
-        self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 32),
-                                 nn.ReLU(), nn.Linear(32, 4))
+        torch.manual_seed(0)  # the same initial weights on every rank and in the test's one-process run
+        if mode == "replicas":
+            self.net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+        else:
+            self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 32),
+                                     nn.ReLU(), nn.Linear(32, 4))
         self.example_input_array = torch.zeros(1, 16)
 
     def configure_model(self):
-        if self.mode == "fsdp":
-            from torch.distributed.fsdp import fully_shard
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-            mesh = self.device_mesh["data_parallel"]
-            for layer in self.net:
-                if isinstance(layer, nn.Linear):
-                    fully_shard(layer, mesh=mesh)
-            fully_shard(self.net, mesh=mesh)
-        else:
-            from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
-
-            plan = {"0": ColwiseParallel(), "2": RowwiseParallel(), "4": ColwiseParallel(), "6": RowwiseParallel()}
+        plan = {"0": ColwiseParallel(), "2": RowwiseParallel(), "4": ColwiseParallel(), "6": RowwiseParallel()}
+        if self.mode == "tp":
             parallelize_module(self.net, self.device_mesh["tensor_parallel"], plan)
+            return
+        mesh = self.device_mesh["data_parallel"]  # FSDP2 as Lightning's guide does
+        if self.mode == "hsdp":
+            mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+        if self.mode == "2d":
+            parallelize_module(self.net, self.device_mesh["tensor_parallel"], plan)
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(self.net, mesh=mesh)
 
     def forward(self, x):
         return self.net(x)
@@ -116,9 +139,10 @@ class Record:
 
 
 def trainer(mode, kind, steps, callbacks, logger=False):
-    sizes = dict(data_parallel_size=2, tensor_parallel_size=1) if mode == "fsdp" else dict(data_parallel_size=1, tensor_parallel_size=2)
+    sizes = {"fsdp": dict(data_parallel_size=2, tensor_parallel_size=1), "hsdp": dict(data_parallel_size=4, tensor_parallel_size=1),
+             "2d": dict(data_parallel_size=2, tensor_parallel_size=2)}.get(mode, {})  # tp, replicas: the defaults
     strategy = ModelParallelStrategy(**sizes, save_distributed_checkpoint=kind == "distributed")
-    return Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=steps, logger=logger,
+    return Trainer(accelerator="cpu", devices=MODES[mode], strategy=strategy, max_steps=steps, logger=logger,
                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                    callbacks=callbacks)
 
@@ -127,7 +151,7 @@ def run(out, mode, kind, scorer):
     record = Record(lightning_synflow.callback.compute_masks)
     lightning_synflow.callback.compute_masks = record
     try:
-        pruner = PruneAtInit(scorer=scorer_of(scorer), sparsity=SPARSITY, iterations=ITERATIONS[scorer], verbose=False)
+        pruner = PruneAtInit(scorer=scorer_of(scorer), sparsity=sparsity_of(mode), iterations=ITERATIONS[scorer], verbose=False)
         watch = Watch(pruner)
         model = Net(mode)
         logger = MemoryLogger()
@@ -143,7 +167,7 @@ def run(out, mode, kind, scorer):
                  "zero_after_step": watch.zero_after_step, "batches": record.batches, "scored": record.calls,
                  "report": watch.report, "logged": logger.rows}
 
-        resumed_pruner = PruneAtInit(scorer=scorer_of(scorer), sparsity=SPARSITY, iterations=ITERATIONS[scorer], verbose=False)
+        resumed_pruner = PruneAtInit(scorer=scorer_of(scorer), sparsity=sparsity_of(mode), iterations=ITERATIONS[scorer], verbose=False)
         resumed_watch = Watch(resumed_pruner)
         resumed_model = Net(mode)
         second = trainer(mode, kind, 6, [resumed_watch, resumed_pruner])
@@ -160,7 +184,7 @@ def run(out, mode, kind, scorer):
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    out_dir, mode_, cases = sys.argv[1:4]
+    out_dir, cases = sys.argv[1:3]
     for case in cases.split(","):
-        name, kind_ = case.split(":")
+        mode_, name, kind_ = case.split(":")
         run(out_dir, mode_, kind_, name)

@@ -1,9 +1,14 @@
-"""compute_masks on a model sharded over 2 gloo processes, FSDP2 or tensor parallel, for tests/test_sharded.py.
+"""compute_masks on a model sharded over gloo processes in every layout ModelParallelStrategy makes, for
+tests/test_sharded.py.
 
-Each rank builds the same model (seed 0), saves its unsharded weights, shards it and prunes it with every
-case of CASES; rank zero saves the masks assembled from the ranks' shards (``full_tensor``: the test's
-check, never the library's), each rank's batches, and what the masks and scores are laid out as.
-Usage: sharded_prune.py OUT_DIR fsdp|tp
+Layouts (MODES): FSDP2 over 2 ranks; tensor parallel over 2; "replicas": Lightning's default 1 x 2 mesh
+(data_parallel x tensor_parallel), the convolutions fully_shard over the one-rank "data_parallel" slice (a
+whole replica on each rank) and the last layer over "tensor_parallel" (parameters on different meshes);
+HSDP on a 2 x 2 (replicate x shard) mesh; FSDP2 over tensor parallelism on one 2 x 2 mesh
+(``_StridedShard``). Each rank builds the same model (seed 0), saves its unsharded weights, shards it and
+prunes it with every case of CASES; it saves the masks assembled from the ranks' shards (``full_tensor``:
+the test's check, never the library's), its batches, and what the masks and scores are laid out as.
+Usage: sharded_prune.py OUT_DIR WORLD_SIZE MODE[,MODE...]  (modes of that world size, run one after another)
 """
 
 import os
@@ -40,41 +45,76 @@ CASES = {
 }
 SPARSITY = 0.8
 
+#: mode -> processes it runs on.
+MODES = {"fsdp": 2, "tp": 2, "replicas": 2, "hsdp": 4, "2d": 4}
+
+
+def data_ranks(mode):
+    """The ranks whose batches are the distinct ones (each rank scores its own; tensor parallel peers and
+    Lightning's replicas share theirs): one process scores their union."""
+    return {"fsdp": [0, 1], "tp": [0], "replicas": [0], "hsdp": [0, 1, 2, 3], "2d": [0, 2]}[mode]
+
+
+def data_seed(mode, rank):
+    return 10 + (rank // 2 if mode == "2d" else rank if rank in data_ranks(mode) else 0)
+
+
+def convolutional(mode):
+    return mode in ("fsdp", "replicas")
+
 
 def build(mode):
     torch.manual_seed(0)
-    if mode == "fsdp":  # uneven shards: 7 conv channels and 10 classes over 2 ranks
+    if convolutional(mode):  # uneven shards: 7 conv channels and 10 classes over 2 ranks
         return nn.Sequential(
             nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 7, 3), nn.ReLU(), nn.Flatten(),
             nn.Linear(7 * 4 * 4, 10),
         )
-    # Tensor parallel in float64: row-parallel layers add partial sums across ranks, which float32 would round
-    # differently from one process; see the test.
+    # float64: row-parallel layers add partial sums across ranks, and HSDP sums 4 ranks' gradients in another
+    # order than one process, which float32 would round differently; see the test. 10 rows over 2 x 2 ranks are
+    # uneven, and _StridedShard's pieces are two runs of rows.
     return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 32), nn.ReLU(),
                          nn.Linear(32, 10)).double()
 
 
+def mesh_of(mode):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if mode in ("fsdp", "tp"):
+        return init_device_mesh("cpu", (2,))
+    if mode == "replicas":
+        return init_device_mesh("cpu", (1, 2), mesh_dim_names=("data_parallel", "tensor_parallel"))
+    if mode == "hsdp":
+        return init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+    return init_device_mesh("cpu", (2, 2), mesh_dim_names=("data_parallel", "tensor_parallel"))
+
+
 def shard(model, mode, mesh):
-    if mode == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-        for layer in model:
-            if isinstance(layer, (nn.Conv2d, nn.Linear)):
-                fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-    else:
-        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
-
-        parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel(), "4": ColwiseParallel(),
-                                         "6": RowwiseParallel()})
+    plan = {"0": ColwiseParallel(), "2": RowwiseParallel(), "4": ColwiseParallel(), "6": RowwiseParallel()}
+    if mode == "tp":
+        parallelize_module(model, mesh, plan)
+        return
+    if mode == "2d":
+        parallelize_module(model, mesh["tensor_parallel"], plan)
+        mesh = mesh["data_parallel"]
+    if mode == "replicas":
+        fully_shard(model[6], mesh=mesh["tensor_parallel"])
+        mesh = mesh["data_parallel"]
+    for layer in model:
+        if isinstance(layer, (nn.Conv2d, nn.Linear)) and not (mode == "replicas" and layer is model[6]):
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
 
 
 def example(mode):
-    return torch.randn(2, 3, 8, 8) if mode == "fsdp" else torch.randn(2, 16, dtype=torch.float64)
+    return torch.randn(2, 3, 8, 8) if convolutional(mode) else torch.randn(2, 16, dtype=torch.float64)
 
 
 def scorer_of(args, mode):
-    dtype = "float32" if mode == "fsdp" else "float64"
+    dtype = "float32" if convolutional(mode) else "float64"
     name = args["scorer"]
     if name == "synflow":
         return SynFlow(dtype=dtype)
@@ -87,19 +127,21 @@ def scorer_of(args, mode):
     return name
 
 
-def run(rank, out, mode, port):
+def run(rank, out, modes, world, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    from torch.distributed.device_mesh import init_device_mesh
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    for mode in modes:
+        prune(rank, out, mode)
+    dist.destroy_process_group()
 
-    mesh = init_device_mesh("cpu", (2,))
+
+def prune(rank, out, mode):
+    mesh = mesh_of(mode)
     model = build(mode)
     init = {k: v.clone() for k, v in model.state_dict().items()}
     shard(model, mode, mesh)
-    torch.manual_seed(10 + rank)  # FSDP: each rank its own batches; tensor parallel: the same on both
-    if mode == "tp":
-        torch.manual_seed(10)
+    torch.manual_seed(data_seed(mode, rank))  # each rank its own batches, or its peers'
     x = example(mode)
     batches = [(example(mode), torch.randint(10, (2,)))]
     results, layouts = {}, {}
@@ -115,41 +157,93 @@ def run(rank, out, mode, port):
         scores[name] = {n: s.full_tensor() for n, s in got.items()}
         score_layouts[name] = {n: (type(s).__name__, str(s.placements)) for n, s in got.items()}
     errors = refusals(model, mode, mesh, x, batches)
+    strided = strided_case(mesh) if mode == "fsdp" else None
     params = {n: (type(p).__name__, str(p.placements)) for n, p in model.named_parameters()}
-    torch.save(dict(masks=results, layouts=layouts, params=params, init=init, batches=batches, example=x, errors=errors,
-                    scores=scores, score_layouts=score_layouts,
+    meshes = {n: p.device_mesh.mesh.tolist() for n, p in model.named_parameters()}
+    torch.save(dict(masks=results, layouts=layouts, params=params, meshes=meshes, init=init, batches=batches, example=x,
+                    errors=errors, strided=strided, scores=scores, score_layouts=score_layouts,
                     state_after={n: getattr(p, "full_tensor", p.clone)() for n, p in model.state_dict().items()}),
                os.path.join(out, f"{mode}-rank{rank}.pt"))
-    dist.destroy_process_group()
+
+
+#: The prunable tensors of strided_case, and the scorers it prunes them with.
+STRIDED_NAMES = ["0.weight", "3.weight", "6.weight"]
+STRIDED_SCORERS = ("magnitude", "random")
+
+
+def strided_case(mesh):
+    """The last layer's weight placed _StridedShard(0, split_factor=2) on its own, the others left whole: of its
+    10 rows rank 0 holds {0, 1, 2, 5, 6, 7} and rank 1 {3, 4, 8, 9}, a piece that is no one block. Masks of the
+    data-free scorers, the piece's shape, and whether a full checkpoint's masks come back as they were."""
+    from torch.distributed.tensor import distribute_tensor
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    from lightning_synflow.sharded_checkpoint import from_full_packed, full_packed
+    from lightning_synflow.sharding import local
+
+    model = build("fsdp")
+    layer = model[6]
+    # Every rank holds the same weights: each takes its piece as torch splits it (its scatter pads uneven strided
+    # pieces wrongly).
+    layer.weight = nn.Parameter(distribute_tensor(layer.weight.detach(), mesh, [_StridedShard(0, split_factor=2)],
+                                                  src_data_rank=None))
+    masks, back = {}, {}
+    for name in STRIDED_SCORERS:
+        got = compute_masks(model, scorer_of({"scorer": name}, "fsdp"), sparsity=SPARSITY, parameters=STRIDED_NAMES)
+        masks[name] = {n: getattr(m, "full_tensor", m.clone)() for n, m in got.items()}
+        again = from_full_packed(model, full_packed(got))
+        back[name] = all(torch.equal(local(again[n]), local(got[n])) for n in got)
+    return dict(masks=masks, local_rows=local(layer.weight).shape[0], checkpoint_round_trip=back)
 
 
 def refusals(model, mode, mesh, x, batches):
-    """What compute_masks refuses on a sharded model: the message of each, and whether every weight was
-    left as it was."""
-    from torch.distributed.tensor import DTensor
-    from torch.distributed.tensor.placement_types import _StridedShard
+    """What compute_masks refuses on a sharded model: the message of each, and whether this rank's pieces of
+    every weight were left as they were."""
+    from torch.distributed.tensor import DTensor, Partial
 
-    def attempt(target, **kwargs):
-        before = {n: getattr(p, "full_tensor", p.clone)().clone() for n, p in target.named_parameters()}
+    def attempt(target, data=batches, **kwargs):
+        before = {n: getattr(p, "to_local", p.clone)().clone() for n, p in target.named_parameters()}  # this rank's
         try:
-            compute_masks(target, sparsity=SPARSITY, example_input=x, dataloader=batches, **kwargs)
+            compute_masks(target, sparsity=SPARSITY, example_input=x, dataloader=data, **kwargs)
         except ValueError as err:
-            after = {n: getattr(p, "full_tensor", p.clone)() for n, p in target.named_parameters()}
+            after = {n: getattr(p, "to_local", p.clone)() for n, p in target.named_parameters()}
             return str(err), all(torch.equal(before[n], after[n]) for n in before)
         return None, None
 
     errors = {"grasp": attempt(model, scorer="grasp"), "shuffle": attempt(model, scorer="magnitude", shuffle=True)}
-    strided = build(mode)
-    layer = strided[0]
-    layer.weight = nn.Parameter(DTensor.from_local(layer.weight.detach().chunk(2)[dist.get_rank()].clone(), mesh,
-                                                   [_StridedShard(0, split_factor=2)], run_check=False))
-    errors["strided"] = attempt(strided, scorer="magnitude", parameters=["0.weight"])
+    if mode in ("fsdp", "tp"):  # a placement whose local piece is no part of the full tensor
+        partial = build(mode)
+        layer = partial[0]
+        layer.weight = nn.Parameter(DTensor.from_local(layer.weight.detach().clone(), mesh, [Partial()], run_check=False))
+        errors["partial"] = attempt(partial, scorer="magnitude", parameters=["0.weight"])
     if mode == "tp":  # the last layer left whole on every rank: data-driven scorers cannot sum its gradient
         from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
         partly = build(mode)
         parallelize_module(partly, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
         errors["plain"] = attempt(partly, scorer="snip")
+    if mode == "replicas":  # rank 0 holds the whole weight, rank 1 the second half of it: they overlap
+        from torch.distributed.tensor import Replicate, Shard
+
+        overlapping = build(mode)
+        weight = overlapping[6].weight.detach()
+        if dist.get_rank() == 0:
+            piece = DTensor.from_local(weight.clone(), mesh["data_parallel"], [Replicate()], run_check=False)
+        else:
+            piece = DTensor.from_local(weight[5:].clone(), mesh["tensor_parallel"], [Shard(0)], run_check=False,
+                                       shape=weight.shape, stride=weight.stride())
+        overlapping[6].weight = nn.Parameter(piece)
+        errors["overlap"] = attempt(overlapping, scorer="magnitude", parameters=["6.weight"])
+    if mode == "2d":  # tensor parallel alone on the 2-D mesh: nothing sums the data-parallel ranks' gradients
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+        unreduced = build(mode)
+        parallelize_module(unreduced, mesh["tensor_parallel"], {"0": ColwiseParallel(), "2": RowwiseParallel(),
+                                                                "4": ColwiseParallel(), "6": RowwiseParallel()})
+        errors["unreduced"] = attempt(unreduced, scorer="snip")
+    if mode in ("replicas", "2d"):  # peers that FSDP2 does not sum over, scoring different batches
+        torch.manual_seed(20 + dist.get_rank())
+        errors["batches"] = attempt(model, data=[(example(mode), torch.randint(10, (2,)))], scorer="snip")
     return errors
 
 
@@ -160,4 +254,5 @@ def free_port():
 
 
 if __name__ == "__main__":
-    mp.spawn(run, args=(sys.argv[1], sys.argv[2], free_port()), nprocs=2)
+    world_size = int(sys.argv[2])
+    mp.spawn(run, args=(sys.argv[1], sys.argv[3].split(","), world_size, free_port()), nprocs=world_size)
