@@ -5,6 +5,7 @@ file prunes the same initial model in one process and compares. FSDP2: each rank
 so the one-process run scores their union. Tensor parallel: both ranks score the same batch.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -17,18 +18,34 @@ sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 import sharded_prune  # noqa: E402
 
 from lightning_synflow import compute_masks, compute_scores  # noqa: E402
+from test_pipeline_compat import _digest  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "scripts" / "sharded_prune.py"
+#: Digests of the sharded masks of every case, taken before the redesign of issue 25 (see the end of this file).
+REFERENCE = Path(__file__).parent / "data" / "masks_sharded.json"
+
+
+def _launch(mode, out):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), mode], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return mode, [torch.load(out / f"{mode}-rank{r}.pt", weights_only=False) for r in range(2)]
 
 
 @pytest.fixture(scope="module", params=["fsdp", "tp"])
 def run(request, tmp_path_factory):
-    out = tmp_path_factory.mktemp(request.param)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), request.param], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return request.param, [torch.load(out / f"{request.param}-rank{r}.pt", weights_only=False) for r in range(2)]
+    return _launch(request.param, tmp_path_factory.mktemp(request.param))
+
+
+def _digests(mode, ranks):
+    return {f"{mode}-{case}": _digest(masks) for case, masks in ranks[0]["masks"].items()}
+
+
+def test_masks_as_before_the_redesign(run):
+    mode, ranks = run
+    expected = {k: v for k, v in json.loads(REFERENCE.read_text()).items() if k.startswith(f"{mode}-")}
+    assert _digests(mode, ranks) == expected
 
 
 def test_parameters_are_sharded_as_the_strategy_says(run):
@@ -109,3 +126,11 @@ def test_scores_are_laid_out_as_the_parameters_and_equal_one_process(run, scorer
             else:  # row-parallel layers add partial sums across ranks: equal to rounding
                 torch.testing.assert_close(got[name], expected[name], rtol=1e-12, atol=0)
         assert rank["score_layouts"][scorer] == {n: rank["params"][n] for n in expected}
+
+
+if __name__ == "__main__":  # python tests/test_sharded.py > tests/data/masks_sharded.json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print(json.dumps({k: v for mode in ("fsdp", "tp") for k, v in _digests(*_launch(mode, Path(tmp))).items()}, indent=1,
+                         sort_keys=True))
