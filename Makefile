@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test study study-isometry study-channels install clean
+.PHONY: demo test mutation-check study study-isometry study-channels install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+# Deliberate bugs of the core, put one at a time into a copy of the code: each must fail the tests it names
+# (tools/mutation_check.py; about 15 min on 2 cores). Not part of `make test`.
+mutation-check: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) tools/mutation_check.py
 
 # The CPU-scale accuracy-vs-sparsity study (about 45-55 min on 2 cores; resumable): needs Debian's
 # dataset-fashion-mnist (apt-get install dataset-fashion-mnist). Not part of `make test`.

@@ -17,7 +17,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.plugins import MixedPrecision
 from torch.nn import functional as F
 
-from lightning_helpers import MLP, DriftingSGD, MemoryLogger
+from lightning_helpers import MLP, MemoryLogger
 from lightning_synflow import PruneAtInit, apply_masks, compute_masks
 from lightning_synflow.masks import BoundMasks
 
@@ -59,6 +59,27 @@ class ZeroAfterEveryStep(Callback):
             handle.remove()
 
 
+class Drifting(torch.optim.Optimizer):
+    """Plain SGD that also moves every weight by 0.01 after its step, whatever the gradient. A step of its own:
+    torch runs step hooks around each hooked class's ``step``, so one inheriting SGD's would run them twice."""
+
+    def __init__(self, params, lr=0.1):
+        super().__init__(params, dict(lr=lr))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"])
+                p.add_(0.01)
+        return loss
+
+
 class TwoDriftingOptimizers(MLP):
     """Manual optimization, GAN-style: each optimizer steps after a forward pass of its own, so the second pass
     must see the first optimizer's pruned weights at zero again. Both optimizers move every weight after their
@@ -68,8 +89,7 @@ class TwoDriftingOptimizers(MLP):
         super().__init__(manual=True)
 
     def configure_optimizers(self):
-        return [DriftingSGD(self.net[0].parameters(), lr=0.1),
-                DriftingSGD([*self.net[2].parameters(), *self.net[4].parameters()], lr=0.1)]
+        return [Drifting(self.net[0].parameters()), Drifting([*self.net[2].parameters(), *self.net[4].parameters()])]
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -93,11 +113,14 @@ def test_every_optimizer_step_reapplies_the_masks_at_once(tmp_path):
 
 
 class InfiniteLossAt(MLP):
-    """SGD whose loss is infinite at the given global steps: the GradScaler skips those optimizer steps."""
+    """Drifting SGD whose loss is infinite at the given global steps: the GradScaler skips those optimizer steps."""
 
     def __init__(self, steps):
-        super().__init__(optimizer="drift")
+        super().__init__()
         self.inf_steps = steps
+
+    def configure_optimizers(self):
+        return Drifting(self.parameters())
 
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
