@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs gpu-check study study-isometry study-channels install clean
+.PHONY: demo test docs gpu-check mutation-check study study-isometry study-channels install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ docs: $(STAMP)
 # (no virtualenv can be built): PYTHONPATH=. python3 benchmarks/gpu_check.py --out-dir DIR
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+# Deliberate bugs of the core, put one at a time into a copy of the code: each must fail the tests it names
+# (tools/mutation_check.py; about 15 min on 2 cores). Not part of `make test`.
+mutation-check: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) tools/mutation_check.py
 
 # The CPU-scale accuracy-vs-sparsity study (about 45-55 min on 2 cores; resumable): needs Debian's
 # dataset-fashion-mnist (apt-get install dataset-fashion-mnist). Not part of `make test`.

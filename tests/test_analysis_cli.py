@@ -58,14 +58,35 @@ def test_cli_step_bisection_stand_in_data_and_no_jacobian(tmp_path, capsys):
     assert list(saved["metrics"]) == list(metrics)
 
 
-def test_cli_figures_for_the_diagnostics(tmp_path):
+def test_cli_figures_for_the_diagnostics(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
+    import numpy as np
+    from matplotlib.image import imread
+
+    from lightning_synflow.analysis import figures
+
+    drawn = {}  # what each plotting function drew during the run, by the file the CLI is to write it to
+    for plot, name in [("plot_layer_densities", "densities_magnitude"), ("plot_singular_values", "jacobian_spectra"),
+                       ("plot_conservation", "conservation")]:
+        def record(*args, _plot=getattr(figures, plot), _name=name, **kwargs):
+            drawn[_name] = _plot(*args, **kwargs)
+            return drawn[_name]
+        monkeypatch.setattr(figures, plot, record)
     out = tmp_path / "d"
     analyze.main(["resnet20", "--input-size", "8", "--scorers", "magnitude", "--skip-sweep",
                   "--jacobian-examples", "1", "--out", str(out)])
     assert not (out / "critical_summary.csv").exists() and (out / "sparsity.csv").exists()
-    for name in ("densities_magnitude", "jacobian_spectra", "conservation"):
-        assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{n}.png" for n in drawn) and len(drawn) == 3
+    assert drawn["densities_magnitude"].axes[0].get_title().startswith("resnet20, magnitude, compression 100\n")
+    assert drawn["jacobian_spectra"].axes[0].get_title() == "resnet20: Jacobian singular values"
+    assert drawn["conservation"].get_suptitle() == "resnet20"
+    images = {}
+    for name, fig in drawn.items():  # each file is its own figure, as the plotting function drew it
+        images[name] = imread(out / f"{name}.png")
+        again = imread(figures.save_figure(fig, tmp_path / "again" / f"{name}.png"))
+        assert images[name].shape == again.shape and np.array_equal(images[name], again), name
+    a, b, c = images.values()
+    assert not any(x.shape == y.shape and np.array_equal(x, y) for x, y in [(a, b), (a, c), (b, c)])
 
 
 def test_cli_rejects_unknown_names(tmp_path):

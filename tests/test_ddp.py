@@ -19,11 +19,12 @@ from lightning_helpers import MLP, random_data
 from lightning_synflow import available_scorers, compute_masks, get_scorer, num_kept
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_prune.py"
-SCORERS = ["synflow", "random", "snip", "grasp", "grasp_abs", "snip_it", "iter_snip", "force", "ntksap", "erk", "synflow+isometry"]
-#: Scorers whose positions come from the global generator, which the ranks seed differently: without the
-#: broadcast of rank zero's masks the ranks would prune differently. (NTK-SAP draws from it too, but sums
-#: its gradients over ranks, so every rank ranks the same totals.)
-RANDOM_SCORERS = ["random", "erk"]
+SCORERS = ["synflow", "random", "snip", "grasp", "grasp_abs", "snip_it", "iter_snip", "force", "ntksap", "erk", "synflow+isometry",
+           "magnitude+shuffle"]
+#: Scorers (and the shuffle ablation) whose positions come from the global generator, which the ranks seed
+#: differently: without the broadcast of rank zero's masks the ranks would prune differently. (NTK-SAP draws
+#: from it too, but sums its gradients over ranks, so every rank ranks the same totals.)
+RANDOM_SCORERS = ["random", "erk", "magnitude+shuffle"]
 #: Every scorer with ``needs_data``: each rank scores its own shard and the gradients are summed over ranks.
 DATA_DRIVEN = ["snip", "snip_it", "iter_snip", "force", "grasp", "grasp_abs"]
 

@@ -7,6 +7,7 @@ on each rank) and the 4-process ones (HSDP, FSDP2 over tensor parallelism). This
 model in one process, on the union of the batches the ranks scored, and compares.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -19,13 +20,15 @@ sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 import sharded_prune  # noqa: E402
 
 from lightning_synflow import compute_masks, compute_scores  # noqa: E402
+from test_pipeline_compat import _digest  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "scripts" / "sharded_prune.py"
+#: Digests of the sharded masks of every case, taken before the redesign of issue 25 (see the end of this file).
+REFERENCE = Path(__file__).parent / "data" / "masks_sharded.json"
 
 
-@pytest.fixture(scope="module")
-def launched(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sharded_prune")
+def launch_all(out):
+    """Every layout's ranks, one launch per world size, their results written under ``out``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     for world in sorted(set(sharded_prune.MODES.values())):
         modes = ",".join(m for m, w in sharded_prune.MODES.items() if w == world)
@@ -35,10 +38,18 @@ def launched(tmp_path_factory):
     return out
 
 
+def load_ranks(out, mode):
+    return [torch.load(out / f"{mode}-rank{r}.pt", weights_only=False) for r in range(sharded_prune.MODES[mode])]
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    return launch_all(tmp_path_factory.mktemp("sharded_prune"))
+
+
 @pytest.fixture(scope="module", params=list(sharded_prune.MODES))
 def run(request, launched):
-    mode = request.param
-    return mode, [torch.load(launched / f"{mode}-rank{r}.pt", weights_only=False) for r in range(sharded_prune.MODES[mode])]
+    return request.param, load_ranks(launched, request.param)
 
 
 def one_process_batches(mode, ranks):
@@ -169,3 +180,22 @@ def test_a_strided_piece_that_is_no_one_block_prunes_and_checkpoints_as_one_proc
             for name in expected:
                 assert torch.equal(rank["masks"][scorer][name], expected[name]), (scorer, name)
             assert rank["checkpoint_round_trip"][scorer]
+
+
+def _digests(mode, ranks):
+    return {f"{mode}-{case}": _digest(masks) for case, masks in ranks[0]["masks"].items()}
+
+
+def test_masks_as_before_the_redesign(run):
+    mode, ranks = run
+    expected = {k: v for k, v in json.loads(REFERENCE.read_text()).items() if k.startswith(f"{mode}-")}
+    assert expected and _digests(mode, ranks) == expected
+
+
+if __name__ == "__main__":  # python tests/test_sharded.py > tests/data/masks_sharded.json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = launch_all(Path(tmp))
+        digests = {k: v for mode in sharded_prune.MODES for k, v in _digests(mode, load_ranks(out, mode)).items()}
+    print(json.dumps(digests, indent=1, sort_keys=True))

@@ -4,7 +4,7 @@ Launched by tests/test_ddp.py as a subprocess (DDP started inside pytest would r
 launch runs every scorer in turn, which saves a process start and a process-group set-up per scorer.
 Each rank also records what its own scoring returned before rank zero's masks were broadcast, and the
 batches it scored with, so that the tests can tell the cross-rank reduction from the broadcast.
-Usage: ddp_prune.py OUT_DIR SCORER[+isometry][,SCORER...] [first-batch]
+Usage: ddp_prune.py OUT_DIR SCORER[+isometry|+shuffle][,SCORER...] [first-batch]
 """
 
 import os
@@ -51,10 +51,11 @@ def fit(out_dir: str, scorer: str, input_from: str, rank: int) -> None:
     torch.manual_seed(100 + rank)  # ranks start from different random inits, and different RNG streams
     model = MLP(example_input=input_from != "first-batch")
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    name, _, option = scorer.partition("+")  # "synflow+isometry": approximate isometry after pruning
+    name, _, option = scorer.partition("+")  # "+isometry": approximate isometry after pruning; "+shuffle" the ablation
     capture = CaptureWeights()
     pruner = PruneAtInit(
-        scorer=name, sparsity=SPARSITY, iterations=ITERATIONS, isometry_steps=20 if option == "isometry" else 0
+        scorer=name, sparsity=SPARSITY, iterations=ITERATIONS, isometry_steps=20 if option == "isometry" else 0,
+        shuffle=option == "shuffle",
     )
     trainer = Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_steps=4, logger=False, enable_checkpointing=False,

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from lightning_synflow import ERK, compute_masks, compute_scores  # noqa: E402
+from lightning_synflow import ERK, Uniform, compute_masks, compute_scores  # noqa: E402
 from lightning_synflow.scorers import SNIP, Random, SynFlow  # noqa: E402
 
 #: compute_scores on the sharded model, compared with one process's.
@@ -42,6 +42,9 @@ CASES = {
     "random-global-1": dict(scorer="random"),
     "random-uniform-1": dict(scorer="random", distribution="uniform"),
     "random-inverted-2": dict(scorer="random", iterations=2, invert=True),
+    "synflow-erk-3": dict(scorer="synflow", iterations=3, distribution="erk"),
+    "uniform-1": dict(scorer="uniform"),
+    "magnitude-mapping-1": dict(scorer="magnitude", distribution={"0.*": 0.5}),
 }
 SPARSITY = 0.8
 
@@ -122,6 +125,8 @@ def scorer_of(args, mode):
         return Random(seed=0)
     if name == "erk":
         return ERK(seed=0)
+    if name == "uniform":
+        return Uniform(seed=0)
     if name == "snip":
         return SNIP(mode="train")
     return name
