@@ -18,8 +18,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) examples/demo.py
 
+# Two workers, one per core, each taking whole test files (module fixtures launch their processes once).
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
