@@ -25,14 +25,14 @@ from torch.optim import Optimizer
 from lightning_synflow.ablations import reinitialize
 from lightning_synflow.collectives import broadcast_masks, broadcast_tensors_
 from lightning_synflow.diagnostics import PruningDiagnostics, log_metrics
-from lightning_synflow.channels import shrink_
+from lightning_synflow.channels import channel_mask_differences, shrink_
 from lightning_synflow.granularity import NM, Channels, get_granularity, resolve_pattern_density
 from lightning_synflow.checkpoint_state import SELECTION_KEYS, name_differences, same_setting, stored_masks
 from lightning_synflow.isolation import preserved_attributes, preserved_rng, restored_on_failure
 from lightning_synflow.masks import BoundMasks, check_masks
 from lightning_synflow.parameters import frozen_weight_matrices, select_prunable, selection_list, unmatched_selection
 from lightning_synflow.distributions import ERK, DensityMap, Distribution
-from lightning_synflow.pruning import compute_masks, resolve_distribution
+from lightning_synflow.pruning import _to_device, compute_masks, resolve_distribution
 from lightning_synflow.report import SparsityReport, sparsity_report
 from lightning_synflow.schedules import Schedule, density_schedule, resolve_density
 from lightning_synflow.scorers.base import Scorer, available_scorers, get_scorer
@@ -430,7 +430,7 @@ class PruneAtInit(Callback):
         restored, self._restored = self._restored, None
         if restored is not None:
             masks = self._restored_masks(trainer, pl_module, restored)
-            self._check_restored_names(pl_module, masks, restored)
+            self._check_restored_names(trainer, pl_module, masks, restored)
             self._warn_if_arguments_differ(restored)
             self._described = {k: restored[k] for k in self._settings() if k in restored}
             self._shrunk = {n: tuple(s) for n, s in restored["shrunk"].items()} if "shrunk" in restored else None
@@ -466,11 +466,13 @@ class PruneAtInit(Callback):
         except (ValueError, TypeError, KeyError) as err:
             raise ValueError(f"PruneAtInit: the masks restored from {trainer.ckpt_path} are not usable: {err}") from err
 
-    def _check_restored_names(self, pl_module: LightningModule, masks: Mapping[str, Tensor], restored: Mapping[str, Any]) -> None:
+    def _check_restored_names(
+        self, trainer: Trainer, pl_module: LightningModule, masks: Mapping[str, Tensor], restored: Mapping[str, Any]
+    ) -> None:
         """A checkpoint's masks must cover exactly the tensors this callback's selection picks, or those of the
         selection stored with them (then kept, with a warning naming the difference); else they are refused."""
         if restored.get("granularity", self.granularity) == "channel":
-            self._check_restored_channels(masks)
+            self._check_restored_channels(trainer, pl_module, masks, restored)
             return
         missing, extra = _uncovered(pl_module, masks, self._selection(), self.include_frozen)
         if not missing and not extra:
@@ -494,10 +496,12 @@ class PruneAtInit(Callback):
             + ". Nothing was changed; resume with the selection arguments the checkpoint was made with, or prune afresh"
         )
 
-    @staticmethod
-    def _check_restored_channels(masks: Mapping[str, Tensor]) -> None:
-        """Whole-channel masks cover the layers whose channels tracing found removable, with their biases and
-        normalisation parameters (not the output layers): they must be there, and remove whole slices only."""
+    def _check_restored_channels(
+        self, trainer: Trainer, pl_module: LightningModule, masks: Mapping[str, Tensor], restored: Mapping[str, Any]
+    ) -> None:
+        """Whole-channel masks must be ones channel pruning of this model makes: exactly the tensors holding the
+        channels that tracing (as a fresh pruning does) finds removable under this callback's selection (or the
+        stored one, with a warning), the same channels kept in every tensor of a coupled group."""
         if not masks:
             raise ValueError("PruneAtInit: the checkpoint's whole-channel masks are empty; nothing was changed")
         partial = [n for n, m in masks.items() if m.dim() and not _whole_slices(m)]
@@ -506,6 +510,49 @@ class PruneAtInit(Callback):
                 f"PruneAtInit: the checkpoint's masks {partial} do not remove whole output channels, as granularity"
                 f" 'channel' does; nothing was changed"
             )
+        if "shrunk" in restored:
+            return  # the pruned channels are gone: nothing is masked, and _keep_shrunk checks the model's shapes
+        try:
+            check_masks(pl_module, masks)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"PruneAtInit: the masks restored from the checkpoint do not fit {type(pl_module).__name__}: {err}") from err
+        own = (self._selection(), self.include_frozen)
+        stored = {k: restored[k] for k in SELECTION_KEYS if k in restored}
+        selections = [own]
+        if len(stored) == len(SELECTION_KEYS) and not all(same_setting(stored[k], v) for k, v in self._selection_settings().items()):
+            selections.append(({k: v for k, v in stored.items() if k != "include_frozen"}, stored["include_frozen"]))
+        example = self._traced_input(trainer, pl_module)
+        found = []
+        for selection, frozen in selections:
+            names = select_prunable(pl_module, include_frozen=frozen, **selection)
+            with preserved_rng(pl_module.device), preserved_attributes(pl_module):
+                found.append(channel_mask_differences(pl_module, masks, example, names))
+            if not any(found[-1].values()):
+                if len(found) > 1:
+                    rank_zero_warn(
+                        f"PruneAtInit: the checkpoint's whole-channel masks were made with another selection of tensors"
+                        f" ({'; '.join(f'{k}: checkpoint {stored[k]!r}, callback {v!r}' for k, v in self._selection_settings().items() if not same_setting(stored[k], v))});"
+                        f" they are kept as stored"
+                    )
+                return
+        said = {
+            "missing": "missing (they would train dense)",
+            "extra": "masked, though channel pruning never masks them (output layers, tensors of no removable channel)",
+            "inconsistent": "keeping other channels than the rest of their coupled group (weights, bias, normalisation)",
+        }
+        raise ValueError(
+            f"PruneAtInit: the checkpoint's whole-channel masks are not ones channel pruning of {type(pl_module).__name__}"
+            f" makes: " + "; ".join(f"{said[k]}: {v}" for k, v in found[0].items() if v)
+            + ". Nothing was changed; resume with the model and selection arguments the checkpoint was made with, or prune afresh"
+        )
+
+    def _traced_input(self, trainer: Trainer, pl_module: LightningModule) -> Any:
+        """The input channel pruning traces the model with: as a fresh pruning gets it, on the model's device."""
+        if pl_module.example_input_array is None and self.input_shape is None:
+            setup_training_data(trainer)  # outside any isolation, as in _prune: training expects the draws it makes
+        with preserved_rng(pl_module.device):
+            x = example_input(trainer, pl_module, self.input_shape, "PruneAtInit(granularity='channel')")
+        return _to_device(x, pl_module.device)
 
     def _warn_if_arguments_differ(self, restored: Mapping[str, Any]) -> None:
         own = self._settings()

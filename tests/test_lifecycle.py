@@ -121,6 +121,44 @@ def test_masks_of_another_stored_selection_are_kept_with_a_warning_naming_the_di
     assert list(pruner.masks) == ["net.0.weight", "net.2.weight"]
 
 
+@pytest.fixture(scope="module")
+def channel_checkpoint(tmp_path_factory):
+    """A checkpoint of MLP with half its 64 hidden channels pruned (masks on net.0 and net.2, weights and biases)."""
+    root = tmp_path_factory.mktemp("channel")
+    torch.manual_seed(0)
+    fit(MLP(), PruneAtInit(scorer="magnitude", sparsity=0.5, granularity="channel"), root, save=True)
+    return root / "last.ckpt"
+
+
+def _invert(masks, name):
+    masks[name] = ~masks[name]
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda m: m.pop("net.2.weight"), r"missing \(they would train dense\): \['net.2.weight'\]"),
+    (lambda m: m.pop("net.0.bias"), r"missing \(they would train dense\): \['net.0.bias'\]"),
+    (lambda m: m.update({"net.4.bias": torch.zeros(4, dtype=torch.bool)}), r"channel pruning never masks them .*: \['net.4.bias'\]"),
+    (lambda m: m.update({"net.4.weight": torch.tensor([True, False, True, True])[:, None].expand(4, 32).clone()}),
+     r"channel pruning never masks them .*: \['net.4.weight'\]"),
+    (lambda m: _invert(m, "net.2.bias"), r"keeping other channels than the rest of their coupled group .*: \['net.2.bias'\]"),
+], ids=["weight-dropped", "bias-dropped", "output-bias", "output-rows", "inverted-bias"])
+def test_restored_channel_masks_must_be_ones_channel_pruning_makes(tmp_path, channel_checkpoint, edit, match):
+    path, _ = edited(channel_checkpoint, tmp_path, lambda s: edit(s["masks"]))
+    model = MLP()
+    with pytest.raises(ValueError, match=match):
+        fit(model, PruneAtInit(scorer="magnitude", sparsity=0.5, granularity="channel"), tmp_path, ckpt_path=path)
+    expected = _weights_of(channel_checkpoint)
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+
+
+def test_unedited_channel_masks_are_resumed(tmp_path, channel_checkpoint):
+    stored = torch.load(channel_checkpoint, weights_only=False)["callbacks"]["PruneAtInit"]["masks"]
+    assert list(stored) == ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"]
+    pruner = PruneAtInit(scorer="magnitude", sparsity=0.5, granularity="channel")
+    fit(MLP(example_input=False), pruner, tmp_path, ckpt_path=channel_checkpoint, steps=2)  # traced on a training batch
+    assert pruner.masks.keys() == stored.keys() and all(torch.equal(pruner.masks[n], m) for n, m in stored.items())
+
+
 # ---------------------------------------------------------------- 4. checkpoints tell the truth
 
 
