@@ -442,16 +442,43 @@ class PruneAtInit(Callback):
                 f" training, and no masks. Nothing was pruned. Resume from a full checkpoint, or load these weights"
                 f" (model.load_state_dict(torch.load(path)['state_dict'])) and fit without `ckpt_path` to prune them"
             )
-        if self._masks is not None and self._owner is not None and self._owner() is pl_module:
-            return self._masks, "of this model's previous fit"
-        if self._masks is not None:
+        previous = self._masks is not None and self._owner is not None and self._owner() is pl_module
+        if previous and self._shrunk is None:
+            self._check_still_covered(trainer, pl_module, self._masks)
+        if self._masks is not None and not previous:
             rank_zero_info(f"PruneAtInit: {type(pl_module).__name__} is not the model the masks it holds were computed for; pruning it afresh")
         if trainer.ckpt_path is not None:
             rank_zero_warn(
                 f"PruneAtInit: resuming from {trainer.ckpt_path}, which holds no pruning state: the weights it"
-                f" restored (trained ones, if it was saved during training) are pruned now"
+                f" restored (trained ones, if it was saved during training) are "
+                + ("masked now with the masks of this model's previous fit" if previous else "pruned now")
             )
+        if previous:
+            return self._masks, "of this model's previous fit"
         return None, "scored now"
+
+    def _check_still_covered(self, trainer: Trainer, pl_module: LightningModule, masks: Mapping[str, Tensor]) -> None:
+        """A model fitted again must still be one its masks cover (under the selection that made them): a prunable
+        layer added since would train dense. Refused, as the same gap in a checkpoint is."""
+        described = self._described
+        if all(k in described for k in SELECTION_KEYS):
+            selection = {k: described[k] for k in SELECTION_KEYS if k != "include_frozen"}
+            frozen = described["include_frozen"]
+        else:
+            selection, frozen = self._selection(), self.include_frozen
+        if described.get("granularity", self.granularity) == "channel":
+            names = select_prunable(pl_module, include_frozen=frozen, **selection)
+            example = self._traced_input(trainer, pl_module)
+            with preserved_rng(pl_module.device), preserved_attributes(pl_module):
+                missing = channel_mask_differences(pl_module, masks, example, names)["missing"]
+        else:
+            missing = _uncovered(pl_module, masks, selection, frozen)[0]
+        if missing:
+            raise ValueError(
+                f"PruneAtInit: {type(pl_module).__name__} has prunable tensors that the masks of its previous fit do not"
+                f" cover (they would train dense): {missing}. Nothing was changed; prune the changed model with a new"
+                f" PruneAtInit"
+            )
 
     @staticmethod
     def _restored_masks(trainer: Trainer, pl_module: LightningModule, restored: Mapping[str, Any]) -> dict[str, Tensor]:

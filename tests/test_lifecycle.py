@@ -1,6 +1,7 @@
 """Issue 24, items 2-5: what each Trainer entry point does with a checkpoint's masks, and which checkpoints are
 refused before any weight changes."""
 
+import re
 import warnings
 
 import pytest
@@ -157,6 +158,31 @@ def test_unedited_channel_masks_are_resumed(tmp_path, channel_checkpoint):
     pruner = PruneAtInit(scorer="magnitude", sparsity=0.5, granularity="channel")
     fit(MLP(example_input=False), pruner, tmp_path, ckpt_path=channel_checkpoint, steps=2)  # traced on a training batch
     assert pruner.masks.keys() == stored.keys() and all(torch.equal(pruner.masks[n], m) for n, m in stored.items())
+
+
+@pytest.mark.parametrize(("granularity", "missing"), [
+    ("weight", "['net.5.weight']"),
+    ("channel", "['net.4.weight', 'net.4.bias']"),  # the old output layer is a hidden one now
+])
+def test_a_model_that_gained_a_prunable_layer_is_not_refitted_with_its_old_masks(tmp_path, granularity, missing):
+    model = MLP()
+    pruner = PruneAtInit(scorer="magnitude", sparsity=0.5, granularity=granularity)
+    fit(model, pruner, tmp_path)
+    model.net.append(torch.nn.Linear(4, 4))  # e.g. a new head
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"the masks of its previous fit do not cover \(they would train dense\): " + re.escape(missing)):
+        fit(model, pruner, tmp_path)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_dense_checkpoint_resumed_with_masks_of_a_previous_fit_is_warned(tmp_path):
+    torch.manual_seed(0)
+    trainer = Trainer(max_steps=1, default_root_dir=tmp_path, logger=False, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)], **QUIET)
+    trainer.fit(MLP())  # no pruning state in it
+    model, pruner = MLP(), PruneAtInit(scorer="magnitude", sparsity=0.5)
+    fit(model, pruner, tmp_path / "first")
+    with pytest.warns(UserWarning, match=r"holds no pruning state: the weights it restored .* are masked now with the masks of this model's previous fit"):
+        fit(model, pruner, tmp_path / "again", ckpt_path=tmp_path / "last.ckpt", steps=2)
 
 
 # ---------------------------------------------------------------- 4. checkpoints tell the truth
