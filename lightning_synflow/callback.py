@@ -31,7 +31,7 @@ from lightning_synflow.checkpoint_state import SELECTION_KEYS, name_differences,
 from lightning_synflow.isolation import preserved_attributes, preserved_rng, restored_on_failure
 from lightning_synflow.masks import BoundMasks, check_masks
 from lightning_synflow.parameters import frozen_weight_matrices, select_prunable, selection_list, unmatched_selection
-from lightning_synflow.distributions import ERK, DensityMap, Distribution
+from lightning_synflow.distributions import ERK, DensityMap, Distribution, get_distribution
 from lightning_synflow.pruning import _to_device, compute_masks, resolve_distribution
 from lightning_synflow.report import SparsityReport, sparsity_report
 from lightning_synflow.schedules import Schedule, density_schedule, resolve_density
@@ -69,6 +69,10 @@ Compression = Annotated[float, _checked(lambda v: resolve_density(None, v))]
 Iterations = Annotated[int, _checked(lambda v: check_int("iterations", v))]
 NumBatches = Annotated[int, _checked(lambda v: check_int("num_batches", v))]
 IsometrySteps = Annotated[int, _checked(lambda v: check_int("isometry_steps", v, 0, meaning="0 = off"))]
+#: A registered distribution's name (``"global"``, ``"uniform"``, ``"erk"``).
+DistributionName = Annotated[str, _checked(lambda v: get_distribution(v) if isinstance(v, str) else None)]
+#: A shape without the batch dimension: positive ints.
+InputShape = Annotated[list[int], _checked(lambda v: check_shape("input_shape", v, "without the batch dimension"))]
 IsometryLR = Annotated[float, _checked(lambda v: check_number("isometry_lr", v, "a positive finite number", low=0, open_low=True))]
 
 
@@ -141,11 +145,11 @@ class PruneAtInit(Callback):
         compression: Optional[Compression] = None,
         iterations: Optional[Iterations] = None,
         schedule: Schedule = "exponential",
-        distribution: Optional[Union[str, dict[str, float], Distribution]] = None,
+        distribution: Optional[Union[DistributionName, dict[str, float], Distribution]] = None,
         scope: Optional[Literal["global", "layerwise"]] = None,
         granularity: GranularityName = "weight",
         shrink: bool = False,
-        input_shape: Optional[list[int]] = None,
+        input_shape: Optional[InputShape] = None,
         num_batches: Optional[NumBatches] = None,
         include_types: Optional[Union[str, list[str]]] = None,
         exclude_types: Optional[Union[str, list[str]]] = None,
