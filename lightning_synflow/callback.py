@@ -825,14 +825,15 @@ def _example_or_none(pl_module: LightningModule, input_shape: Optional[list[int]
 
 
 def shrink_to_checkpoint(
-    model: nn.Module, checkpoint: Mapping[str, Any], example_input: Optional[Any] = None, state_key: str = "PruneAtInit"
+    model: nn.Module, checkpoint: Mapping[str, Any], example_input: Optional[Any] = None, state_key: Optional[str] = None
 ) -> bool:
     """Shrink ``model`` (built as before pruning) in place to the architecture a ``PruneAtInit(shrink=True)``
     checkpoint (loaded, as a dict) holds; ``False`` and nothing done where the checkpoint holds no shrunk model or
     the model has its shapes already. For a LightningModule's ``on_load_checkpoint``, so that
     ``Model.load_from_checkpoint(path)`` works: ``shrink_to_checkpoint(self, checkpoint, self.example_input_array)``.
+    ``state_key``: the pruner's key among the checkpoint's callback states; default whichever holds a shrunk model.
     """
-    state = checkpoint.get("callbacks", {}).get(state_key, {})
+    state = _shrunk_state(checkpoint, state_key)
     if "shrunk" not in state:
         return False
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
@@ -848,13 +849,22 @@ def shrink_to_checkpoint(
     return True
 
 
+def _shrunk_state(checkpoint: Mapping[str, Any], state_key: Optional[str] = None) -> Mapping[str, Any]:
+    """The state of the pruner that shrank the checkpoint's model: under ``state_key``, else whichever callback
+    state holds a shrunk model (a subclass of PruneAtInit saves under its own class name); ``{}`` if none does."""
+    states = checkpoint.get("callbacks", {})
+    if state_key is not None:
+        return states.get(state_key, {})
+    return next((s for s in states.values() if isinstance(s, Mapping) and "shrunk" in s and "masks" in s), {})
+
+
 def load_shrunk(model: LightningModule, checkpoint_path: Union[str, Path], example_input: Optional[Any] = None) -> LightningModule:
     """Shrink ``model`` (built as before pruning) in place to the architecture a ``PruneAtInit(shrink=True)``
     checkpoint holds, so that the checkpoint loads into it (``trainer.fit(model, ckpt_path=...)`` or
     ``model.load_state_dict(checkpoint["state_dict"])``). ``example_input``: default the model's
     ``example_input_array``."""
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    if "shrunk" not in checkpoint.get("callbacks", {}).get(PruneAtInit.__qualname__, {}):
+    if "shrunk" not in _shrunk_state(checkpoint):
         raise ValueError(f"{checkpoint_path} holds no shrunk model: it was not saved by PruneAtInit(shrink=True)")
     example = model.example_input_array if example_input is None else example_input
     if example is None:

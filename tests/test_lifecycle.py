@@ -10,7 +10,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from lightning_synflow import PruneAtInit, num_kept
+from lightning_synflow import PruneAtInit, load_shrunk, num_kept
 from lightning_helpers import MLP, MemoryLogger, random_data
 
 QUIET = dict(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
@@ -249,3 +249,18 @@ def test_a_layer_frozen_since_the_checkpoint_keeps_its_mask(tmp_path, synflow_ch
     pruner = PruneAtInit(sparsity=0.9, iterations=3, distribution={"net.0.*": 0.5})
     fit(model, pruner, tmp_path, ckpt_path=synflow_checkpoint, steps=2)
     assert list(pruner.masks) == NAMES and torch.equal(pruner.masks["net.0.weight"], stored["net.0.weight"])
+
+
+class SubclassedPruner(PruneAtInit):
+    """A user's own PruneAtInit: Lightning stores its state under this class's name."""
+
+
+def test_load_shrunk_finds_the_state_of_a_pruneatinit_subclass(tmp_path):
+    torch.manual_seed(0)
+    pruned = MLP()
+    fit(pruned, SubclassedPruner(scorer="magnitude", sparsity=0.5, granularity="channel", shrink=True), tmp_path, save=True)
+    assert "SubclassedPruner" in torch.load(tmp_path / "last.ckpt", weights_only=False)["callbacks"]
+    model = load_shrunk(MLP(), tmp_path / "last.ckpt")
+    model.load_state_dict(torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"])
+    assert all(torch.equal(v, pruned.state_dict()[k]) for k, v in model.state_dict().items())
+
