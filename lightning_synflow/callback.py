@@ -279,6 +279,8 @@ class PruneAtInit(Callback):
         self._weights_only_checkpoint = (
             self._stage == "fit" and strategy.lightning_restore_optimizer and "optimizer_states" not in checkpoint
         )
+        if "shrunk" in _shrunk_state(checkpoint, self.state_key):
+            _check_loads_after_shrinking(pl_module, checkpoint, path)
         if shrink_to_checkpoint(pl_module, checkpoint, _example_or_none(pl_module, self.input_shape), self.state_key):
             rank_zero_info(f"PruneAtInit: shrunk {type(pl_module).__name__} to the architecture {path} holds")
 
@@ -847,6 +849,20 @@ def shrink_to_checkpoint(
         )
     shrink_(model, state["masks"], example_input)
     return True
+
+
+def _check_loads_after_shrinking(pl_module: LightningModule, checkpoint: Mapping[str, Any], path: Any) -> None:
+    """Refuse, before shrinking the model, a shrunk checkpoint whose weights Lightning's strict load would then
+    refuse for other names (a layer added or removed since): the model would be left shrunk by a failed run."""
+    if not getattr(pl_module, "strict_loading", True) or "state_dict" not in checkpoint:
+        return
+    ours, theirs = set(pl_module.state_dict()), set(checkpoint["state_dict"])
+    if ours != theirs:
+        raise ValueError(
+            f"PruneAtInit: {path} holds a shrunk {type(pl_module).__name__} whose weights do not load into this one"
+            f" (missing from the checkpoint: {sorted(ours - theirs)}; not in the model: {sorted(theirs - ours)});"
+            f" the model was not shrunk. Build the model the checkpoint was saved from"
+        )
 
 
 def _shrunk_state(checkpoint: Mapping[str, Any], state_key: Optional[str] = None) -> Mapping[str, Any]:

@@ -255,12 +255,29 @@ class SubclassedPruner(PruneAtInit):
     """A user's own PruneAtInit: Lightning stores its state under this class's name."""
 
 
-def test_load_shrunk_finds_the_state_of_a_pruneatinit_subclass(tmp_path):
+@pytest.fixture(scope="module")
+def shrunk_checkpoint(tmp_path_factory):
+    """A checkpoint of MLP shrunk to half its hidden channels by a subclass of PruneAtInit."""
+    root = tmp_path_factory.mktemp("shrunk")
     torch.manual_seed(0)
-    pruned = MLP()
-    fit(pruned, SubclassedPruner(scorer="magnitude", sparsity=0.5, granularity="channel", shrink=True), tmp_path, save=True)
-    assert "SubclassedPruner" in torch.load(tmp_path / "last.ckpt", weights_only=False)["callbacks"]
-    model = load_shrunk(MLP(), tmp_path / "last.ckpt")
-    model.load_state_dict(torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"])
-    assert all(torch.equal(v, pruned.state_dict()[k]) for k, v in model.state_dict().items())
+    fit(MLP(), SubclassedPruner(scorer="magnitude", sparsity=0.5, granularity="channel", shrink=True), root, save=True)
+    return root / "last.ckpt"
+
+
+def test_load_shrunk_finds_the_state_of_a_pruneatinit_subclass(shrunk_checkpoint):
+    checkpoint = torch.load(shrunk_checkpoint, weights_only=False)
+    assert "SubclassedPruner" in checkpoint["callbacks"]
+    model = load_shrunk(MLP(), shrunk_checkpoint)
+    model.load_state_dict(checkpoint["state_dict"])  # strict: every name and shape
+    assert model.net[0].out_features + model.net[2].out_features == 32  # half of the 64 hidden channels
+
+
+def test_a_shrunk_checkpoint_that_cannot_load_leaves_the_model_unshrunk(tmp_path, shrunk_checkpoint):
+    model = EvalMLP()
+    model.extra = torch.nn.Linear(2, 2)  # a layer the checkpoint does not hold
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    trainer = Trainer(default_root_dir=tmp_path, logger=False, callbacks=[SubclassedPruner(scorer="magnitude", sparsity=0.5, granularity="channel", shrink=True)], **QUIET)
+    with pytest.raises(ValueError, match=r"holds a shrunk EvalMLP whose weights do not load into this one \(missing from the checkpoint: \['extra.bias', 'extra.weight'\]; not in the model: \[\]\); the model was not shrunk"):
+        trainer.validate(model, dataloaders=DataLoader(random_data(n=8), batch_size=8), ckpt_path=shrunk_checkpoint)
+    assert {n: p.shape for n, p in model.named_parameters()} == shapes
 
