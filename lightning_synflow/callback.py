@@ -25,14 +25,14 @@ from torch.optim import Optimizer
 from lightning_synflow.ablations import reinitialize
 from lightning_synflow.collectives import broadcast_masks, broadcast_tensors_
 from lightning_synflow.diagnostics import PruningDiagnostics, log_metrics
-from lightning_synflow.channels import shrink_
+from lightning_synflow.channels import channel_mask_differences, shrink_
 from lightning_synflow.granularity import NM, Channels, get_granularity, resolve_pattern_density
 from lightning_synflow.checkpoint_state import SELECTION_KEYS, name_differences, same_setting, stored_masks
 from lightning_synflow.isolation import preserved_attributes, preserved_rng, restored_on_failure
 from lightning_synflow.masks import BoundMasks, check_masks
 from lightning_synflow.parameters import frozen_weight_matrices, select_prunable, selection_list, unmatched_selection
-from lightning_synflow.distributions import ERK, DensityMap, Distribution
-from lightning_synflow.pruning import compute_masks, resolve_distribution
+from lightning_synflow.distributions import ERK, DensityMap, Distribution, get_distribution
+from lightning_synflow.pruning import _to_device, compute_masks, resolve_distribution
 from lightning_synflow.report import SparsityReport, sparsity_report
 from lightning_synflow.schedules import Schedule, density_schedule, resolve_density
 from lightning_synflow.scorers.base import Scorer, available_scorers, get_scorer
@@ -69,6 +69,10 @@ Compression = Annotated[float, _checked(lambda v: resolve_density(None, v))]
 Iterations = Annotated[int, _checked(lambda v: check_int("iterations", v))]
 NumBatches = Annotated[int, _checked(lambda v: check_int("num_batches", v))]
 IsometrySteps = Annotated[int, _checked(lambda v: check_int("isometry_steps", v, 0, meaning="0 = off"))]
+#: A registered distribution's name (``"global"``, ``"uniform"``, ``"erk"``).
+DistributionName = Annotated[str, _checked(lambda v: get_distribution(v) if isinstance(v, str) else None)]
+#: A shape without the batch dimension: positive ints.
+InputShape = Annotated[list[int], _checked(lambda v: check_shape("input_shape", v, "without the batch dimension"))]
 IsometryLR = Annotated[float, _checked(lambda v: check_number("isometry_lr", v, "a positive finite number", low=0, open_low=True))]
 
 
@@ -141,11 +145,11 @@ class PruneAtInit(Callback):
         compression: Optional[Compression] = None,
         iterations: Optional[Iterations] = None,
         schedule: Schedule = "exponential",
-        distribution: Optional[Union[str, dict[str, float], Distribution]] = None,
+        distribution: Optional[Union[DistributionName, dict[str, float], Distribution]] = None,
         scope: Optional[Literal["global", "layerwise"]] = None,
         granularity: GranularityName = "weight",
         shrink: bool = False,
-        input_shape: Optional[list[int]] = None,
+        input_shape: Optional[InputShape] = None,
         num_batches: Optional[NumBatches] = None,
         include_types: Optional[Union[str, list[str]]] = None,
         exclude_types: Optional[Union[str, list[str]]] = None,
@@ -275,6 +279,8 @@ class PruneAtInit(Callback):
         self._weights_only_checkpoint = (
             self._stage == "fit" and strategy.lightning_restore_optimizer and "optimizer_states" not in checkpoint
         )
+        if "shrunk" in _shrunk_state(checkpoint, self.state_key):
+            _check_loads_after_shrinking(pl_module, checkpoint, path)
         if shrink_to_checkpoint(pl_module, checkpoint, _example_or_none(pl_module, self.input_shape), self.state_key):
             rank_zero_info(f"PruneAtInit: shrunk {type(pl_module).__name__} to the architecture {path} holds")
 
@@ -430,7 +436,7 @@ class PruneAtInit(Callback):
         restored, self._restored = self._restored, None
         if restored is not None:
             masks = self._restored_masks(trainer, pl_module, restored)
-            self._check_restored_names(pl_module, masks, restored)
+            self._check_restored_names(trainer, pl_module, masks, restored)
             self._warn_if_arguments_differ(restored)
             self._described = {k: restored[k] for k in self._settings() if k in restored}
             self._shrunk = {n: tuple(s) for n, s in restored["shrunk"].items()} if "shrunk" in restored else None
@@ -442,16 +448,43 @@ class PruneAtInit(Callback):
                 f" training, and no masks. Nothing was pruned. Resume from a full checkpoint, or load these weights"
                 f" (model.load_state_dict(torch.load(path)['state_dict'])) and fit without `ckpt_path` to prune them"
             )
-        if self._masks is not None and self._owner is not None and self._owner() is pl_module:
-            return self._masks, "of this model's previous fit"
-        if self._masks is not None:
+        previous = self._masks is not None and self._owner is not None and self._owner() is pl_module
+        if previous and self._shrunk is None:
+            self._check_still_covered(trainer, pl_module, self._masks)
+        if self._masks is not None and not previous:
             rank_zero_info(f"PruneAtInit: {type(pl_module).__name__} is not the model the masks it holds were computed for; pruning it afresh")
         if trainer.ckpt_path is not None:
             rank_zero_warn(
                 f"PruneAtInit: resuming from {trainer.ckpt_path}, which holds no pruning state: the weights it"
-                f" restored (trained ones, if it was saved during training) are pruned now"
+                f" restored (trained ones, if it was saved during training) are "
+                + ("masked now with the masks of this model's previous fit" if previous else "pruned now")
             )
+        if previous:
+            return self._masks, "of this model's previous fit"
         return None, "scored now"
+
+    def _check_still_covered(self, trainer: Trainer, pl_module: LightningModule, masks: Mapping[str, Tensor]) -> None:
+        """A model fitted again must still be one its masks cover (under the selection that made them): a prunable
+        layer added since would train dense. Refused, as the same gap in a checkpoint is."""
+        described = self._described
+        if all(k in described for k in SELECTION_KEYS):
+            selection = {k: described[k] for k in SELECTION_KEYS if k != "include_frozen"}
+            frozen = described["include_frozen"]
+        else:
+            selection, frozen = self._selection(), self.include_frozen
+        if described.get("granularity", self.granularity) == "channel":
+            names = select_prunable(pl_module, include_frozen=frozen, **selection)
+            example = self._traced_input(trainer, pl_module)
+            with preserved_rng(pl_module.device), preserved_attributes(pl_module):
+                missing = channel_mask_differences(pl_module, masks, example, names)["missing"]
+        else:
+            missing = _uncovered(pl_module, masks, selection, frozen)[0]
+        if missing:
+            raise ValueError(
+                f"PruneAtInit: {type(pl_module).__name__} has prunable tensors that the masks of its previous fit do not"
+                f" cover (they would train dense): {missing}. Nothing was changed; prune the changed model with a new"
+                f" PruneAtInit"
+            )
 
     @staticmethod
     def _restored_masks(trainer: Trainer, pl_module: LightningModule, restored: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -466,11 +499,13 @@ class PruneAtInit(Callback):
         except (ValueError, TypeError, KeyError) as err:
             raise ValueError(f"PruneAtInit: the masks restored from {trainer.ckpt_path} are not usable: {err}") from err
 
-    def _check_restored_names(self, pl_module: LightningModule, masks: Mapping[str, Tensor], restored: Mapping[str, Any]) -> None:
+    def _check_restored_names(
+        self, trainer: Trainer, pl_module: LightningModule, masks: Mapping[str, Tensor], restored: Mapping[str, Any]
+    ) -> None:
         """A checkpoint's masks must cover exactly the tensors this callback's selection picks, or those of the
         selection stored with them (then kept, with a warning naming the difference); else they are refused."""
         if restored.get("granularity", self.granularity) == "channel":
-            self._check_restored_channels(masks)
+            self._check_restored_channels(trainer, pl_module, masks, restored)
             return
         missing, extra = _uncovered(pl_module, masks, self._selection(), self.include_frozen)
         if not missing and not extra:
@@ -494,10 +529,12 @@ class PruneAtInit(Callback):
             + ". Nothing was changed; resume with the selection arguments the checkpoint was made with, or prune afresh"
         )
 
-    @staticmethod
-    def _check_restored_channels(masks: Mapping[str, Tensor]) -> None:
-        """Whole-channel masks cover the layers whose channels tracing found removable, with their biases and
-        normalisation parameters (not the output layers): they must be there, and remove whole slices only."""
+    def _check_restored_channels(
+        self, trainer: Trainer, pl_module: LightningModule, masks: Mapping[str, Tensor], restored: Mapping[str, Any]
+    ) -> None:
+        """Whole-channel masks must be ones channel pruning of this model makes: exactly the tensors holding the
+        channels that tracing (as a fresh pruning does) finds removable under this callback's selection (or the
+        stored one, with a warning), the same channels kept in every tensor of a coupled group."""
         if not masks:
             raise ValueError("PruneAtInit: the checkpoint's whole-channel masks are empty; nothing was changed")
         partial = [n for n, m in masks.items() if m.dim() and not _whole_slices(m)]
@@ -506,6 +543,49 @@ class PruneAtInit(Callback):
                 f"PruneAtInit: the checkpoint's masks {partial} do not remove whole output channels, as granularity"
                 f" 'channel' does; nothing was changed"
             )
+        if "shrunk" in restored:
+            return  # the pruned channels are gone: nothing is masked, and _keep_shrunk checks the model's shapes
+        try:
+            check_masks(pl_module, masks)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"PruneAtInit: the masks restored from the checkpoint do not fit {type(pl_module).__name__}: {err}") from err
+        own = (self._selection(), self.include_frozen)
+        stored = {k: restored[k] for k in SELECTION_KEYS if k in restored}
+        selections = [own]
+        if len(stored) == len(SELECTION_KEYS) and not all(same_setting(stored[k], v) for k, v in self._selection_settings().items()):
+            selections.append(({k: v for k, v in stored.items() if k != "include_frozen"}, stored["include_frozen"]))
+        example = self._traced_input(trainer, pl_module)
+        found = []
+        for selection, frozen in selections:
+            names = select_prunable(pl_module, include_frozen=frozen, **selection)
+            with preserved_rng(pl_module.device), preserved_attributes(pl_module):
+                found.append(channel_mask_differences(pl_module, masks, example, names))
+            if not any(found[-1].values()):
+                if len(found) > 1:
+                    rank_zero_warn(
+                        f"PruneAtInit: the checkpoint's whole-channel masks were made with another selection of tensors"
+                        f" ({'; '.join(f'{k}: checkpoint {stored[k]!r}, callback {v!r}' for k, v in self._selection_settings().items() if not same_setting(stored[k], v))});"
+                        f" they are kept as stored"
+                    )
+                return
+        said = {
+            "missing": "missing (they would train dense)",
+            "extra": "masked, though channel pruning never masks them (output layers, tensors of no removable channel)",
+            "inconsistent": "keeping other channels than the rest of their coupled group (weights, bias, normalisation)",
+        }
+        raise ValueError(
+            f"PruneAtInit: the checkpoint's whole-channel masks are not ones channel pruning of {type(pl_module).__name__}"
+            f" makes: " + "; ".join(f"{said[k]}: {v}" for k, v in found[0].items() if v)
+            + ". Nothing was changed; resume with the model and selection arguments the checkpoint was made with, or prune afresh"
+        )
+
+    def _traced_input(self, trainer: Trainer, pl_module: LightningModule) -> Any:
+        """The input channel pruning traces the model with: as a fresh pruning gets it, on the model's device."""
+        if pl_module.example_input_array is None and self.input_shape is None:
+            setup_training_data(trainer)  # outside any isolation, as in _prune: training expects the draws it makes
+        with preserved_rng(pl_module.device):
+            x = example_input(trainer, pl_module, self.input_shape, "PruneAtInit(granularity='channel')")
+        return _to_device(x, pl_module.device)
 
     def _warn_if_arguments_differ(self, restored: Mapping[str, Any]) -> None:
         own = self._settings()
@@ -747,14 +827,15 @@ def _example_or_none(pl_module: LightningModule, input_shape: Optional[list[int]
 
 
 def shrink_to_checkpoint(
-    model: nn.Module, checkpoint: Mapping[str, Any], example_input: Optional[Any] = None, state_key: str = "PruneAtInit"
+    model: nn.Module, checkpoint: Mapping[str, Any], example_input: Optional[Any] = None, state_key: Optional[str] = None
 ) -> bool:
     """Shrink ``model`` (built as before pruning) in place to the architecture a ``PruneAtInit(shrink=True)``
     checkpoint (loaded, as a dict) holds; ``False`` and nothing done where the checkpoint holds no shrunk model or
     the model has its shapes already. For a LightningModule's ``on_load_checkpoint``, so that
     ``Model.load_from_checkpoint(path)`` works: ``shrink_to_checkpoint(self, checkpoint, self.example_input_array)``.
+    ``state_key``: the pruner's key among the checkpoint's callback states; default whichever holds a shrunk model.
     """
-    state = checkpoint.get("callbacks", {}).get(state_key, {})
+    state = _shrunk_state(checkpoint, state_key)
     if "shrunk" not in state:
         return False
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
@@ -770,13 +851,36 @@ def shrink_to_checkpoint(
     return True
 
 
+def _check_loads_after_shrinking(pl_module: LightningModule, checkpoint: Mapping[str, Any], path: Any) -> None:
+    """Refuse, before shrinking the model, a shrunk checkpoint whose weights Lightning's strict load would then
+    refuse for other names (a layer added or removed since): the model would be left shrunk by a failed run."""
+    if not getattr(pl_module, "strict_loading", True) or "state_dict" not in checkpoint:
+        return
+    ours, theirs = set(pl_module.state_dict()), set(checkpoint["state_dict"])
+    if ours != theirs:
+        raise ValueError(
+            f"PruneAtInit: {path} holds a shrunk {type(pl_module).__name__} whose weights do not load into this one"
+            f" (missing from the checkpoint: {sorted(ours - theirs)}; not in the model: {sorted(theirs - ours)});"
+            f" the model was not shrunk. Build the model the checkpoint was saved from"
+        )
+
+
+def _shrunk_state(checkpoint: Mapping[str, Any], state_key: Optional[str] = None) -> Mapping[str, Any]:
+    """The state of the pruner that shrank the checkpoint's model: under ``state_key``, else whichever callback
+    state holds a shrunk model (a subclass of PruneAtInit saves under its own class name); ``{}`` if none does."""
+    states = checkpoint.get("callbacks", {})
+    if state_key is not None:
+        return states.get(state_key, {})
+    return next((s for s in states.values() if isinstance(s, Mapping) and "shrunk" in s and "masks" in s), {})
+
+
 def load_shrunk(model: LightningModule, checkpoint_path: Union[str, Path], example_input: Optional[Any] = None) -> LightningModule:
     """Shrink ``model`` (built as before pruning) in place to the architecture a ``PruneAtInit(shrink=True)``
     checkpoint holds, so that the checkpoint loads into it (``trainer.fit(model, ckpt_path=...)`` or
     ``model.load_state_dict(checkpoint["state_dict"])``). ``example_input``: default the model's
     ``example_input_array``."""
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    if "shrunk" not in checkpoint.get("callbacks", {}).get(PruneAtInit.__qualname__, {}):
+    if "shrunk" not in _shrunk_state(checkpoint):
         raise ValueError(f"{checkpoint_path} holds no shrunk model: it was not saved by PruneAtInit(shrink=True)")
     example = model.example_input_array if example_input is None else example_input
     if example is None:

@@ -386,6 +386,32 @@ def channel_masks(
     return {n: masks[n] for n in params if n in masks}  # in the model's order
 
 
+def channel_mask_differences(
+    model: nn.Module, masks: Mapping[str, Tensor], example_input: Any, names: Sequence[str]
+) -> dict[str, list[str]]:
+    """How whole-channel ``masks`` (whole rows, bool) differ from any that channel pruning of the weights ``names``
+    makes: ``missing``, tensors it masks that they leave out (they would train dense); ``extra``, tensors they mask
+    that it never does (an output layer, a parameter of no removable channel); ``inconsistent``, tensors keeping
+    other channels than their group's root weight does (a bias kept where the channel's weights are pruned).
+    All empty: the masks are ones channel pruning could have made."""
+    groups = channel_groups(model, example_input, names)
+    kept = {}
+    for g in groups:
+        rows = dict(g.rows)
+        source = g.name if g.name in masks else next((n for n, _ in g.rows if n in masks), None)
+        if source is None:
+            kept[g.name] = torch.ones(g.size, dtype=torch.bool)
+        else:
+            m = masks[source].cpu()
+            kept[g.name] = m.reshape(m.shape[0], -1).any(1)[rows[source]]
+    expected = channel_masks(groups, kept, model)
+    return {
+        "missing": [n for n in expected if n not in masks],
+        "extra": [n for n in masks if n not in expected],
+        "inconsistent": [n for n in expected if n in masks and not torch.equal(masks[n].cpu(), expected[n].cpu())],
+    }
+
+
 def channel_scores(groups: Sequence[ChannelGroup], scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Per group, each channel's score: the sum of its weights' scores over the group's layers."""
     out = {}

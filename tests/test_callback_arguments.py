@@ -223,6 +223,8 @@ def test_channel_pruning_logs_channels_weights_and_parameters_under_their_own_na
     ("granularity=3:2", "`granularity` must be 'weight', 'channel' or 'N:M' with 0 < N < M"),
     ("scorer=synflw", "`scorer` must be one of ["),
     ("iterations=0", "`iterations` must be a positive integer"),
+    ("distribution=local", "`distribution` must be one of ['global', 'uniform', 'erk']"),
+    ("input_shape=[1,-8,8]", "`input_shape` must be a non-empty list of positive ints"),
 ])
 def test_print_config_refuses_bad_values(monkeypatch, capsys, value, message):
     monkeypatch.syspath_prepend(str(ROOT / "examples"))

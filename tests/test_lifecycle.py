@@ -1,6 +1,7 @@
 """Issue 24, items 2-5: what each Trainer entry point does with a checkpoint's masks, and which checkpoints are
 refused before any weight changes."""
 
+import re
 import warnings
 
 import pytest
@@ -9,7 +10,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from lightning_synflow import PruneAtInit, num_kept
+from lightning_synflow import PruneAtInit, load_shrunk, num_kept
 from lightning_helpers import MLP, MemoryLogger, random_data
 
 QUIET = dict(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
@@ -121,6 +122,69 @@ def test_masks_of_another_stored_selection_are_kept_with_a_warning_naming_the_di
     assert list(pruner.masks) == ["net.0.weight", "net.2.weight"]
 
 
+@pytest.fixture(scope="module")
+def channel_checkpoint(tmp_path_factory):
+    """A checkpoint of MLP with half its 64 hidden channels pruned (masks on net.0 and net.2, weights and biases)."""
+    root = tmp_path_factory.mktemp("channel")
+    torch.manual_seed(0)
+    fit(MLP(), PruneAtInit(scorer="magnitude", sparsity=0.5, granularity="channel"), root, save=True)
+    return root / "last.ckpt"
+
+
+def _invert(masks, name):
+    masks[name] = ~masks[name]
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda m: m.pop("net.2.weight"), r"missing \(they would train dense\): \['net.2.weight'\]"),
+    (lambda m: m.pop("net.0.bias"), r"missing \(they would train dense\): \['net.0.bias'\]"),
+    (lambda m: m.update({"net.4.bias": torch.zeros(4, dtype=torch.bool)}), r"channel pruning never masks them .*: \['net.4.bias'\]"),
+    (lambda m: m.update({"net.4.weight": torch.tensor([True, False, True, True])[:, None].expand(4, 32).clone()}),
+     r"channel pruning never masks them .*: \['net.4.weight'\]"),
+    (lambda m: _invert(m, "net.2.bias"), r"keeping other channels than the rest of their coupled group .*: \['net.2.bias'\]"),
+], ids=["weight-dropped", "bias-dropped", "output-bias", "output-rows", "inverted-bias"])
+def test_restored_channel_masks_must_be_ones_channel_pruning_makes(tmp_path, channel_checkpoint, edit, match):
+    path, _ = edited(channel_checkpoint, tmp_path, lambda s: edit(s["masks"]))
+    model = MLP()
+    with pytest.raises(ValueError, match=match):
+        fit(model, PruneAtInit(scorer="magnitude", sparsity=0.5, granularity="channel"), tmp_path, ckpt_path=path)
+    expected = _weights_of(channel_checkpoint)
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+
+
+def test_unedited_channel_masks_are_resumed(tmp_path, channel_checkpoint):
+    stored = torch.load(channel_checkpoint, weights_only=False)["callbacks"]["PruneAtInit"]["masks"]
+    assert list(stored) == ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"]
+    pruner = PruneAtInit(scorer="magnitude", sparsity=0.5, granularity="channel")
+    fit(MLP(example_input=False), pruner, tmp_path, ckpt_path=channel_checkpoint, steps=2)  # traced on a training batch
+    assert pruner.masks.keys() == stored.keys() and all(torch.equal(pruner.masks[n], m) for n, m in stored.items())
+
+
+@pytest.mark.parametrize(("granularity", "missing"), [
+    ("weight", "['net.5.weight']"),
+    ("channel", "['net.4.weight', 'net.4.bias']"),  # the old output layer is a hidden one now
+])
+def test_a_model_that_gained_a_prunable_layer_is_not_refitted_with_its_old_masks(tmp_path, granularity, missing):
+    model = MLP()
+    pruner = PruneAtInit(scorer="magnitude", sparsity=0.5, granularity=granularity)
+    fit(model, pruner, tmp_path)
+    model.net.append(torch.nn.Linear(4, 4))  # e.g. a new head
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"the masks of its previous fit do not cover \(they would train dense\): " + re.escape(missing)):
+        fit(model, pruner, tmp_path)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_dense_checkpoint_resumed_with_masks_of_a_previous_fit_is_warned(tmp_path):
+    torch.manual_seed(0)
+    trainer = Trainer(max_steps=1, default_root_dir=tmp_path, logger=False, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)], **QUIET)
+    trainer.fit(MLP())  # no pruning state in it
+    model, pruner = MLP(), PruneAtInit(scorer="magnitude", sparsity=0.5)
+    fit(model, pruner, tmp_path / "first")
+    with pytest.warns(UserWarning, match=r"holds no pruning state: the weights it restored .* are masked now with the masks of this model's previous fit"):
+        fit(model, pruner, tmp_path / "again", ckpt_path=tmp_path / "last.ckpt", steps=2)
+
+
 # ---------------------------------------------------------------- 4. checkpoints tell the truth
 
 
@@ -185,3 +249,35 @@ def test_a_layer_frozen_since_the_checkpoint_keeps_its_mask(tmp_path, synflow_ch
     pruner = PruneAtInit(sparsity=0.9, iterations=3, distribution={"net.0.*": 0.5})
     fit(model, pruner, tmp_path, ckpt_path=synflow_checkpoint, steps=2)
     assert list(pruner.masks) == NAMES and torch.equal(pruner.masks["net.0.weight"], stored["net.0.weight"])
+
+
+class SubclassedPruner(PruneAtInit):
+    """A user's own PruneAtInit: Lightning stores its state under this class's name."""
+
+
+@pytest.fixture(scope="module")
+def shrunk_checkpoint(tmp_path_factory):
+    """A checkpoint of MLP shrunk to half its hidden channels by a subclass of PruneAtInit."""
+    root = tmp_path_factory.mktemp("shrunk")
+    torch.manual_seed(0)
+    fit(MLP(), SubclassedPruner(scorer="magnitude", sparsity=0.5, granularity="channel", shrink=True), root, save=True)
+    return root / "last.ckpt"
+
+
+def test_load_shrunk_finds_the_state_of_a_pruneatinit_subclass(shrunk_checkpoint):
+    checkpoint = torch.load(shrunk_checkpoint, weights_only=False)
+    assert "SubclassedPruner" in checkpoint["callbacks"]
+    model = load_shrunk(MLP(), shrunk_checkpoint)
+    model.load_state_dict(checkpoint["state_dict"])  # strict: every name and shape
+    assert model.net[0].out_features + model.net[2].out_features == 32  # half of the 64 hidden channels
+
+
+def test_a_shrunk_checkpoint_that_cannot_load_leaves_the_model_unshrunk(tmp_path, shrunk_checkpoint):
+    model = EvalMLP()
+    model.extra = torch.nn.Linear(2, 2)  # a layer the checkpoint does not hold
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    trainer = Trainer(default_root_dir=tmp_path, logger=False, callbacks=[SubclassedPruner(scorer="magnitude", sparsity=0.5, granularity="channel", shrink=True)], **QUIET)
+    with pytest.raises(ValueError, match=r"holds a shrunk EvalMLP whose weights do not load into this one \(missing from the checkpoint: \['extra.bias', 'extra.weight'\]; not in the model: \[\]\); the model was not shrunk"):
+        trainer.validate(model, dataloaders=DataLoader(random_data(n=8), batch_size=8), ckpt_path=shrunk_checkpoint)
+    assert {n: p.shape for n, p in model.named_parameters()} == shapes
+
