@@ -219,6 +219,11 @@ class PruneAtInit(Callback):
                 f" each tensor it groups, which `distribution` {self.distribution!r} does not; give distribution='global'"
                 f" or 'uniform'"
             )
+        if isinstance(self.pattern, NM) and self.shuffle:
+            raise ValueError(
+                f"PruneAtInit(granularity={self.granularity!r}) keeps {self.pattern.n} of every {self.pattern.m} consecutive"
+                f" weights, which shuffle=True (moving kept weights to random places) would break: leave shuffle out"
+            )
         if isinstance(self.pattern, Channels):
             given = {k: v for k, v in {"shuffle": self.shuffle, "isometry_steps": self.isometry_steps}.items() if v}
             if given:
