@@ -39,7 +39,7 @@ from lightning_synflow.scorers.base import (
     cross_entropy_loss,
     get_scorer,
 )
-from lightning_synflow.scorers.in_place import check_all_sharded
+from lightning_synflow.scorers.in_place import check_no_casting
 from lightning_synflow.validation import check_choice, check_int
 
 
@@ -199,7 +199,7 @@ def compute_scores(
     start = _initial_masks(model, parameters, masks)
     if not any(is_sharded(m) for m in start.values()):
         return _score(model, scorer, start, _context(model, scorer, example_input, dataloader, loss_fn, num_batches, all_reduce))
-    _check_sharded(scorer, False, start, model)
+    _check_sharded(scorer, False, model)
     all_reduce = all_reduce or ProcessGroupCollectives().sum
     context = _context(model, scorer, example_input, dataloader, loss_fn, num_batches, all_reduce)
     return _score(model, scorer, start, context, all_reduce=all_reduce)  # every rank learns of a non-finite score
@@ -279,7 +279,7 @@ def compute_masks(
     current = _initial_masks(model, parameters, masks)
     sharded = any(is_sharded(m) for m in current.values())
     if sharded:
-        _check_sharded(scorer, shuffle, current, model)
+        _check_sharded(scorer, shuffle, model)
         all_reduce = all_reduce or ProcessGroupCollectives().sum  # every rank sees every rank's shards anyway
     if pattern is not None:
         if sharded or shuffle:
@@ -427,7 +427,7 @@ def _prune_channels(
     return current
 
 
-def _check_sharded(scorer: Scorer, shuffle: bool, masks: Mapping[str, Tensor], model: nn.Module) -> None:
+def _check_sharded(scorer: Scorer, shuffle: bool, model: nn.Module) -> None:
     """Raise, before any work, for what a sharded model cannot be pruned with."""
     if not scorer.supports_sharding:
         raise ValueError(
@@ -436,8 +436,8 @@ def _check_sharded(scorer: Scorer, shuffle: bool, masks: Mapping[str, Tensor], m
         )
     if shuffle:
         raise ValueError("`shuffle` moves kept positions within whole tensors, which a sharded model never holds; got shuffle=True")
-    if scorer.needs_data:
-        check_all_sharded(model, masks, scorer.name)
+    if scorer.needs_input or scorer.needs_data:  # runs the model
+        check_no_casting(model)
 
 
 def _prune_sharded(

@@ -7,7 +7,8 @@ tensor is a DTensor with the parameter's mesh and placements: each rank packs an
   the packed masks as a second ``torch.distributed.checkpoint`` beside the model's, in its sub-directory
   :data:`MASKS_DIR`: Lightning writes only the model and optimizer states with
   ``torch.distributed.checkpoint`` and everything else from rank zero, so :func:`save_masks_beside` runs
-  after the strategy's own save. The model's state-dict keys stay its own.
+  after the strategy's own save. The model's state-dict keys stay its own. The packed shape depends on the
+  placements, so a resume under a layout that packs a mask along another dimension reads it whole.
 - A full checkpoint (one file, written by rank zero) gets them in the callback's state as full packed
   tensors: such a checkpoint gathers the whole model on rank zero anyway, and the masks add 1/32 of its
   float32 weights' bytes.
@@ -95,7 +96,11 @@ def save_masks_beside(masks: Mapping[str, Tensor], checkpoint: Path) -> None:
 
 
 def load_masks_beside(model: nn.Module, names: list[str], checkpoint: Path) -> dict[str, Tensor]:
-    """The masks :func:`save_masks_beside` wrote, each laid out as its parameter of ``model``; every rank calls."""
+    """The masks :func:`save_masks_beside` wrote, each laid out as its parameter of ``model``; every rank calls.
+
+    Saved under the current layout's packing (any mesh or placements that pack along the same dimension), each
+    rank reads only its block. Saved under a layout that packed another way (a row-parallel weight resumed under
+    FSDP2, say), each rank reads that mask whole, one bit per weight, and keeps its block."""
     import torch.distributed.checkpoint as dcp
 
     where = checkpoint / MASKS_DIR
@@ -105,9 +110,45 @@ def load_masks_beside(model: nn.Module, names: list[str], checkpoint: Path) -> d
     missing = [n for n in names if n not in params]
     if missing:
         raise ValueError(f"the checkpoint's masks name tensors that {type(model).__name__} does not have: {missing}")
-    packed = {n: empty_packed(params[n]) for n in names}
-    dcp.load(packed, checkpoint_id=where)
-    return {n: unpack(packed[n], params[n]) for n in names}
+    stored = dcp.FileSystemReader(str(where)).read_metadata().state_dict_metadata
+    absent = [n for n in names if n not in stored]
+    if absent:
+        raise ValueError(f"the checkpoint's masks in {where} lack {absent}")
+    packed, whole, dims = {}, {}, {}
+    for name in names:
+        param, expected, meta = params[name], empty_packed(params[name]), stored[name]
+        if tuple(meta.size) == tuple(expected.shape) and meta.properties.dtype == expected.dtype:
+            packed[name] = expected
+            continue
+        dims[name] = _saved_packing_dim(name, tuple(meta.size), meta.properties.dtype, tuple(param.shape))
+        whole[name] = torch.empty(tuple(meta.size), dtype=meta.properties.dtype, device=local(param).device)
+    dcp.load({**packed, **whole}, checkpoint_id=where)
+    masks = {}
+    for name in names:
+        param = params[name]
+        if name in packed:
+            masks[name] = unpack(packed[name], param)
+            continue
+        bools = whole[name] if dims[name] is None else _unpack(whole[name], param.shape[dims[name]], dims[name])
+        block = block_of(name, param)
+        for d in range(bools.dim()):  # this rank's rows along every dimension
+            bools = bools.index_select(d, block.indices(d, bools.device))
+        masks[name] = like(param, bools.contiguous())
+    return masks
+
+
+def _saved_packing_dim(name: str, saved: tuple[int, ...], dtype: torch.dtype, shape: tuple[int, ...]) -> Optional[int]:
+    """The dimension a mask of a parameter shaped ``shape`` was packed along, stored as ``saved`` of ``dtype``
+    (None: stored as bools); raise if it is no mask of that shape."""
+    if dtype == torch.bool and saved == shape:
+        return None
+    fits = [d for d in range(len(shape)) if saved == _packed_shape(shape, d)]
+    if dtype != torch.uint8 or not fits:
+        raise ValueError(
+            f"the checkpoint's mask {name!r} is stored as {dtype} of shape {saved}, which packs no mask of the"
+            f" parameter's shape {shape}: the checkpoint is of another model"
+        )
+    return fits[-1]  # several fit only where every other dimension has one element: the same bits either way
 
 
 def full_packed(masks: Mapping[str, Tensor]) -> dict[str, Any]:

@@ -122,11 +122,16 @@ def test_what_a_sharded_model_cannot_be_pruned_with_is_refused_before_any_weight
             assert message.startswith("parameter '0.weight' has placement(s) [Partial(sum)] on mesh")
             assert "pruning supports DTensors placed Shard(dim), _StridedShard(dim)" in message
             assert untouched
-        if mode == "tp":
-            message, untouched = errors["plain"]
-            assert message.startswith("scorer 'snip' sums gradients over the ranks through FSDP2, but the prunable"
-                                      " parameters ['4.weight', '6.weight'] of Sequential are not sharded")
-            assert untouched
+        if mode == "fsdp":  # bfloat16 compute of float32 weights: refused, whatever runs the model
+            for scorer in ("synflow", "snip"):
+                message, untouched = errors[f"mixed-{scorer}"]
+                assert message == (
+                    "fully_shard on the root module has mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16,"
+                    " reduce_dtype=torch.float32, output_dtype=None, cast_forward_inputs=True), which casts to"
+                    " ['torch.bfloat16'] though the parameters are ['torch.float32']: scores would be of the cast weights and"
+                    " gradients, not those one process computes; prune before applying mp_policy (fully_shard without"
+                    " it), or with the parameters themselves in the dtype it computes in"), scorer
+                assert untouched
         if mode == "replicas":  # one rank holds the whole weight, the other its second half
             message, untouched = errors["overlap"]
             assert message.startswith("parameter '6.weight' (")
@@ -165,6 +170,33 @@ def test_scores_are_laid_out_as_the_parameters_and_equal_one_process(run, scorer
             else:  # partial sums across ranks, gradients of 4 ranks summed in another order: equal to rounding
                 torch.testing.assert_close(got[name], expected[name], rtol=1e-12, atol=0)
         assert rank["score_layouts"][scorer] == {n: rank["params"][n] for n in expected}
+
+
+def test_plain_layers_beside_tensor_parallel_ones_score_as_one_process(launched):
+    ranks = [torch.load(launched / f"tp-rank{r}.pt", weights_only=False) for r in range(2)]
+    model = sharded_prune.build("tp")
+    model.load_state_dict(ranks[0]["init"])
+    expected = compute_masks(model, sharded_prune.scorer_of({"scorer": "snip"}, "tp"), sparsity=sharded_prune.SPARSITY,
+                             example_input=ranks[0]["example"], dataloader=ranks[0]["batches"])
+    for rank in ranks:
+        assert list(rank["plain"]) == list(expected)
+        for name in expected:
+            assert torch.equal(rank["plain"][name], expected[name]), name
+
+
+def test_distributed_checkpoint_masks_resume_under_another_layout(launched):
+    ranks = [torch.load(launched / f"tp-rank{r}.pt", weights_only=False)["relayout"] for r in range(2)]
+    rows, cols = "(Shard(dim=0),)", "(Shard(dim=1),)"
+    for rank in ranks:
+        saved = {n: m for n, (m, _) in rank["saved"].items()}
+        assert {n: p for n, (_, p) in rank["saved"].items()} == {"0.weight": rows, "2.weight": cols, "2.bias": "(Replicate(),)",
+                                                                 "6.weight": cols}
+        assert {n: p for n, (_, p) in rank["fsdp"].items()} == dict.fromkeys(sharded_prune.RELAYOUT_NAMES, rows)
+        assert {n: p for n, (_, p) in rank["tp"].items()} == {n: p for n, (_, p) in rank["saved"].items()}
+        for layout in ("fsdp", "tp"):
+            for name, (mask, _) in rank[layout].items():
+                assert torch.equal(mask, saved[name]), (layout, name)
+        assert all(torch.equal(m, ranks[0]["saved"][n][0]) for n, m in saved.items())
 
 
 def test_a_strided_piece_that_is_no_one_block_prunes_and_checkpoints_as_one_process(launched):

@@ -5,7 +5,15 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_synflow.sharded_checkpoint import from_full_packed, full_packed, pack, packing_dim, unpack
+from lightning_synflow.sharded_checkpoint import (
+    from_full_packed,
+    full_packed,
+    load_masks_beside,
+    pack,
+    packing_dim,
+    save_masks_beside,
+    unpack,
+)
 
 
 @pytest.mark.parametrize("shape", [(5,), (7, 13), (16, 8), (3, 4, 5, 6)])
@@ -34,3 +42,15 @@ def test_full_checkpoint_masks_that_do_not_fit_the_model_are_refused():
         from_full_packed(model, full_packed({"1.weight": torch.ones(4, 9, dtype=torch.bool)}))
     with pytest.raises(ValueError, match=r"mask '0.weight' has shape \(4, 8\) but the parameter has shape \(4, 9\)"):
         from_full_packed(model, full_packed({"0.weight": torch.ones(4, 8, dtype=torch.bool)}))
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_masks_beside_a_checkpoint_of_another_model_are_refused_with_their_shapes(tmp_path):
+    masks = {"0.weight": torch.rand(4, 9) < 0.5}
+    save_masks_beside(masks, tmp_path)  # one process: no process group needed
+    back = load_masks_beside(nn.Sequential(nn.Linear(9, 4)), ["0.weight"], tmp_path)
+    assert torch.equal(back["0.weight"], masks["0.weight"])
+    with pytest.raises(ValueError, match=r"the checkpoint's mask '0.weight' is stored as torch.uint8 of shape \(4, 2\),"
+                                         r" which packs no mask of the parameter's shape \(4, 8\): the checkpoint is of"
+                                         r" another model"):
+        load_masks_beside(nn.Sequential(nn.Linear(8, 4)), ["0.weight"], tmp_path)

@@ -54,7 +54,7 @@ def summed_gradients(model: nn.Module, scored: Sequence[str], batches: Sequence[
     divides by the group's size; ranks on that mesh may see the same batch (a layer sharded over the tensor
     parallel ranks, which share their data) or different ones. So each group's divide factor becomes how many
     of its ranks score each distinct batch, and the sum over its ranks counts each batch once. A gradient FSDP2
-    does not reduce (a tensor parallel parameter among ``scored``) is this rank's own: then every rank must
+    does not reduce (a tensor parallel or plain parameter among ``scored``) is this rank's own: then every rank must
     score the same batches. Anything else is refused, before a weight is touched."""
     try:
         from torch.distributed.fsdp import FSDPModule
@@ -125,16 +125,26 @@ def _divide_factors(model: nn.Module, groups: list, scored: Sequence[str], batch
     return factors
 
 
-def check_all_sharded(model: nn.Module, masks: Mapping[str, Tensor], scorer: str) -> None:
-    """Data-driven scorers read gradients FSDP2 has reduced over the ranks: a prunable plain tensor's gradient
-    is this rank's alone, so refuse it."""
-    plain = [n for n, m in masks.items() if not is_sharded(m)]
-    if plain:
-        raise ValueError(
-            f"scorer {scorer!r} sums gradients over the ranks through FSDP2, but the prunable parameters {plain} of"
-            f" {type(model).__name__} are not sharded: apply fully_shard (or parallelize_module) to the modules"
-            f" that hold them, or exclude them (exclude_names)"
-        )
+def check_no_casting(model: nn.Module) -> None:
+    """Scoring runs the model through FSDP2, whose mixed precision policy would score the weights cast to its
+    dtype (and reduce their gradients in it), not the parameters one process scores: refuse such a policy."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return
+    for name, module in model.named_modules():
+        if not isinstance(module, FSDPModule):
+            continue
+        policy = module._get_fsdp_state()._mp_policy
+        own = {p.dtype for p in module.parameters() if p.is_floating_point()}
+        casts = {d for d in (policy.param_dtype, policy.reduce_dtype, policy.output_dtype) if d is not None} - own
+        if casts:
+            raise ValueError(
+                f"fully_shard on {f'module {name!r}' if name else 'the root module'} has mp_policy={policy}, which"
+                f" casts to {sorted(map(str, casts))} though the parameters are {sorted(map(str, own))}: scores would be"
+                f" of the cast weights and gradients, not those one process computes; prune before applying mp_policy"
+                f" (fully_shard without it), or with the parameters themselves in the dtype it computes in"
+            )
 
 
 def masked_loss_gradients(

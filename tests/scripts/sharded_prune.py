@@ -14,6 +14,7 @@ Usage: sharded_prune.py OUT_DIR WORLD_SIZE MODE[,MODE...]  (modes of that world 
 import os
 import socket
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -162,13 +163,55 @@ def prune(rank, out, mode):
         scores[name] = {n: s.full_tensor() for n, s in got.items()}
         score_layouts[name] = {n: (type(s).__name__, str(s.placements)) for n, s in got.items()}
     errors = refusals(model, mode, mesh, x, batches)
+    plain = plain_case(mode, mesh, x, batches) if mode == "tp" else None
+    relayout = relayout_case(model, mesh, out) if mode == "tp" else None
     strided = strided_case(mesh) if mode == "fsdp" else None
     params = {n: (type(p).__name__, str(p.placements)) for n, p in model.named_parameters()}
     meshes = {n: p.device_mesh.mesh.tolist() for n, p in model.named_parameters()}
     torch.save(dict(masks=results, layouts=layouts, params=params, meshes=meshes, init=init, batches=batches, example=x,
-                    errors=errors, strided=strided, scores=scores, score_layouts=score_layouts,
+                    errors=errors, plain=plain, relayout=relayout, strided=strided, scores=scores, score_layouts=score_layouts,
                     state_after={n: getattr(p, "full_tensor", p.clone)() for n, p in model.state_dict().items()}),
                os.path.join(out, f"{mode}-rank{rank}.pt"))
+
+
+def plain_case(mode, mesh, x, batches):
+    """The last two layers left whole (plain tensors) on both tensor parallel ranks, which score the same
+    batches: each rank's gradient of a plain weight is the whole one, so SNIP's masks are one process's."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    partly = build(mode)
+    parallelize_module(partly, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    masks = compute_masks(partly, SNIP(mode="train"), sparsity=SPARSITY, example_input=x, dataloader=batches)
+    return {n: getattr(m, "full_tensor", m.clone)() for n, m in masks.items()}
+
+
+#: The tensors relayout_case saves: weights and a bias, packed along another dimension under each layout.
+RELAYOUT_NAMES = ["0.weight", "2.weight", "2.bias", "6.weight"]
+
+
+def relayout_case(model, mesh, out):
+    """Masks saved beside a distributed checkpoint under tensor parallelism and resumed under FSDP2 on the same
+    two ranks, then saved there and resumed under tensor parallelism again: a row-parallel weight packs along its
+    rows, FSDP2's along its columns; the row-parallel bias is packed whole, FSDP2's kept as bools. The masks each
+    time (assembled), and the placements they came back with."""
+    from torch.distributed.fsdp import fully_shard
+
+    from lightning_synflow.sharded_checkpoint import load_masks_beside, save_masks_beside
+
+    saved = compute_masks(model, Random(seed=0), sparsity=SPARSITY, parameters=RELAYOUT_NAMES)
+    save_masks_beside(saved, Path(out) / "relayout-tp")
+    fsdp = build("tp")
+    for layer in fsdp:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    fully_shard(fsdp, mesh=mesh)
+    to_fsdp = load_masks_beside(fsdp, RELAYOUT_NAMES, Path(out) / "relayout-tp")
+    save_masks_beside(to_fsdp, Path(out) / "relayout-fsdp")
+    tp = build("tp")
+    shard(tp, "tp", mesh)
+    back = load_masks_beside(tp, RELAYOUT_NAMES, Path(out) / "relayout-fsdp")
+    return {key: {n: (m.full_tensor(), str(m.placements)) for n, m in masks.items()}
+            for key, masks in (("saved", saved), ("fsdp", to_fsdp), ("tp", back))}
 
 
 #: The prunable tensors of strided_case, and the scorers it prunes them with.
@@ -221,12 +264,17 @@ def refusals(model, mode, mesh, x, batches):
         layer = partial[0]
         layer.weight = nn.Parameter(DTensor.from_local(layer.weight.detach().clone(), mesh, [Partial()], run_check=False))
         errors["partial"] = attempt(partial, scorer="magnitude", parameters=["0.weight"])
-    if mode == "tp":  # the last layer left whole on every rank: data-driven scorers cannot sum its gradient
-        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    if mode == "fsdp":  # FSDP2 mixed precision would score bfloat16 copies of the float32 weights
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        partly = build(mode)
-        parallelize_module(partly, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
-        errors["plain"] = attempt(partly, scorer="snip")
+        mixed = build(mode)
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for layer in mixed:
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                fully_shard(layer, mesh=mesh, mp_policy=policy)
+        fully_shard(mixed, mesh=mesh, mp_policy=policy)
+        errors["mixed-synflow"] = attempt(mixed, scorer=SynFlow())
+        errors["mixed-snip"] = attempt(mixed, scorer="snip")
     if mode == "replicas":  # rank 0 holds the whole weight, rank 1 the second half of it: they overlap
         from torch.distributed.tensor import Replicate, Shard
 
