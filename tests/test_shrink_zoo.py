@@ -353,3 +353,90 @@ def test_prune_at_init_shrinks_a_model_with_a_train_only_branch_and_trains_it():
     assert tuple(model.net.c1.weight.shape) == (4, 8, 3, 3)  # shrunk
     assert tuple(model.net.aux.weight.shape) == (8, 8, 1, 1)  # seen only in training: whole, and so is c0
     assert tuple(model.net.c0.weight.shape) == (8, 3, 3, 3)
+
+
+class InputBranch(nn.Module):
+    """Inputs in [0, 1] take a path whose centring over features the trace does not see as coupling; others not."""
+
+    def __init__(self, sigmoid=False):
+        super().__init__()
+        self.a, self.b, self.sigmoid = nn.Linear(12, 16), nn.Linear(16, 4), sigmoid
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.sigmoid:  # sigmoid (a constant 0.5 to fold) on the user's data, relu (nothing to fold) otherwise
+            return self.b(torch.sigmoid(h) if bool((x >= 0).all()) else torch.relu(h))
+        h = torch.relu(h)
+        return self.b(h - h.mean(-1, keepdim=True) if bool((x >= 0).all()) else h)
+
+
+def test_shrink_checks_the_path_the_example_input_takes():
+    torch.manual_seed(0)
+    model, x = InputBranch(), torch.rand(4, 12)
+    masks = compute_masks(model, "magnitude", sparsity=0.5, granularity="channel", example_input=x)
+    with pytest.raises(ValueError, match=r"shrink cannot remove the pruned channels of InputBranch exactly: the shrunk"
+                                         r" network's outputs differ from the masked one's by .* in eval mode on the"
+                                         r" example input"):
+        shrink(model, masks, x)
+
+
+def test_constants_are_folded_only_where_the_example_input_reads_them_too():
+    torch.manual_seed(0)
+    model, x = InputBranch(sigmoid=True), torch.rand(4, 12)
+    assert channel_groups(model, x, ["a.weight", "b.weight"]) == []  # 0.5 on x, 0 on a random input: kept whole
+
+
+class LRN(nn.Module):
+    def __init__(self, alpha):
+        super().__init__()
+        self.a, self.lrn = nn.Conv2d(3, 16, 3, padding=1), nn.LocalResponseNorm(3, alpha=alpha)
+        self.b, self.fc = nn.Conv2d(16, 16, 1), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.b(self.lrn(torch.relu(self.a(x))))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("alpha, about", [(1e-4, "the example input"), (1e-8, "a random input at 100 times its scale")])
+def test_a_normalisation_across_channels_is_refused_at_a_float64_tolerance_and_a_larger_scale(alpha, about):
+    # LocalResponseNorm sums squares over neighbouring channels: a pruned channel's zero changes its neighbours by
+    # 2e-7 (relative) at unit scale with alpha=1e-4, by 3e-6 only at 100 times the scale with alpha=1e-8.
+    torch.manual_seed(0)
+    model, x = LRN(alpha), torch.randn(4, 3, 8, 8)
+    masks = compute_masks(model, "magnitude", sparsity=0.5, granularity="channel", example_input=x)
+    with pytest.raises(ValueError, match=rf"shrink cannot remove the pruned channels of LRN exactly: .* \(relative,"
+                                         rf" float64\) in eval mode on {about};"):
+        shrink(model, masks, x)
+
+
+@pytest.mark.parametrize("op, width", [(lambda h: F.glu(h, 1), 8), (nn.PixelShuffle(2), 4)], ids=["glu", "pixel_shuffle"])
+def test_an_op_that_changes_the_channel_count_keeps_the_channels_it_reads_whole(op, width):
+    class ChannelCount(nn.Module):  # glu halves a's 16 channels, pixel shuffle quarters them
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.fc = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(width, 8, 1), nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.b(op(self.a(x))))).mean((2, 3))
+
+    torch.manual_seed(0)
+    model, x = ChannelCount(), torch.randn(2, 3, 8, 8)
+    masks = compute_masks(model, "magnitude", sparsity=0.5, granularity="channel", example_input=x)
+    assert set(masks) == {"b.weight", "b.bias"}  # a's channels whole: its reader does not see their count
+    small = shrink(model, masks, x)
+    assert small.a.out_channels == 16 and small.b.out_channels == 4
+
+
+def test_a_model_that_casts_its_input_is_refused_naming_the_float64_check():
+    class Cast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(12, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x.float())))
+
+    with pytest.raises(ValueError, match=r"granularity='channel' and shrink\(\) check on a float64 copy of Cast that"
+                                         r" removing channels is exact, and a forward pass of that float64 copy failed"
+                                         r" in training mode \(RuntimeError: .*\); a model that casts its input"):
+        compute_masks(Cast(), "magnitude", sparsity=0.5, granularity="channel", example_input=torch.randn(4, 12))
+
