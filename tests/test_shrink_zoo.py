@@ -3,6 +3,7 @@ computes (float64, eval and training mode) or is refused with this package's mes
 returned or any weight changes."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -440,3 +441,22 @@ def test_a_model_that_casts_its_input_is_refused_naming_the_float64_check():
                                          r" in training mode \(RuntimeError: .*\); a model that casts its input"):
         compute_masks(Cast(), "magnitude", sparsity=0.5, granularity="channel", example_input=torch.randn(4, 12))
 
+
+def test_a_channel_sparsity_short_of_the_request_is_warned_with_both_numbers():
+    class Gate(nn.Module):  # a one-unit gate broadcast over a's outputs couples them all to its single channel
+        def __init__(self):
+            super().__init__()
+            self.a, self.g, self.b = nn.Linear(12, 16), nn.Linear(12, 1), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.b(torch.sigmoid(self.a(x)) * torch.sigmoid(self.g(x)))
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 12)
+    with pytest.warns(UserWarning, match=r"granularity='channel' removes 0 of 16 channels \(channel sparsity 0\), below"
+                                         r" the requested sparsity 0.5: 15 channels of \['a.weight'\] are left whole"):
+        compute_masks(Gate(), "magnitude", sparsity=0.5, granularity="channel", example_input=x)
+    plain = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 16 of 32 channels removed: as asked
+        compute_masks(plain, "magnitude", sparsity=0.5, granularity="channel", example_input=x)
