@@ -440,8 +440,8 @@ def _warn_short(
     if removed >= requested * total - len(rankings):
         return
     floor = sum(int(kept[g.name].sum()) for g in groups) - sum(k for _, k in rankings)
-    causes = [f"{sum(whole.values())} channels of {list(whole)[:5]}{' ...' if len(whole) > 5 else ''} are left whole"
-              f" (they reach a layer that cannot lose one exactly: lightning_synflow.channels)"] if whole else []
+    causes = [(f"{sum(whole.values())} channels of {list(whole)[:5]}{' ...' if len(whole) > 5 else ''} are left whole"
+               f" (they reach a layer that cannot lose one exactly: lightning_synflow.channels)")] if whole else []
     causes += [f"{floor} channels are kept because every group of coupled channels keeps one"] if floor > 0 else []
     warnings.warn(
         f"granularity='channel' removes {removed} of {total} channels (channel sparsity {removed / total:.3g}), below the"
