@@ -460,3 +460,25 @@ def test_a_channel_sparsity_short_of_the_request_is_warned_with_both_numbers():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 16 of 32 channels removed: as asked
         compute_masks(plain, "magnitude", sparsity=0.5, granularity="channel", example_input=x)
+
+
+def test_the_exactness_check_refuses_when_the_masked_model_runs_in_neither_mode():
+    # compute_masks already refuses such a model (its folds are found in float64 too); given masks from elsewhere,
+    # the check refuses it naming the float64 forward pass before anything else runs, and never compares nothing.
+    from lightning_synflow.channels import _check_exact
+
+    class Cast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(12, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x.float())))
+
+    model = Cast()
+    masks = {"a.weight": torch.ones(16, 12, dtype=torch.bool)}
+    masks["a.weight"][:4] = False
+    with pytest.raises(ValueError, match=r"shrink checks on a float64 copy of Cast that removing channels is exact, and a"
+                                         r" forward pass of that float64 copy failed on the example input in both"
+                                         r" training and eval mode \(RuntimeError"):
+        _check_exact(model, masks, copy.deepcopy(model), torch.randn(4, 12), [], {})
