@@ -20,11 +20,11 @@ from lightning_synflow.masks import check_masks, check_weight_norm
 from lightning_synflow.model_state import preserved_model_state
 from lightning_synflow.parameters import select_prunable, tied_names
 from lightning_synflow.distributions import ERK, Distribution, DistributionSpec, GroupERK, get_distribution
-from lightning_synflow.channels import channel_groups, channel_masks, channel_scores, select_channels
+from lightning_synflow.channels import channel_groups, channel_masks, channel_scores, select_channels, whole_channels
 from lightning_synflow.granularity import (
     NM, Channels, GranularitySpec, get_granularity, input_major, resolve_pattern_density, select_pattern,
 )
-from lightning_synflow.ranking import select
+from lightning_synflow.ranking import budget_groups, select
 from lightning_synflow.sharded_ranking import ProcessGroupCollectives, global_counts, kept_counts, select_sharded
 from lightning_synflow.sharding import blocks_of, check_shardable_masks, is_sharded, like, local
 from lightning_synflow.schedules import Schedule, num_kept, resolve_density
@@ -424,7 +424,30 @@ def _prune_channels(
         alive = {n: int(k.sum()) for n, k in kept.items()} if scorer.monotone else None
         kept = select_channels({n: s.cpu() for n, s in scores.items()}, layers.budget(shapes, d, alive), kept if scorer.monotone else None)
         current = channel_masks(groups, kept, model)
+    _warn_short(model, example, list(masks), groups, kept, layers.budget(shapes, rounds[-1], None), 1 - rounds[-1])
     return current
+
+
+def _warn_short(
+    model: nn.Module, example: Any, names: list[str], groups: list, kept: Mapping[str, Tensor], budget: Any, requested: float
+) -> None:
+    """Warn where channels left whole, or the one channel every group keeps, hold the channel sparsity reached
+    below ``requested`` by more than the budget's rounding (a channel per ranking)."""
+    whole = whole_channels(model, example, names, groups)
+    total = sum(g.size for g in groups) + sum(whole.values())
+    removed = sum(g.size - int(kept[g.name].sum()) for g in groups)
+    rankings = budget_groups([g.name for g in groups], budget)
+    if removed >= requested * total - len(rankings):
+        return
+    floor = sum(int(kept[g.name].sum()) for g in groups) - sum(k for _, k in rankings)
+    causes = [(f"{sum(whole.values())} channels of {list(whole)[:5]}{' ...' if len(whole) > 5 else ''} are left whole"
+               f" (they reach a layer that cannot lose one exactly: lightning_synflow.channels)")] if whole else []
+    causes += [f"{floor} channels are kept because every group of coupled channels keeps one"] if floor > 0 else []
+    warnings.warn(
+        f"granularity='channel' removes {removed} of {total} channels (channel sparsity {removed / total:.3g}), below the"
+        f" requested sparsity {requested:.3g}: {'; '.join(causes) or 'the budget rounds per group'}",
+        stacklevel=4,
+    )
 
 
 def _check_sharded(scorer: Scorer, shuffle: bool, model: nn.Module) -> None:

@@ -3,6 +3,7 @@ computes (float64, eval and training mode) or is refused with this package's mes
 returned or any weight changes."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -353,3 +354,131 @@ def test_prune_at_init_shrinks_a_model_with_a_train_only_branch_and_trains_it():
     assert tuple(model.net.c1.weight.shape) == (4, 8, 3, 3)  # shrunk
     assert tuple(model.net.aux.weight.shape) == (8, 8, 1, 1)  # seen only in training: whole, and so is c0
     assert tuple(model.net.c0.weight.shape) == (8, 3, 3, 3)
+
+
+class InputBranch(nn.Module):
+    """Inputs in [0, 1] take a path whose centring over features the trace does not see as coupling; others not."""
+
+    def __init__(self, sigmoid=False):
+        super().__init__()
+        self.a, self.b, self.sigmoid = nn.Linear(12, 16), nn.Linear(16, 4), sigmoid
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.sigmoid:  # sigmoid (a constant 0.5 to fold) on the user's data, relu (nothing to fold) otherwise
+            return self.b(torch.sigmoid(h) if bool((x >= 0).all()) else torch.relu(h))
+        h = torch.relu(h)
+        return self.b(h - h.mean(-1, keepdim=True) if bool((x >= 0).all()) else h)
+
+
+def test_shrink_checks_the_path_the_example_input_takes():
+    torch.manual_seed(0)
+    model, x = InputBranch(), torch.rand(4, 12)
+    masks = compute_masks(model, "magnitude", sparsity=0.5, granularity="channel", example_input=x)
+    with pytest.raises(ValueError, match=r"shrink cannot remove the pruned channels of InputBranch exactly: the shrunk"
+                                         r" network's outputs differ from the masked one's by .* in eval mode on the"
+                                         r" example input"):
+        shrink(model, masks, x)
+
+
+def test_constants_are_folded_only_where_the_example_input_reads_them_too():
+    torch.manual_seed(0)
+    model, x = InputBranch(sigmoid=True), torch.rand(4, 12)
+    assert channel_groups(model, x, ["a.weight", "b.weight"]) == []  # 0.5 on x, 0 on a random input: kept whole
+
+
+class LRN(nn.Module):
+    def __init__(self, alpha):
+        super().__init__()
+        self.a, self.lrn = nn.Conv2d(3, 16, 3, padding=1), nn.LocalResponseNorm(3, alpha=alpha)
+        self.b, self.fc = nn.Conv2d(16, 16, 1), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.b(self.lrn(torch.relu(self.a(x))))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("alpha, about", [(1e-4, "the example input"), (1e-8, "a random input at 100 times its scale")])
+def test_a_normalisation_across_channels_is_refused_at_a_float64_tolerance_and_a_larger_scale(alpha, about):
+    # LocalResponseNorm sums squares over neighbouring channels: a pruned channel's zero changes its neighbours by
+    # 2e-7 (relative) at unit scale with alpha=1e-4, by 3e-6 only at 100 times the scale with alpha=1e-8.
+    torch.manual_seed(0)
+    model, x = LRN(alpha), torch.randn(4, 3, 8, 8)
+    masks = compute_masks(model, "magnitude", sparsity=0.5, granularity="channel", example_input=x)
+    with pytest.raises(ValueError, match=rf"shrink cannot remove the pruned channels of LRN exactly: .* \(relative,"
+                                         rf" float64\) in eval mode on {about};"):
+        shrink(model, masks, x)
+
+
+@pytest.mark.parametrize("op, width", [(lambda h: F.glu(h, 1), 8), (nn.PixelShuffle(2), 4)], ids=["glu", "pixel_shuffle"])
+def test_an_op_that_changes_the_channel_count_keeps_the_channels_it_reads_whole(op, width):
+    class ChannelCount(nn.Module):  # glu halves a's 16 channels, pixel shuffle quarters them
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.fc = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(width, 8, 1), nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.b(op(self.a(x))))).mean((2, 3))
+
+    torch.manual_seed(0)
+    model, x = ChannelCount(), torch.randn(2, 3, 8, 8)
+    masks = compute_masks(model, "magnitude", sparsity=0.5, granularity="channel", example_input=x)
+    assert set(masks) == {"b.weight", "b.bias"}  # a's channels whole: its reader does not see their count
+    small = shrink(model, masks, x)
+    assert small.a.out_channels == 16 and small.b.out_channels == 4
+
+
+def test_a_model_that_casts_its_input_is_refused_naming_the_float64_check():
+    class Cast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(12, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x.float())))
+
+    with pytest.raises(ValueError, match=r"granularity='channel' and shrink\(\) check on a float64 copy of Cast that"
+                                         r" removing channels is exact, and a forward pass of that float64 copy failed"
+                                         r" in training mode \(RuntimeError: .*\); a model that casts its input"):
+        compute_masks(Cast(), "magnitude", sparsity=0.5, granularity="channel", example_input=torch.randn(4, 12))
+
+
+def test_a_channel_sparsity_short_of_the_request_is_warned_with_both_numbers():
+    class Gate(nn.Module):  # a one-unit gate broadcast over a's outputs couples them all to its single channel
+        def __init__(self):
+            super().__init__()
+            self.a, self.g, self.b = nn.Linear(12, 16), nn.Linear(12, 1), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.b(torch.sigmoid(self.a(x)) * torch.sigmoid(self.g(x)))
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 12)
+    with pytest.warns(UserWarning, match=r"granularity='channel' removes 0 of 16 channels \(channel sparsity 0\), below"
+                                         r" the requested sparsity 0.5: 15 channels of \['a.weight'\] are left whole"):
+        compute_masks(Gate(), "magnitude", sparsity=0.5, granularity="channel", example_input=x)
+    plain = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 16 of 32 channels removed: as asked
+        compute_masks(plain, "magnitude", sparsity=0.5, granularity="channel", example_input=x)
+
+
+def test_the_exactness_check_refuses_when_the_masked_model_runs_in_neither_mode():
+    # compute_masks already refuses such a model (its folds are found in float64 too); given masks from elsewhere,
+    # the check refuses it naming the float64 forward pass before anything else runs, and never compares nothing.
+    from lightning_synflow.channels import _check_exact
+
+    class Cast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(12, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x.float())))
+
+    model = Cast()
+    masks = {"a.weight": torch.ones(16, 12, dtype=torch.bool)}
+    masks["a.weight"][:4] = False
+    with pytest.raises(ValueError, match=r"shrink checks on a float64 copy of Cast that removing channels is exact, and a"
+                                         r" forward pass of that float64 copy failed on the example input in both"
+                                         r" training and eval mode \(RuntimeError"):
+        _check_exact(model, masks, copy.deepcopy(model), torch.randn(4, 12), [], {})
