@@ -205,8 +205,8 @@ MUTATIONS = (
     ),
     Mutation(
         "callback: any model keeps the previous model's masks", CALLBACK,
-        (("if self._masks is not None and self._owner is not None and self._owner() is pl_module:",
-          "if self._masks is not None and self._owner is not None:"),),
+        (("previous = self._masks is not None and self._owner is not None and self._owner() is pl_module",
+          "previous = self._masks is not None and self._owner is not None"),),
         ("tests/test_callback_setups.py::test_a_different_model_is_pruned_afresh",),
         "a different model is not pruned afresh",
     ),
@@ -224,10 +224,11 @@ MUTATIONS = (
     ),
     Mutation(
         "isolation: tensors restored as new objects", "lightning_synflow/isolation.py",
-        (("""        with torch.no_grad():
-            current.copy_(saved)
-        return current""", """        return saved"""),),
-        ("tests/test_isolation.py",),
+        (("""    if isinstance(obj, Tensor):
+        with torch.no_grad():""", """    if isinstance(obj, Tensor):
+        return contents
+        with torch.no_grad():"""),),
+        ("tests/test_isolation.py", "tests/test_lifecycle_hparams.py"),
         "other references to a metric's tensor state see the scoring's values",
     ),
     Mutation(
