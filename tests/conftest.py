@@ -1,5 +1,7 @@
 """Shared test setup: one thread (2-core CI machines) and the small networks most tests prune."""
 
+import logging
+
 import pytest
 import torch
 from torch import nn
@@ -61,3 +63,23 @@ def ranking_branch(request, monkeypatch):
     if request.param == "torch":
         monkeypatch.setattr("lightning_synflow.ranking.as_numpy", lambda t: None)
     return request.param
+
+
+#: Loggers that the examples' drivers quiet (level ERROR) when a test runs them in this process.
+QUIETED_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_synflow")
+
+
+@pytest.fixture(autouse=True)
+def logs_reach_caplog():
+    """Tests read Lightning's and this package's log messages from caplog, whatever ran before in the process
+    (under pytest-xdist a worker runs the files in another order): the drivers of examples/ set these loggers to
+    ERROR, and Lightning stops its logger propagating when the root logger had no handler at its import."""
+    loggers = [logging.getLogger(name) for name in QUIETED_LOGGERS]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+    yield
+    for logger, (level, propagate) in zip(loggers, saved):
+        logger.setLevel(level)
+        logger.propagate = propagate

@@ -127,11 +127,8 @@ def test_restored_masks_that_do_not_fit_the_model_are_rejected(tmp_path):
         trainer.fit(MLP(), ckpt_path=tmp_path / "bad.ckpt")
 
 
-def test_logs_pruning_metrics_and_measured_sparsity_to_every_logger(tmp_path, caplog, monkeypatch):
+def test_logs_pruning_metrics_and_measured_sparsity_to_every_logger(tmp_path, caplog):
     torch.manual_seed(0)
-    # Lightning stops its logger propagating when it is imported before the root logger has a handler (as in a
-    # pytest-xdist worker): let caplog see the table whatever the import order.
-    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
     loggers = [MemoryLogger(), MemoryLogger()]
     with pytest.warns(DeprecationWarning, match=r"PruneAtInit\(log_per_tensor=True\) is deprecated"):
         pruner = PruneAtInit(sparsity=0.9, iterations=5, log_per_tensor=True)  # today's YAML keeps working
