@@ -32,7 +32,8 @@ from lightning_synflow.isolation import preserved_attributes, preserved_rng, res
 from lightning_synflow.masks import BoundMasks, check_masks
 from lightning_synflow.parameters import frozen_weight_matrices, select_prunable, selection_list, unmatched_selection
 from lightning_synflow.distributions import ERK, DensityMap, Distribution, get_distribution
-from lightning_synflow.pruning import _to_device, compute_masks, resolve_distribution
+from lightning_synflow.plan import resolve_distribution
+from lightning_synflow.pruning import _to_device, compute_masks
 from lightning_synflow.report import SparsityReport, sparsity_report
 from lightning_synflow.schedules import Schedule, density_schedule, resolve_density
 from lightning_synflow.scorers.base import Scorer, available_scorers, get_scorer

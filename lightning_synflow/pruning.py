@@ -22,12 +22,12 @@ from lightning_synflow.parameters import select_prunable, tied_names
 from lightning_synflow.distributions import ERK, Distribution, DistributionSpec, GroupERK, get_distribution
 from lightning_synflow.channels import channel_groups, channel_masks, channel_scores, select_channels, whole_channels
 from lightning_synflow.granularity import (
-    NM, Channels, GranularitySpec, get_granularity, input_major, resolve_pattern_density, select_pattern,
+    NM, Channels, GranularitySpec, input_major, select_pattern,
 )
 from lightning_synflow.ranking import budget_groups, select
 from lightning_synflow.sharded_ranking import ProcessGroupCollectives, global_counts, kept_counts, select_sharded
 from lightning_synflow.sharding import blocks_of, check_shardable_masks, is_sharded, like, local
-from lightning_synflow.schedules import Schedule, num_kept, resolve_density
+from lightning_synflow.schedules import Schedule, num_kept
 from lightning_synflow.scorers.base import (
     ExampleInput,
     IncrementalScorer,
@@ -40,7 +40,8 @@ from lightning_synflow.scorers.base import (
     get_scorer,
 )
 from lightning_synflow.scorers.in_place import check_no_casting
-from lightning_synflow.validation import check_choice, check_int
+from lightning_synflow.validation import check_int
+from lightning_synflow.plan import resolve_plan
 
 
 def _to_device(x: Any, device: torch.device) -> Any:
@@ -268,22 +269,19 @@ def compute_masks(
 
     Other arguments as in :func:`compute_scores`. Returns ``dict[name, BoolTensor]``.
     """
-    pattern = get_granularity(granularity)
-    if isinstance(pattern, NM):
-        density = resolve_pattern_density(pattern, sparsity, compression)
-    else:
-        density = resolve_density(sparsity, compression)
-    scorer = get_scorer(scorer)
-    layers = resolve_distribution(scorer, distribution, scope, density)
-    rounds = scorer.densities(density, scorer.default_iterations if iterations is None else iterations, schedule)
+    plan = resolve_plan(
+        scorer, sparsity=sparsity, compression=compression, iterations=iterations, schedule=schedule,
+        distribution=distribution, scope=scope, granularity=granularity, invert=invert, shuffle=shuffle,
+    )
+    scorer, pattern, layers, rounds = plan.scorer, plan.granularity, plan.distribution, plan.rounds
     current = _initial_masks(model, parameters, masks)
     sharded = any(is_sharded(m) for m in current.values())
     if sharded:
         _check_sharded(scorer, shuffle, model)
         all_reduce = all_reduce or ProcessGroupCollectives().sum  # every rank sees every rank's shards anyway
     if pattern is not None:
-        if sharded or shuffle:
-            raise ValueError(f"granularity {str(pattern)!r} is not supported {'on a sharded model' if sharded else 'with shuffle=True'}")
+        if sharded:
+            raise ValueError(f"granularity {str(pattern)!r} is not supported on a sharded model")
         context = _context(model, scorer, example_input, dataloader, loss_fn, num_batches, all_reduce)
         if isinstance(pattern, Channels):
             return _prune_channels(model, scorer, current, rounds, layers, context, invert, progress)
@@ -493,32 +491,6 @@ def _prune_sharded(
     return {n: like(params[n], pieces[n]) for n in names}
 
 
-def resolve_distribution(
-    scorer: Scorer, distribution: Optional[DistributionSpec], scope: Optional[str], density: float
-) -> Distribution:
-    """The distribution asked for: ``distribution``, else the deprecated ``scope``'s, else the scorer's own
-    (the random baselines), else global. A scorer with its own distribution takes no other."""
-    if scope is not None:
-        check_choice("scope", scope, list(_SCOPES))
-        warnings.warn(
-            f"`scope` is deprecated: write distribution={_SCOPES[scope]!r} instead of scope={scope!r}",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        if distribution is not None:
-            raise ValueError(f"give `distribution` or the deprecated `scope`, not both; got scope={scope!r}")
-        if scorer.distribution is None:
-            distribution = _SCOPES[scope]
-    if scorer.distribution is not None:
-        if distribution is not None and distribution is not scorer.distribution:
-            raise ValueError(
-                f"scorer {scorer.name!r} is random pruning in its own distribution {scorer.distribution!r};"
-                f" for random scores in distribution={distribution!r} use scorer='random'"
-            )
-        return scorer.distribution
-    return get_distribution("global" if distribution is None else distribution, density)
-
-
 def _reachable(
     rounds: list[float], masks: Mapping[str, Tensor], layers: Distribution, shapes: dict, monotone: bool
 ) -> list[float]:
@@ -538,6 +510,3 @@ def _reachable(
         raise ValueError(f"the given `masks` keep {kept} weights, fewer than the {num_kept(rounds[-1], total)} requested")
     return [min(d, kept / total) for d in rounds]
 
-
-#: The deprecated ``scope`` values and the distributions they now are.
-_SCOPES = {"global": "global", "layerwise": "uniform"}
