@@ -41,7 +41,7 @@ from lightning_synflow.scorers.base import (
 )
 from lightning_synflow.scorers.in_place import check_no_casting
 from lightning_synflow.validation import check_int
-from lightning_synflow.plan import resolve_plan
+from lightning_synflow.plan import PruningPlan, resolve_plan
 
 
 def _to_device(x: Any, device: torch.device) -> Any:
@@ -273,7 +273,29 @@ def compute_masks(
         scorer, sparsity=sparsity, compression=compression, iterations=iterations, schedule=schedule,
         distribution=distribution, scope=scope, granularity=granularity, invert=invert, shuffle=shuffle,
     )
+    return prune_masks(
+        model, plan, example_input=example_input, dataloader=dataloader, loss_fn=loss_fn, num_batches=num_batches,
+        all_reduce=all_reduce, parameters=parameters, masks=masks, progress=progress,
+    )
+
+
+def prune_masks(
+    model: nn.Module,
+    plan: PruningPlan,
+    *,
+    example_input: Optional[ExampleInput] = None,
+    dataloader: Optional[Iterable[Any]] = None,
+    loss_fn: Optional[LossFn] = None,
+    num_batches: Optional[int] = None,
+    all_reduce: Optional[Callable[[Tensor], Tensor]] = None,
+    parameters: Optional[Sequence[str]] = None,
+    masks: Optional[Mapping[str, Tensor]] = None,
+    progress: bool = False,
+) -> dict[str, Tensor]:
+    """:func:`compute_masks` for a resolved :class:`~lightning_synflow.plan.PruningPlan` (what
+    :class:`~lightning_synflow.PruneAtInit` calls); the other arguments as there."""
     scorer, pattern, layers, rounds = plan.scorer, plan.granularity, plan.distribution, plan.rounds
+    invert, shuffle = plan.invert, plan.shuffle
     current = _initial_masks(model, parameters, masks)
     sharded = any(is_sharded(m) for m in current.values())
     if sharded:
