@@ -22,14 +22,16 @@ import torch
 from torch import Tensor
 
 from lightning_synflow.distributions import Budget
-from lightning_synflow.ranking import budget_groups, choose_extremes, compress, extract_extremes, true_positions
+from lightning_synflow.ranking import choose_extremes, compress, extract_extremes, true_positions
+from lightning_synflow.selector import Selector, select_within
 
 #: Keep flat indices of the living weights once at most this fraction of all weights is alive.
 COMPACT_BELOW = 0.125
 
 
-class AliveSet:
-    """Masks of the living weights, narrowed round by round to the highest scores (monotone pruning).
+class AliveSet(Selector):
+    """Masks of the living weights, narrowed round by round to the highest scores: the selector of monotone
+    pruning of single weights.
 
     Args:
         masks: Starting masks (``True`` = alive); copied, never changed.
@@ -37,6 +39,8 @@ class AliveSet:
 
     def __init__(self, masks: Mapping[str, Tensor], *, copy: bool = True) -> None:
         self.names = list(masks)
+        self.shapes = {n: tuple(m.shape) for n, m in masks.items()}
+        self._ids = {n: i for i, n in enumerate(self.names)}
         self.masks = {n: m.clone() if copy else m for n, m in masks.items()}
         self.counts = [int(torch.count_nonzero(m)) for m in self.masks.values()]
         self.total = sum(m.numel() for m in self.masks.values())
@@ -45,13 +49,14 @@ class AliveSet:
         #: Per tensor name, the flat positions the last :meth:`update` pruned; ``None`` before the first
         #: update or when it is cheaper to re-read the masks.
         self.pruned: Optional[dict[str, Tensor]] = None
+        self._pruning: Optional[dict[str, Tensor]] = None  # what the round under way has pruned so far
+        self._release = True
         self._compact_if_few()
 
     @property
     def kept(self) -> int:
         return sum(self.counts)
 
-    @property
     def alive_counts(self) -> dict[str, int]:
         """Per tensor name, the weights still alive."""
         return dict(zip(self.names, self.counts))
@@ -68,10 +73,17 @@ class AliveSet:
 
         ``release`` empties ``scores`` as soon as they are ranked, so that the rest of the round reuses their
         memory (the pruning loop passes its own dict and holds no other reference)."""
-        pruned: Optional[dict[str, Tensor]] = {}
-        for ids, k in budget_groups(self.names, budget):
-            pruned = self._narrow(ids, scores, k, pruned, release)
-        self.pruned = pruned
+        self._release = release
+        select_within(self, scores, budget)
+
+    def begin_round(self) -> None:
+        self._pruning = {}
+
+    def keep(self, names: list[str], scores: MutableMapping[str, Tensor], k: int) -> None:
+        self._pruning = self._narrow([self._ids[n] for n in names], scores, k, self._pruning, self._release)
+
+    def end_round(self) -> None:
+        self.pruned = self._pruning
         self._compact_if_few()
 
     def _narrow(

@@ -33,7 +33,8 @@ from __future__ import annotations
 import copy
 import re
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Optional
@@ -42,10 +43,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves, tree_map
 
-from lightning_synflow.distributions import Budget
-from lightning_synflow.masks import apply_masks
+from lightning_synflow.distributions import ERK, Budget, Distribution, GroupERK
 from lightning_synflow.model_state import preserved_model_state
-from lightning_synflow.ranking import budget_groups, top_k_masks
+from lightning_synflow.ranking import top_k_beyond
+from lightning_synflow.selector import Selector, select_within
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _LAYERS = (*_CONVS, nn.Linear)
@@ -485,29 +486,101 @@ def channel_scores(groups: Sequence[ChannelGroup], scores: Mapping[str, Tensor])
     return out
 
 
-def select_channels(
-    scores: Mapping[str, Tensor], budget: Budget, candidates: Optional[Mapping[str, Tensor]] = None
-) -> dict[str, Tensor]:
-    """Per group, the channels kept: within each ranking of ``budget`` exactly its count, the best candidate of
-    every group first (a layer left with no channel could not be shrunk; a per-group count of 0 is raised to 1),
-    then the best candidates left. Ties to the earlier group and the lower channel."""
-    names = list(scores)
-    kept: dict[str, Tensor] = {}
-    for ids, k in budget_groups(names, budget):
-        group = [names[i] for i in ids]
-        cands = [torch.ones_like(scores[n], dtype=torch.bool) if candidates is None else candidates[n] for n in group]
-        if k < len(group):
-            if len(group) > 1:
-                raise ValueError(f"cannot keep {k} channels and one in each of the {len(group)} groups of coupled channels")
+class ChannelRanking(Selector):
+    """Channels as units, per group of coupled ones (``kept[group]``: bool per channel): within each ranking,
+    the best candidate of every group first (a layer left with no channel could not be shrunk; a per-group
+    count of 0 is raised to 1), then the best candidates left. Ties to the earlier group and the lower
+    channel. Its masks are the channels kept."""
+
+    def __init__(self, kept: Mapping[str, Tensor], *, monotone: bool) -> None:
+        self.names = list(kept)
+        self.shapes = {n: tuple(k.shape) for n, k in kept.items()}
+        self.kept = dict(kept)
+        self.monotone = monotone
+
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        return self.kept
+
+    def alive_counts(self) -> dict[str, int]:
+        return {n: int(k.sum()) for n, k in self.kept.items()}
+
+    def keep(self, names: list[str], scores: MutableMapping[str, Tensor], k: int) -> None:
+        cands = [self.kept[n] if self.monotone else torch.ones_like(scores[n], dtype=torch.bool) for n in names]
+        if k < len(names):
+            if len(names) > 1:
+                raise ValueError(f"cannot keep {k} channels and one in each of the {len(names)} groups of coupled channels")
             k = 1
         best = []
-        for n, c in zip(group, cands):
+        for n, c in zip(names, cands):
             first = torch.zeros_like(c)
             first[int(torch.argmax(scores[n].masked_fill(~c, float("-inf"))))] = True  # argmax: the lowest index of ties
             best.append(first)
-        rest = top_k_masks([scores[n] for n in group], k - len(group), [c & ~b for c, b in zip(cands, best)])
-        kept.update({n: b | r for n, b, r in zip(group, best, rest)})
-    return {n: kept[n] for n in names}
+        self.kept.update(zip(names, top_k_beyond(best, [scores[n] for n in names], cands, k)))
+
+
+class ChannelSelector(ChannelRanking):
+    """Whole channels of ``model``: each round the weights' scores are summed per channel
+    (:func:`channel_scores`), channels are kept as :class:`ChannelRanking` keeps them, and the masks cover the
+    kept channels' weights, biases and normalisation parameters (:func:`channel_masks`)."""
+
+    label = "channels"
+    incremental = True
+
+    def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], example_input: Any, names: Sequence[str], *, monotone: bool) -> None:
+        super().__init__({g.name: torch.ones(g.size, dtype=torch.bool) for g in groups}, monotone=monotone)
+        self.model, self.groups, self.example_input, self.weights = model, list(groups), example_input, list(names)
+        self._masks = channel_masks(self.groups, self.kept, model)
+
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        return self._masks
+
+    def distribution(self, layers: Distribution) -> Distribution:
+        """ERK shares channels by the shapes of the weights each group spans (:class:`GroupERK`)."""
+        if not isinstance(layers, ERK):
+            return layers
+        params = dict(self.model.named_parameters())
+        return GroupERK({g.name: [tuple(params[n].shape) for n in g.scored] for g in self.groups}, layers.power_scale)
+
+    def unit_scores(self, scores: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {n: s.cpu() for n, s in channel_scores(self.groups, scores).items()}
+
+    def end_round(self) -> None:
+        self._masks = channel_masks(self.groups, self.kept, self.model)
+
+    def finish(self, model: nn.Module, layers: Distribution, density: float) -> dict[str, Tensor]:
+        """Warn where channels left whole, or the one channel every group keeps, hold the channel sparsity reached
+        below the requested one by more than the budget's rounding (a channel per ranking)."""
+        whole = whole_channels(model, self.example_input, self.weights, self.groups)
+        total = sum(g.size for g in self.groups) + sum(whole.values())
+        removed = sum(g.size - int(self.kept[g.name].sum()) for g in self.groups)
+        requested = 1 - density
+        budget = layers.budget(self.shapes, density, None)
+        rankings = 1 if isinstance(budget, int) else len(budget)
+        if removed >= requested * total - rankings:
+            return self.masks
+        floor = sum(int(k.sum()) for k in self.kept.values()) - (budget if isinstance(budget, int) else sum(budget.values()))
+        causes = [(f"{sum(whole.values())} channels of {list(whole)[:5]}{' ...' if len(whole) > 5 else ''} are left whole"
+                   f" (they reach a layer that cannot lose one exactly: lightning_synflow.channels)")] if whole else []
+        causes += [f"{floor} channels are kept because every group of coupled channels keeps one"] if floor > 0 else []
+        warnings.warn(
+            f"granularity='channel' removes {removed} of {total} channels (channel sparsity {removed / total:.3g}), below"
+            f" the requested sparsity {requested:.3g}: {'; '.join(causes) or 'the budget rounds per group'}",
+            stacklevel=5,
+        )
+        return self.masks
+
+
+def select_channels(
+    scores: Mapping[str, Tensor], budget: Budget, candidates: Optional[Mapping[str, Tensor]] = None
+) -> dict[str, Tensor]:
+    """Per group, the channels kept, as :class:`ChannelRanking` keeps them, within each ranking of ``budget``
+    exactly its count among ``candidates`` (every channel if None)."""
+    start = {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()} if candidates is None else candidates
+    selector = ChannelRanking({n: start[n] for n in scores}, monotone=candidates is not None)
+    select_within(selector, dict(scores), budget)
+    return selector.kept
 
 
 def shrink(model: nn.Module, masks: Mapping[str, Tensor], example_input: Any) -> nn.Module:
@@ -621,7 +694,10 @@ def _check_exact(
     of fewer being too ill-conditioned for this tolerance). Where the masked model does not run on the example input in either mode, nothing
     could be compared: refused."""
     reference = copy.deepcopy(model).to(torch.float64)
-    apply_masks(reference, masks)
+    with torch.no_grad():
+        for name, param in reference.named_parameters():
+            if name in masks:
+                param.mul_(masks[name].to(param.device))
     probes = _probes(example_input)
     runs = []
     with _restored(reference):  # its running statistics as they were after

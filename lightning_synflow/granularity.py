@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from lightning_synflow.distributions import Budget
-from lightning_synflow.ranking import budget_groups, top_k_masks
+from lightning_synflow.distributions import Budget, Distribution
+from lightning_synflow.parameters import check_weight_norm
+from lightning_synflow.ranking import top_k_beyond
+from lightning_synflow.selector import Selector, select_within
 from lightning_synflow.schedules import resolve_density
 
 
@@ -115,6 +118,76 @@ def input_major(model: nn.Module) -> set[str]:
     }
 
 
+class PatternSelector(Selector):
+    """Weights under an N:M pattern: in each ranking, the ``n`` best living weights of every group of ``m`` are
+    kept first, then the best left (:func:`~lightning_synflow.ranking.top_k_beyond`). Tensors in ``flipped``
+    are stored ``(in, out)`` and grouped down their columns (:func:`input_major`)."""
+
+    def __init__(
+        self, masks: Mapping[str, Tensor], pattern: NM, *, monotone: bool, flipped: Collection[str] = ()
+    ) -> None:
+        self.names = list(masks)
+        self.shapes = {n: tuple(m.shape) for n, m in masks.items()}
+        self.masks = dict(masks)
+        self.pattern, self.monotone, self.flipped = pattern, monotone, set(flipped)
+        self.label = str(pattern)
+        self.dense: dict[str, Tensor] = {}  # tensors the pattern does not fit, left as they came
+        self.order = list(masks)  # every tensor, in the order given
+
+    @classmethod
+    def for_model(
+        cls, model: nn.Module, masks: Mapping[str, Tensor], pattern: NM, layers: Distribution, *, monotone: bool
+    ) -> PatternSelector:
+        """The selector over the tensors of ``masks`` that ``pattern`` fits (the others stay dense, named in a
+        warning), checked to end on the pattern with ``layers``."""
+        flipped = input_major(model) & set(masks)
+        dense = [n for n, m in masks.items() if not pattern.fits(tuple(m.T.shape if n in flipped else m.shape))]
+        if len(dense) == len(masks):
+            raise ValueError(
+                f"granularity {str(pattern)!r} fits none of the prunable tensors {dense}: their input rows (all"
+                f" dimensions but the first) must be a multiple of {pattern.m} long"
+            )
+        if dense:
+            warnings.warn(
+                f"granularity {str(pattern)!r}: {dense} left dense, their rows (all dimensions but the first) not being"
+                f" a multiple of {pattern.m} long",
+                stacklevel=5,
+            )
+        selector = cls({n: m for n, m in masks.items() if n not in dense}, pattern, monotone=monotone, flipped=flipped)
+        selector.dense = {n: masks[n] for n in dense}
+        selector.order = list(masks)
+        final = layers.budget(selector.shapes, pattern.density, None)
+        expected = {n: m.numel() * pattern.n // pattern.m for n, m in selector.masks.items()}
+        if final != (sum(expected.values()) if isinstance(final, int) else expected):
+            raise ValueError(
+                f"granularity {str(pattern)!r} keeps {pattern.n} of every {pattern.m} weights of each tensor it groups,"
+                f" which distribution {layers!r} does not at density {pattern.density:g}; use 'global' or 'uniform'"
+            )
+        return selector
+
+    def _by_input(self, name: str, t: Tensor) -> Tensor:  # its own inverse
+        return t.T.contiguous() if name in self.flipped else t
+
+    def alive_counts(self) -> dict[str, int]:
+        return {n: int(torch.count_nonzero(m)) for n, m in self.masks.items()}
+
+    def unit_scores(self, scores: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {n: self._by_input(n, s) for n, s in scores.items()}
+
+    def keep(self, names: list[str], scores: MutableMapping[str, Tensor], k: int) -> None:
+        cands = [self._by_input(n, self.masks[n]) if self.monotone else None for n in names]
+        floors = [_group_best(scores[n], c, self.pattern) for n, c in zip(names, cands)]
+        floor = sum(int(f.sum()) for f in floors)
+        if k < floor:
+            raise ValueError(f"cannot keep {k} weights of {names} with {self.pattern}: its groups alone keep {floor}")
+        kept = top_k_beyond(floors, [scores[n] for n in names], cands, k)
+        self.masks.update({n: self._by_input(n, m) for n, m in zip(names, kept)})
+
+    def finish(self, model: nn.Module, layers: Distribution, density: float) -> dict[str, Tensor]:
+        check_weight_norm(model, self.masks)
+        return {n: self.masks.get(n, self.dense.get(n)) for n in self.order}
+
+
 def select_pattern(
     scores: Mapping[str, Tensor],
     budget: Budget,
@@ -124,19 +197,10 @@ def select_pattern(
     """Masks keeping, within each ranking of ``budget``, exactly its count: the ``n`` best candidates of every
     group of ``m``, then the best candidates left. Every group must have ``n`` candidates and every count
     must cover the groups' ``n`` each."""
-    names = list(scores)
-    masks: dict[str, Tensor] = {}
-    for ids, k in budget_groups(names, budget):
-        group = [names[i] for i in ids]
-        cands = [None if candidates is None else candidates[n] for n in group]
-        floors = [_group_best(scores[n], c, pattern) for n, c in zip(group, cands)]
-        floor = sum(int(f.sum()) for f in floors)
-        if k < floor:
-            raise ValueError(f"cannot keep {k} weights of {group} with {pattern}: its groups alone keep {floor}")
-        rest = [~f if c is None else c & ~f for f, c in zip(floors, cands)]
-        extra = top_k_masks([scores[n] for n in group], k - floor, rest)
-        masks.update({n: f | e for n, f, e in zip(group, floors, extra)})
-    return {n: masks[n] for n in names}
+    start = {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()} if candidates is None else candidates
+    selector = PatternSelector({n: start[n] for n in scores}, pattern, monotone=candidates is not None)
+    select_within(selector, dict(scores), budget)
+    return selector.masks
 
 
 def _group_best(scores: Tensor, candidates: Optional[Tensor], pattern: NM) -> Tensor:

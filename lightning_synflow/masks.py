@@ -11,7 +11,6 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.parametrize import ParametrizationList
 
 from lightning_synflow.sharded_ranking import kept_counts
 from lightning_synflow.sharding import local
@@ -35,29 +34,6 @@ def check_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, nn.P
                 f"mask {name!r} has shape {tuple(mask.shape)} but the parameter has shape {tuple(params[name].shape)}"
             )
     return {n: params[n] for n in masks}
-
-
-def check_weight_norm(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
-    """Raise if a mask empties a slice that ``weight_norm`` divides by its norm: 0/0 makes those weights NaN,
-    and NaN spreads through the whole network in the first forward pass."""
-    modules = dict(model.named_modules())
-    for name, mask in masks.items():
-        owner, _, original = name.rpartition(".")
-        parametrization = modules.get(owner)
-        if original != "original1" or not isinstance(parametrization, ParametrizationList):
-            continue
-        norms = [p for p in parametrization if type(p).__name__ == "_WeightNorm"]  # torch's private class
-        if not norms:
-            continue
-        dim = norms[0].dim
-        slices = mask.reshape(1, -1) if dim == -1 else mask.movedim(dim, 0).reshape(mask.shape[dim], -1)
-        empty = torch.nonzero(~slices.any(1)).flatten().tolist()
-        if empty:
-            raise ValueError(
-                f"pruning empties slice(s) {empty[:10]}{' ...' if len(empty) > 10 else ''} (dim {dim}) of {name!r}, the"
-                f" direction of a weight_norm layer, which divides by their norm (0/0 = NaN); lower the sparsity,"
-                f" keep it dense (exclude_names=[{name!r}]), or drop weight_norm"
-            )
 
 
 def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:

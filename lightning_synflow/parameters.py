@@ -6,11 +6,12 @@ Types and patterns are plain strings so that a YAML file can say what a Python c
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any, Union
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 from torch.nn.utils.parametrize import ParametrizationList
 from torch.nn.utils.prune import BasePruningMethod
 
@@ -205,3 +206,26 @@ def selection_list(name: str, value: Any, *, types: bool = False) -> list[Any]:
         what = "a layer class name or a list of them" if types else "a glob pattern or a list of them"
         raise ValueError(f"`{name}` must be {what}, got {value!r}")
     return list(value)
+
+
+def check_weight_norm(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
+    """Raise if a mask empties a slice that ``weight_norm`` divides by its norm: 0/0 makes those weights NaN,
+    and NaN spreads through the whole network in the first forward pass."""
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        owner, _, original = name.rpartition(".")
+        parametrization = modules.get(owner)
+        if original != "original1" or not isinstance(parametrization, ParametrizationList):
+            continue
+        norms = [p for p in parametrization if type(p).__name__ == "_WeightNorm"]  # torch's private class
+        if not norms:
+            continue
+        dim = norms[0].dim
+        slices = mask.reshape(1, -1) if dim == -1 else mask.movedim(dim, 0).reshape(mask.shape[dim], -1)
+        empty = torch.nonzero(~slices.any(1)).flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"pruning empties slice(s) {empty[:10]}{' ...' if len(empty) > 10 else ''} (dim {dim}) of {name!r}, the"
+                f" direction of a weight_norm layer, which divides by their norm (0/0 = NaN); lower the sparsity,"
+                f" keep it dense (exclude_names=[{name!r}]), or drop weight_norm"
+            )

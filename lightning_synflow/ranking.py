@@ -18,7 +18,7 @@ never which weights are kept, and it draws from a private generator, so torch's 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Optional
 
 import numpy as np
@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from lightning_synflow.distributions import Budget, DistributionSpec, get_distribution
+from lightning_synflow.selector import Selector, select_within
 
 #: Sampled scores per selection; the bracket's rank error shrinks as 1/sqrt of this.
 _SAMPLE_SIZE = 1 << 14
@@ -235,15 +236,33 @@ def top_k_mask(scores: Tensor, k: int, candidates: Optional[Tensor] = None) -> T
     return top_k_masks([scores], k, None if candidates is None else [candidates])[0]
 
 
-def budget_groups(names: Sequence[str], budget: Budget) -> list[tuple[list[int], int]]:
-    """The rankings a budget asks for, as (indices into ``names``, weights kept): one over every tensor for a
-    single count, one per tensor for per-tensor counts."""
-    if isinstance(budget, int):
-        return [(list(range(len(names))), budget)]
-    missing = [n for n in names if n not in budget]
-    if missing:
-        raise ValueError(f"the budget has no count for {missing}")
-    return [([i], budget[n]) for i, n in enumerate(names)]
+def top_k_beyond(
+    floors: Sequence[Tensor], scores: Sequence[Tensor], candidates: Sequence[Optional[Tensor]], k: int
+) -> list[Tensor]:
+    """Masks keeping the ``floors`` (units a structure must keep: the N best of an N:M group, one channel per
+    group) and then the highest-scoring candidates left, ``k`` in all (``k`` covers the floors)."""
+    floor = sum(int(f.sum()) for f in floors)
+    rest = [~f if c is None else c & ~f for f, c in zip(floors, candidates)]
+    return [f | e for f, e in zip(floors, top_k_masks(list(scores), k - floor, rest))]
+
+
+class WeightSelector(Selector):
+    """Single weights ranked afresh each round (every weight competes again: FORCE), or among ``candidates``
+    only when ``monotone``. Masks start as ``masks``."""
+
+    def __init__(self, masks: Mapping[str, Tensor], *, monotone: bool) -> None:
+        self.names = list(masks)
+        self.shapes = {n: tuple(m.shape) for n, m in masks.items()}
+        self.monotone = monotone
+        self.incremental = False
+        self.masks = dict(masks)
+
+    def alive_counts(self) -> dict[str, int]:
+        return {n: int(torch.count_nonzero(m)) for n, m in self.masks.items()}
+
+    def keep(self, names: list[str], scores: MutableMapping[str, Tensor], k: int) -> None:
+        cands = [self.masks[n] for n in names] if self.monotone else None
+        self.masks.update(zip(names, top_k_masks([scores[n] for n in names], k, cands)))
 
 
 def select(
@@ -251,13 +270,10 @@ def select(
 ) -> dict[str, Tensor]:
     """Masks keeping, within each ranking of ``budget``, exactly its count of the highest scores among
     ``candidates`` (every weight if None); ties to the earlier tensor, then the lower flat index."""
-    names = list(scores)
-    masks: dict[str, Tensor] = {}
-    for ids, k in budget_groups(names, budget):
-        group = [names[i] for i in ids]
-        cands = None if candidates is None else [candidates[n] for n in group]
-        masks.update(zip(group, top_k_masks([scores[n] for n in group], k, cands)))
-    return {n: masks[n] for n in names}
+    start = {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()} if candidates is None else candidates
+    selector = WeightSelector({n: start[n] for n in scores}, monotone=candidates is not None)
+    select_within(selector, scores, budget)
+    return selector.masks
 
 
 def select_masks(

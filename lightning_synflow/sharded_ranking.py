@@ -18,17 +18,18 @@ never which weights are kept.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Optional, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
-from lightning_synflow.distributions import Budget
-from lightning_synflow.ranking import _bracket, budget_groups, compress, true_positions
-from lightning_synflow.sharding import Block, is_sharded, local, with_owners
+from lightning_synflow.distributions import Budget, Distribution
+from lightning_synflow.ranking import _bracket, compress, true_positions
+from lightning_synflow.selector import Selector, select_within
+from lightning_synflow.sharding import Block, blocks_of, is_sharded, like, local, with_owners
 
 #: Scores sampled per narrowing step, over all ranks.
 SAMPLE_SIZE = 1 << 14
@@ -70,6 +71,60 @@ class ProcessGroupCollectives:
         return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
 
 
+class ShardedSelector(Selector):
+    """Single weights spread over processes: each rank holds ``pieces`` (its blocks of the masks) and keeps its
+    part of one exact selection over the full tensors, so that no rank holds a whole tensor of weights, scores
+    or masks. With ``params`` (a model's parameters by name) the masks are laid out as those (DTensors)."""
+
+    incremental = False  # scorers re-read the masks each round
+
+    def __init__(
+        self,
+        pieces: Mapping[str, Tensor],
+        blocks: Mapping[str, Block],
+        collectives: Collectives,
+        *,
+        monotone: bool,
+        shapes: Optional[Mapping[str, tuple[int, ...]]] = None,
+        params: Optional[Mapping[str, Tensor]] = None,
+    ) -> None:
+        self.names = list(pieces)
+        self.pieces = dict(pieces)
+        self.blocks, self.collectives, self.monotone = blocks, collectives, monotone
+        self.shapes = dict(shapes) if shapes is not None else {n: tuple(p.shape) for n, p in pieces.items()}
+        self.params = params
+        self.all_reduce = collectives.sum
+
+    @classmethod
+    def for_model(cls, model: nn.Module, masks: Mapping[str, Tensor], *, monotone: bool) -> ShardedSelector:
+        """The selector over ``masks`` (DTensors laid out as ``model``'s parameters), over the default group."""
+        names = list(masks)
+        params = dict(model.named_parameters())
+        return cls(
+            {n: local(m) for n, m in masks.items()}, blocks_of(model, names), ProcessGroupCollectives(),
+            monotone=monotone, shapes={n: tuple(m.shape) for n, m in masks.items()}, params={n: params[n] for n in names},
+        )
+
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        return self.pieces if self.params is None else {n: like(self.params[n], self.pieces[n]) for n in self.names}
+
+    def alive_counts(self) -> dict[str, int]:
+        pieces = [self.pieces[n] for n in self.names]
+        return dict(zip(self.names, global_counts(pieces, [self.blocks[n] for n in self.names], self.collectives)))
+
+    def unit_scores(self, scores: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {n: local(s) for n, s in scores.items()}
+
+    def finish(self, model: nn.Module, layers: Distribution, density: float) -> dict[str, Tensor]:
+        return self.masks
+
+    def keep(self, names: list[str], scores: MutableMapping[str, Tensor], k: int) -> None:
+        cands = [self.pieces[n].reshape(-1) if self.monotone else None for n in names]
+        kept = _keep([scores[n].reshape(-1) for n in names], cands, [self.blocks[n] for n in names], k, self.collectives)
+        self.pieces.update({n: m.view(scores[n].shape) for n, m in zip(names, kept)})
+
+
 def select_sharded(
     scores: Mapping[str, Tensor],
     budget: Budget,
@@ -79,14 +134,10 @@ def select_sharded(
 ) -> dict[str, Tensor]:
     """This rank's masks (shaped like its local ``scores``) keeping, within each ranking of ``budget``, exactly
     its count of the highest scores among ``candidates`` (every weight if None) over all ranks."""
-    names = list(scores)
-    masks: dict[str, Tensor] = {}
-    for ids, k in budget_groups(names, budget):
-        group = [names[i] for i in ids]
-        cands = [None if candidates is None else candidates[n].reshape(-1) for n in group]
-        kept = _keep([scores[n].reshape(-1) for n in group], cands, [blocks[n] for n in group], k, collectives)
-        masks.update({n: m.view(scores[n].shape) for n, m in zip(group, kept)})
-    return {n: masks[n] for n in names}
+    start = {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()} if candidates is None else candidates
+    selector = ShardedSelector({n: start[n] for n in scores}, blocks, collectives, monotone=candidates is not None)
+    select_within(selector, dict(scores), budget)
+    return selector.pieces
 
 
 def global_counts(

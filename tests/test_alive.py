@@ -34,7 +34,7 @@ def test_rounds_narrow_exactly_as_a_fresh_selection_among_the_living(distributio
         scores = _scores(g, ties)
         before = {n: m.clone() for n, m in alive.masks.items()}
         expected = select_masks(scores, density, distribution=distribution, candidates=expected)
-        alive.update(scores, get_distribution(distribution).budget(SHAPES, density, alive.alive_counts))
+        alive.update(scores, get_distribution(distribution).budget(SHAPES, density, alive.alive_counts()))
         for n in SHAPES:
             assert torch.equal(alive.masks[n], expected[n]), (t, n)
             died = (before[n] & ~expected[n]).view(-1).nonzero().squeeze(1)
