@@ -232,8 +232,8 @@ MUTATIONS = (
         "other references to a metric's tensor state see the scoring's values",
     ),
     Mutation(
-        "N:M: the best left over may repeat a group's best", "lightning_synflow/granularity.py",
-        (("rest = [~f if c is None else c & ~f for f, c in zip(floors, cands)]", "rest = [c for c in cands]"),),
+        "N:M and channels: the best left over may repeat a floor", "lightning_synflow/ranking.py",
+        (("rest = [~f if c is None else c & ~f for f, c in zip(floors, candidates)]", "rest = list(candidates)"),),
         ("tests/test_granularity.py", "tests/test_mask_digests.py"),
         "fewer weights kept than asked",
     ),
