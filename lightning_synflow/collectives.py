@@ -1,4 +1,7 @@
-"""Broadcasts of masks and weights as raw tensors through the process group, on the model's device.
+"""The collectives the package uses over a process group: broadcasts of masks and weights as raw tensors,
+the sum and gather that sharded selection needs (:class:`Collectives`), and counts over ranks.
+
+Broadcasts run on the model's device.
 
 Lightning's ``strategy.broadcast`` (DDP) goes through ``broadcast_object_list``: the source pickles the
 object, and every rank receives the bytes on the host and unpickles them, so a flat copy of all the weights
@@ -14,7 +17,7 @@ travel in memory order, so a channels-last weight goes without a copy.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Optional, TypeVar, Union
+from typing import Optional, Protocol, TypeVar, Union
 
 import numpy as np
 import torch
@@ -22,6 +25,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from lightning_synflow import ranking
+from lightning_synflow.sharding import Block, is_sharded, local, with_owners
 from lightning_synflow.validation import check_positive_int
 
 #: Largest buffer a broadcast uses: 64 MiB of weights, or the masks of 64 Mi weights (8 MiB packed).
@@ -164,3 +168,55 @@ def _unpack_into(packed: Tensor, bits: Tensor) -> None:
         else:
             source = source.to(block.device)
             block.copy_((source.unsqueeze(1) & _bit_values(block.device)).ne(0).view(-1)[: block.numel()])
+
+
+class Collectives(Protocol):
+    """The two collectives the selection needs; every rank calls them in the same order."""
+
+    def sum(self, t: Tensor) -> Tensor:
+        """Element-wise sum of ``t`` over all ranks."""
+
+    def gather(self, t: Tensor) -> Tensor:
+        """The 1-D ``t`` of every rank (any lengths), concatenated in rank order."""
+
+
+class ProcessGroupCollectives:
+    """:class:`Collectives` over a ``torch.distributed`` process group (the default one if None)."""
+
+    def __init__(self, group: Optional[dist.ProcessGroup] = None) -> None:
+        self.group = group
+
+    def sum(self, t: Tensor) -> Tensor:
+        t = t.clone()
+        dist.all_reduce(t, group=self.group)
+        return t
+
+    def gather(self, t: Tensor) -> Tensor:
+        world = dist.get_world_size(self.group)
+        size = torch.tensor([t.numel()], device=t.device)
+        sizes = [torch.empty_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size, group=self.group)
+        longest = int(max(sizes))
+        padded = t.new_zeros(longest)
+        padded[: t.numel()] = t
+        parts = [t.new_empty(longest) for _ in range(world)]
+        dist.all_gather(parts, padded, group=self.group)
+        return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
+
+
+def global_counts(
+    masks: Sequence[Tensor], blocks: Sequence[Block], collectives: Collectives
+) -> list[int]:
+    """Per tensor, the ``True`` entries of the sharded ``masks`` over all ranks (each replica once)."""
+    local = [int(torch.count_nonzero(m)) if b.owner else 0 for m, b in zip(masks, blocks)]
+    device = masks[0].device if masks else None
+    return collectives.sum(torch.tensor(local, dtype=torch.int64, device=device)).tolist()
+
+
+def nonzero_counts(tensors: Mapping[str, Tensor]) -> dict[str, int]:
+    """Per name, the non-zero entries of each tensor; where they are sharded, over all ranks (each replica
+    once), so every rank must call this together."""
+    if not any(is_sharded(t) for t in tensors.values()):
+        return {n: int(torch.count_nonzero(t)) for n, t in tensors.items()}
+    blocks = with_owners(tensors)
+    return dict(zip(blocks, global_counts([local(t) for t in tensors.values()], list(blocks.values()), ProcessGroupCollectives())))

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from lightning_synflow.sharded_ranking import kept_counts
+from lightning_synflow.collectives import nonzero_counts
 from lightning_synflow.sharding import local
 
 
@@ -73,6 +73,6 @@ class BoundMasks:
     def measured_density(self) -> float:
         """Fraction of the masked tensors' weights that are non-zero, read from the weights themselves (over all
         ranks where they are sharded: every rank calls this together)."""
-        nonzero = sum(kept_counts(dict(zip(self.names, self.params))).values())
+        nonzero = sum(nonzero_counts(dict(zip(self.names, self.params))).values())
         total = sum(p.numel() for p in self.params)
         return nonzero / total if total else 1.0

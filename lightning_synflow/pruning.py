@@ -33,7 +33,8 @@ from lightning_synflow.scorers.base import (
 )
 from lightning_synflow.scorers.in_place import check_no_casting
 from lightning_synflow.selector import Selector
-from lightning_synflow.sharded_ranking import ProcessGroupCollectives, ShardedSelector
+from lightning_synflow.collectives import ProcessGroupCollectives
+from lightning_synflow.sharded_ranking import ShardedSelector
 from lightning_synflow.sharding import blocks_of, check_shardable_masks, is_sharded, like, local
 from lightning_synflow.validation import check_int
 

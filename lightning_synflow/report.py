@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from lightning_synflow.masks import check_masks
 from lightning_synflow.parameters import frozen_weight_matrices
-from lightning_synflow.sharded_ranking import kept_counts
+from lightning_synflow.collectives import nonzero_counts
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def sparsity_report(model: nn.Module, masks: Mapping[str, Tensor], *, frozen: Op
         owner = modules.get(name.rpartition(".")[0], model)
         return TensorSparsity(name, type(owner).__name__, tuple(params[name].shape), kept, params[name].numel())
 
-    kept = kept_counts(masks)  # over all ranks for sharded masks
+    kept = nonzero_counts(masks)  # over all ranks for sharded masks
     return SparsityReport(
         tuple(row(n, kept[n]) for n in masks),
         tuple(row(n, params[n].numel()) for n in frozen),

@@ -18,57 +18,23 @@ never which weights are kept.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, MutableMapping, Sequence
-from typing import Optional, Protocol
+from collections.abc import Mapping, MutableMapping
+from typing import Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_synflow.distributions import Budget, Distribution
 from lightning_synflow.ranking import _bracket, compress, true_positions
 from lightning_synflow.selector import Selector, select_within
-from lightning_synflow.sharding import Block, blocks_of, is_sharded, like, local, with_owners
+from lightning_synflow.collectives import Collectives, ProcessGroupCollectives, global_counts
+from lightning_synflow.sharding import Block, blocks_of, like, local
 
 #: Scores sampled per narrowing step, over all ranks.
 SAMPLE_SIZE = 1 << 14
 #: Weights in the band when it is gathered and ranked outright (values and positions: 1.5 MiB at float32).
 EXCHANGE_LIMIT = 1 << 16
-
-
-class Collectives(Protocol):
-    """The two collectives the selection needs; every rank calls them in the same order."""
-
-    def sum(self, t: Tensor) -> Tensor:
-        """Element-wise sum of ``t`` over all ranks."""
-
-    def gather(self, t: Tensor) -> Tensor:
-        """The 1-D ``t`` of every rank (any lengths), concatenated in rank order."""
-
-
-class ProcessGroupCollectives:
-    """:class:`Collectives` over a ``torch.distributed`` process group (the default one if None)."""
-
-    def __init__(self, group: Optional[dist.ProcessGroup] = None) -> None:
-        self.group = group
-
-    def sum(self, t: Tensor) -> Tensor:
-        t = t.clone()
-        dist.all_reduce(t, group=self.group)
-        return t
-
-    def gather(self, t: Tensor) -> Tensor:
-        world = dist.get_world_size(self.group)
-        size = torch.tensor([t.numel()], device=t.device)
-        sizes = [torch.empty_like(size) for _ in range(world)]
-        dist.all_gather(sizes, size, group=self.group)
-        longest = int(max(sizes))
-        padded = t.new_zeros(longest)
-        padded[: t.numel()] = t
-        parts = [t.new_empty(longest) for _ in range(world)]
-        dist.all_gather(parts, padded, group=self.group)
-        return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
 
 
 class ShardedSelector(Selector):
@@ -138,24 +104,6 @@ def select_sharded(
     selector = ShardedSelector({n: start[n] for n in scores}, blocks, collectives, monotone=candidates is not None)
     select_within(selector, dict(scores), budget)
     return selector.pieces
-
-
-def global_counts(
-    masks: Sequence[Tensor], blocks: Sequence[Block], collectives: Collectives
-) -> list[int]:
-    """Per tensor, the ``True`` entries of the sharded ``masks`` over all ranks (each replica once)."""
-    local = [int(torch.count_nonzero(m)) if b.owner else 0 for m, b in zip(masks, blocks)]
-    device = masks[0].device if masks else None
-    return collectives.sum(torch.tensor(local, dtype=torch.int64, device=device)).tolist()
-
-
-def kept_counts(tensors: Mapping[str, Tensor]) -> dict[str, int]:
-    """Per name, the non-zero entries of each tensor; where they are sharded, over all ranks (each replica
-    once), so every rank must call this together."""
-    if not any(is_sharded(t) for t in tensors.values()):
-        return {n: int(torch.count_nonzero(t)) for n, t in tensors.items()}
-    blocks = with_owners(tensors)
-    return dict(zip(blocks, global_counts([local(t) for t in tensors.values()], list(blocks.values()), ProcessGroupCollectives())))
 
 
 def _keep(

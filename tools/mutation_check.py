@@ -73,7 +73,7 @@ MUTATIONS = (
     ),
     Mutation(
         "measured density from the masks", "lightning_synflow/masks.py",
-        (("kept_counts(dict(zip(self.names, self.params)))", "kept_counts(dict(zip(self.names, self.masks)))"),),
+        (("nonzero_counts(dict(zip(self.names, self.params)))", "nonzero_counts(dict(zip(self.names, self.masks)))"),),
         (f"{GUARDS}::test_measured_density_is_read_from_the_weights_not_the_masks",
          f"{GUARDS}::test_the_logged_measured_sparsity_counts_zero_weights_the_masks_keep"),
         "the logged measured sparsity agrees with the masks by construction",
