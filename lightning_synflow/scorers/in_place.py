@@ -19,31 +19,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
+from lightning_synflow.model_state import overwritten
 from lightning_synflow.sharding import is_sharded, like, local
 
 
 def is_sharded_model(masks: Mapping[str, Tensor]) -> bool:
     """The masks (hence the parameters they cover) are DTensors: score with this module's helpers."""
     return any(is_sharded(m) for m in masks.values())
-
-
-@contextmanager
-def overwritten(tensors: Sequence[Tensor]) -> Iterator[None]:
-    """Give ``tensors`` back their current values on exit, whatever the block wrote into them."""
-    saved = [t.detach().clone() for t in tensors]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for t, s in zip(tensors, saved):
-                t.copy_(s)
-
-
-@contextmanager
-def preserved_buffers(model: nn.Module) -> Iterator[None]:
-    """Running statistics (and any other buffer) as they were: the model itself runs, in train mode too."""
-    with overwritten(list(model.buffers())):
-        yield
 
 
 @contextmanager

@@ -45,7 +45,8 @@ from lightning_synflow.scorers.base import (
     ScoringContext,
     register_scorer,
 )
-from lightning_synflow.scorers.in_place import is_sharded_model, overwritten
+from lightning_synflow.model_state import overwritten
+from lightning_synflow.scorers.in_place import is_sharded_model
 from lightning_synflow.sharding import is_sharded, like, local
 from lightning_synflow.validation import check_choice
 
