@@ -146,6 +146,18 @@ MUTATIONS = (
         "ties go to the earlier tensor and lower index",
     ),
     Mutation(
+        "loop: the invert ablation ignored", "lightning_synflow/loop.py",
+        (("        if plan.invert:  # the ablation", "        if False:  # the ablation"),),
+        ("tests/test_ablations.py", "tests/test_mask_digests.py"),
+        "invert keeps the lowest scores",
+    ),
+    Mutation(
+        "loop: budgets blind to the living weights", "lightning_synflow/loop.py",
+        (("selector.alive_counts() if scorer.monotone else None)", "None)"),),
+        ("tests/test_mask_digests.py", "tests/test_erk.py", "tests/test_pruning.py"),
+        "a layer's budget never asks for more than it still has alive",
+    ),
+    Mutation(
         "ranking: kept count rounds down", "lightning_synflow/schedules.py",
         (("return min(total, math.floor(density * total + 0.5))", "return min(total, math.floor(density * total))"),),
         ("tests/test_schedules.py", "tests/test_ranking.py"),
