@@ -3,6 +3,7 @@
 from lightning_synflow.ablations import reinitialize, shuffle_masks
 from lightning_synflow.masks import BoundMasks, apply_masks, check_masks
 from lightning_synflow.parameters import DEFAULT_PRUNABLE_TYPES, select_prunable
+from lightning_synflow.plan import PruningPlan, resolve_plan
 from lightning_synflow.pruning import compute_masks, compute_scores
 from lightning_synflow.ranking import select_masks, top_k_mask
 from lightning_synflow.report import SparsityReport, TensorSparsity, sparsity_report
@@ -58,6 +59,7 @@ __all__ = [
     "NM",
     "PruneAtInit",
     "PruningDiagnostics",
+    "PruningPlan",
     "Random",
     "Scorer",
     "ScoringContext",
@@ -83,6 +85,7 @@ __all__ = [
     "register_scorer",
     "reinitialize",
     "resolve_density",
+    "resolve_plan",
     "select_masks",
     "select_prunable",
     "semi_structured_plan",
