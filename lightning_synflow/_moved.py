@@ -5,9 +5,10 @@
 the old name gives the very same module object as the new one (so classes compare identical), with one
 :class:`DeprecationWarning` naming the new path. The package's ``__init__`` calls :func:`install`.
 
-The finder sits at the end of :data:`sys.meta_path`: it answers only for names no file answers for, so a
-module still at its old place is imported as usual, and an alias whose new module does not exist is an
-ordinary :class:`ModuleNotFoundError`.
+The finder answers only for an old name with no file at its old place in the package as imported (so a
+module not yet moved imports as usual), and only when the new module exists (else the import fails as
+usual). It sits first on :data:`sys.meta_path`, before any editable-install finder that could map the old
+name to another checkout.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class _MovedFinder(importlib.abc.MetaPathFinder):
         self, fullname: str, path: Optional[Sequence[str]], target: Optional[ModuleType] = None
     ) -> Optional[importlib.machinery.ModuleSpec]:
         new = MOVED.get(fullname)
-        if new is None:
+        if new is None or importlib.machinery.PathFinder.find_spec(fullname, path) is not None:
             return None
         try:
             if importlib.util.find_spec(new) is None:
@@ -89,6 +90,6 @@ class _MovedFinder(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """Put the finder at the end of :data:`sys.meta_path`, once."""
+    """Put the finder first on :data:`sys.meta_path`, once."""
     if not any(isinstance(finder, _MovedFinder) for finder in sys.meta_path):
-        sys.meta_path.append(_MovedFinder())
+        sys.meta_path.insert(0, _MovedFinder())
