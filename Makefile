@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs gpu-check mutation-check study study-isometry study-channels install clean
+.PHONY: demo test docs house gpu-check mutation-check study study-isometry study-channels install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# The package's house: modules, import arrows, cycles, floors, wings and upward imports (tools/house.py).
+house:
+	$(PYTHON) tools/house.py
 
 # What only a GPU can show (at most 5 minutes; report in results/gpu_check/). Options through GPU_CHECK_ARGS, e.g.
 # GPU_CHECK_ARGS="--authors-code /tmp/Synaptic-Flow". `make test` runs its --quick mode on CPU. Without network
