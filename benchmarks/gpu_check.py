@@ -110,11 +110,11 @@ import mask_overhead
 import synflow_authors
 from _machine import cpu_model
 from lightning_synflow import (
-    ERK,
+    ERKRandom,
     NTKSAP,
     PruneAtInit,
     Random,
-    Uniform,
+    UniformRandom,
     apply_masks,
     compute_masks,
     compute_scores,
@@ -330,7 +330,7 @@ def part_masks(ctx: Context) -> Iterator[Row]:
 
     yield checked("masks", f"magnitude, {where}: bit for bit", dev, magnitude)
 
-    for name, cls in (("random", Random), ("erk", ERK), ("uniform", Uniform)):
+    for name, cls in (("random", Random), ("erk", ERKRandom), ("uniform", UniformRandom)):
         def random_kind(cls: type = cls) -> tuple[str, str, dict[str, Any]]:
             on_device = compute_masks(dev_model, cls(seed=0), sparsity=SPARSITY)
             scores = compute_scores(dev_model, cls(seed=0))

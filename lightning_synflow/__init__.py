@@ -1,5 +1,6 @@
 """Prune at initialization with SynFlow and friends, and keep the network sparse while it trains."""
 
+from lightning_synflow._moved import renamed_attributes
 from lightning_synflow.ablations import reinitialize, shuffle_masks
 from lightning_synflow.masks import BoundMasks, apply_masks, check_masks
 from lightning_synflow.parameters import DEFAULT_PRUNABLE_TYPES, select_prunable
@@ -12,7 +13,7 @@ from lightning_synflow.distributions import Distribution, erk_densities, get_dis
 from lightning_synflow.granularity import NM, get_granularity
 from lightning_synflow.semi_structured import semi_structured_plan, to_semi_structured
 from lightning_synflow.scorers import (
-    ERK,
+    ERKRandom,
     FORCE,
     NTKSAP,
     SNIP,
@@ -28,7 +29,7 @@ from lightning_synflow.scorers import (
     IncrementalScorer,
     LivingWeights,
     SynFlow,
-    Uniform,
+    UniformRandom,
     available_scorers,
     cross_entropy_loss,
     get_scorer,
@@ -40,10 +41,12 @@ from lightning_synflow.diagnostics import PruningDiagnostics  # noqa: E402
 
 __version__ = "0.1.0"
 
+__getattr__ = renamed_attributes(__name__, {"ERK": "ERKRandom", "Uniform": "UniformRandom"}, globals())
+
 __all__ = [
     "DEFAULT_PRUNABLE_TYPES",
     "Distribution",
-    "ERK",
+    "ERKRandom",
     "FORCE",
     "NTKSAP",
     "SNIP",
@@ -66,7 +69,7 @@ __all__ = [
     "SparsityReport",
     "SynFlow",
     "TensorSparsity",
-    "Uniform",
+    "UniformRandom",
     "apply_masks",
     "available_scorers",
     "check_masks",

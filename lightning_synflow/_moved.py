@@ -1,4 +1,4 @@
-"""Deprecated module paths from before the package was split into wings (issue 25), kept importing.
+"""Deprecated module paths and names from before the package was split into wings, kept working.
 
 ``import lightning_synflow.callback``, ``from lightning_synflow.sharding import local``, a YAML
 ``class_path: lightning_synflow.callback.PruneAtInit`` and objects pickled under the old paths keep working:
@@ -20,7 +20,7 @@ import importlib.util
 import sys
 import warnings
 from types import CodeType, ModuleType
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 #: Old module path -> new module path.
 MOVED = {
@@ -93,3 +93,17 @@ def install() -> None:
     """Put the finder first on :data:`sys.meta_path`, once."""
     if not any(isinstance(finder, _MovedFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, _MovedFinder())
+
+
+def renamed_attributes(module: str, renamed: dict[str, str], namespace: dict[str, object]) -> Callable[[str], object]:
+    """A module ``__getattr__`` that gives each old name of ``renamed`` (old -> new) the object now called
+    by the new name in ``namespace``, with one :class:`DeprecationWarning`: ``from module import OLD``, a YAML
+    ``class_path: module.OLD`` and objects pickled under the old name keep working."""
+
+    def __getattr__(name: str) -> object:
+        if name not in renamed:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        warnings.warn(f"{module}.{name} is now {module}.{renamed[name]}", DeprecationWarning, stacklevel=2)
+        return namespace[renamed[name]]
+
+    return __getattr__

@@ -196,7 +196,7 @@ def test_each_round_follows_the_distribution(tiny_cnn, image_batch, distribution
 
 def test_random_in_a_distribution_is_the_named_baseline(tiny_cnn):
     """The scorer names "erk" and "uniform" are random scores in those distributions."""
-    from lightning_synflow import ERK as ERKScorer, Random, Uniform as UniformScorer
+    from lightning_synflow import ERKRandom as ERKScorer, Random, UniformRandom as UniformScorer
 
     for named, distribution in ((ERKScorer(seed=3), ERK()), (UniformScorer(seed=3), Uniform(exact_total=True))):
         a = compute_masks(tiny_cnn, named, sparsity=0.8, iterations=2)

@@ -7,7 +7,7 @@ from lightning.pytorch import Trainer
 import lightning_synflow.scorers.erk  # noqa: F401  (registers "erk" and "uniform" until the package imports it)
 from lightning_synflow import PruneAtInit, Random, available_scorers, compute_masks, get_scorer, num_kept
 from lightning_synflow.distributions import erk_densities, kept_counts
-from lightning_synflow.scorers.erk import ERK, Uniform
+from lightning_synflow.scorers.erk import ERKRandom, UniformRandom
 from lightning_helpers import MLP
 
 
@@ -21,7 +21,7 @@ def counts_of(masks):
 
 def test_registered_with_the_right_attributes():
     assert {"erk", "uniform"} <= set(available_scorers())
-    for name, cls in (("erk", ERK), ("uniform", Uniform)):
+    for name, cls in (("erk", ERKRandom), ("uniform", UniformRandom)):
         scorer = get_scorer(name)
         assert type(scorer) is cls and scorer.name == name
         assert scorer.default_iterations == 1 and scorer.monotone
@@ -31,7 +31,7 @@ def test_registered_with_the_right_attributes():
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.99, 0.999])
 def test_erk_end_to_end_counts_follow_the_distribution_and_sum_exactly(tiny_cnn, sparsity):
     before = {k: v.clone() for k, v in tiny_cnn.state_dict().items()}
-    masks = compute_masks(tiny_cnn, ERK(seed=0), sparsity=sparsity)
+    masks = compute_masks(tiny_cnn, ERKRandom(seed=0), sparsity=sparsity)
     d = 1 - sparsity
     sizes = {n: m.numel() for n, m in masks.items()}
     dens = erk_densities(shapes_of(masks), d)
@@ -54,7 +54,7 @@ def test_erk_keeps_small_tensors_denser(tiny_cnn):
 
 @pytest.mark.parametrize("sparsity", [0.3, 0.9, 0.97])
 def test_uniform_every_tensor_at_the_density_and_the_total_exact(tiny_cnn, sparsity):
-    masks = compute_masks(tiny_cnn, Uniform(seed=0), sparsity=sparsity)
+    masks = compute_masks(tiny_cnn, UniformRandom(seed=0), sparsity=sparsity)
     d = 1 - sparsity
     for m in masks.values():
         assert math.floor(d * m.numel()) <= int(m.sum()) <= math.ceil(d * m.numel())
@@ -67,7 +67,7 @@ def test_uniform_exact_per_tensor_when_the_counts_are_whole(tiny_cnn):
     assert counts_of(masks) == {"conv1.weight": 27, "conv2.weight": 144, "fc.weight": 8}
 
 
-@pytest.mark.parametrize("cls", [ERK, Uniform])
+@pytest.mark.parametrize("cls", [ERKRandom, UniformRandom])
 def test_positions_are_random_and_reproducible(tiny_cnn, cls):
     a = compute_masks(tiny_cnn, cls(seed=0), sparsity=0.8)
     b = compute_masks(tiny_cnn, cls(seed=0), sparsity=0.8)
@@ -100,7 +100,7 @@ def _drawn_as_before(cls):
     return Before
 
 
-@pytest.mark.parametrize("cls", [Random, ERK, Uniform])
+@pytest.mark.parametrize("cls", [Random, ERKRandom, UniformRandom])
 def test_a_seed_gives_the_masks_it_gave_before_draws_moved_to_the_masks_device(tiny_cnn, cls, ranking_branch):
     for iterations in (1, 3):  # later rounds continue the generator's stream
         now = compute_masks(tiny_cnn, cls(seed=3), sparsity=0.9, iterations=iterations)
@@ -117,7 +117,7 @@ def test_positions_are_uniform_within_a_tensor():
     lin = torch.nn.Linear(100, 100, bias=False)
     hits = torch.zeros(100, 100)
     for seed in range(50):
-        hits += compute_masks(lin, Uniform(seed=seed), sparsity=0.9)["weight"]
+        hits += compute_masks(lin, UniformRandom(seed=seed), sparsity=0.9)["weight"]
     # 50 draws at density 0.1: each row and column kept 500 times on average (std ~21)
     assert hits.sum() == 50 * 1000
     assert hits.sum(0).min() > 400 and hits.sum(0).max() < 600
@@ -125,12 +125,12 @@ def test_positions_are_uniform_within_a_tensor():
 
 
 def test_invert_does_not_change_the_counts(tiny_cnn):
-    ref = compute_masks(tiny_cnn, ERK(seed=0), sparsity=0.9)
-    inverted = compute_masks(tiny_cnn, ERK(seed=0), sparsity=0.9, invert=True)
+    ref = compute_masks(tiny_cnn, ERKRandom(seed=0), sparsity=0.9)
+    inverted = compute_masks(tiny_cnn, ERKRandom(seed=0), sparsity=0.9, invert=True)
     assert counts_of(inverted) == counts_of(ref)
 
 
-@pytest.mark.parametrize("cls", [ERK, Uniform])
+@pytest.mark.parametrize("cls", [ERKRandom, UniformRandom])
 def test_monotone_over_iterations_and_from_given_masks(tiny_cnn, cls):
     # A given mask (density ~0.6) that leaves conv1 with fewer weights than its share: it keeps all of
     # them, the others make up the difference, nothing pruned comes back and the total stays exact over
@@ -146,16 +146,16 @@ def test_monotone_over_iterations_and_from_given_masks(tiny_cnn, cls):
 
 
 def test_iterations_keep_exact_counts(tiny_cnn):
-    one = compute_masks(tiny_cnn, ERK(seed=0), sparsity=0.95)
-    five = compute_masks(tiny_cnn, ERK(seed=0), sparsity=0.95, iterations=5)
+    one = compute_masks(tiny_cnn, ERKRandom(seed=0), sparsity=0.95)
+    five = compute_masks(tiny_cnn, ERKRandom(seed=0), sparsity=0.95, iterations=5)
     assert sum(counts_of(five).values()) == sum(counts_of(one).values())
     assert all(abs(counts_of(five)[n] - counts_of(one)[n]) <= 1 for n in one)
 
 
 @pytest.mark.parametrize(("make", "match"), [
-    (lambda: ERK(seed="0"), r"`seed` must be an int or None, got '0'"),
-    (lambda: Uniform(seed=1.5), r"`seed` must be an int or None, got 1.5"),
-    (lambda: ERK(power_scale=-0.5), r"`power_scale` must be a finite number >= 0, got -0.5"),
+    (lambda: ERKRandom(seed="0"), r"`seed` must be an int or None, got '0'"),
+    (lambda: UniformRandom(seed=1.5), r"`seed` must be an int or None, got 1.5"),
+    (lambda: ERKRandom(power_scale=-0.5), r"`power_scale` must be a finite number >= 0, got -0.5"),
 ])
 def test_bad_arguments(make, match):
     with pytest.raises(ValueError, match=match):

@@ -131,3 +131,18 @@ def test_every_moved_module_answers_to_its_old_path():
         new = _moved.MOVED[old]
         assert result == {"same": True, "warnings": [f"{old} moved to {new}; import it from there (the old path will be removed)"],
                           "attr": True, "pickle": True}, old
+
+
+def test_the_random_baselines_old_names_still_work_and_warn():
+    """ERK and Uniform, the random scorers' old names (which read as the distributions), stay importable from
+    where they were, as the very classes now called ERKRandom and UniformRandom."""
+    import lightning_synflow
+    from lightning_synflow import scorers
+    from lightning_synflow.scorers import erk
+
+    for module in (lightning_synflow, scorers, erk):
+        for old, new in (("ERK", "ERKRandom"), ("Uniform", "UniformRandom")):
+            with pytest.warns(DeprecationWarning, match=rf"{module.__name__}\.{old} is now {module.__name__}\.{new}"):
+                assert getattr(module, old) is getattr(erk, new)
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        lightning_synflow.Nope

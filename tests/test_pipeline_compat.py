@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_synflow import ERK, Random, Uniform, compute_masks
+from lightning_synflow import ERKRandom, Random, UniformRandom, compute_masks
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import TinyCNN  # noqa: E402
@@ -45,7 +45,7 @@ def _cases() -> dict[str, dict]:
 def _scorer(spec):
     if isinstance(spec, tuple):
         name, kwargs = spec
-        return {"erk": ERK, "uniform": Uniform, "random": Random}[name](**kwargs)
+        return {"erk": ERKRandom, "uniform": UniformRandom, "random": Random}[name](**kwargs)
     return spec
 
 

@@ -12,7 +12,8 @@ from lightning_synflow.scorers.base import (
     register_scorer,
 )
 from lightning_synflow.scorers.baselines import Magnitude, Random
-from lightning_synflow.scorers.erk import ERK, Uniform
+from lightning_synflow._moved import renamed_attributes
+from lightning_synflow.scorers.erk import ERKRandom, UniformRandom
 from lightning_synflow.scorers.force import FORCE, IterSNIP
 from lightning_synflow.scorers.grasp import GraSP, GraSPAbs
 from lightning_synflow.scorers.ntksap import NTKSAP
@@ -21,7 +22,7 @@ from lightning_synflow.scorers.snip_it import SNIPit
 from lightning_synflow.scorers.synflow import SynFlow
 
 __all__ = [
-    "ERK",
+    "ERKRandom",
     "FORCE",
     "NTKSAP",
     "SNIP",
@@ -37,9 +38,11 @@ __all__ = [
     "Scorer",
     "ScoringContext",
     "SynFlow",
-    "Uniform",
+    "UniformRandom",
     "available_scorers",
     "cross_entropy_loss",
     "get_scorer",
     "register_scorer",
 ]
+
+__getattr__ = renamed_attributes(__name__, {"ERK": "ERKRandom", "Uniform": "UniformRandom"}, globals())

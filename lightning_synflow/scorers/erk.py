@@ -14,12 +14,13 @@ from __future__ import annotations
 from typing import Optional
 
 from lightning_synflow import distributions
+from lightning_synflow._moved import renamed_attributes
 from lightning_synflow.scorers.base import register_scorer
 from lightning_synflow.scorers.baselines import Random
 
 
 @register_scorer("erk")
-class ERK(Random):
+class ERKRandom(Random):
     """Random pruning at Erdős–Rényi-Kernel densities (RigL): ``scorer="random", distribution="erk"``.
     ``d_l ∝ (Σ dims)/(Π dims)`` — for a conv weight ``(out, in, kh, kw)`` ``(out+in+kh+kw)/(out·in·kh·kw)``,
     for a Linear ``(out+in)/(out·in)`` — scaled so that exactly ``round(density·N)`` weights are kept;
@@ -39,7 +40,7 @@ class ERK(Random):
 
 
 @register_scorer("uniform")
-class Uniform(Random):
+class UniformRandom(Random):
     """Random pruning with every tensor at the global density (first and last layers included: leave a
     layer out of pruning to keep it dense): ``scorer="random"`` with ``distributions.Uniform(exact_total=True)``,
     per-tensor counts ``d·n_l`` rounded down or up so that they sum to exactly ``round(d·N)``. Data-free, one
@@ -53,3 +54,7 @@ class Uniform(Random):
     def __init__(self, seed: Optional[int] = None) -> None:
         super().__init__(seed)
         self.distribution = distributions.Uniform(exact_total=True)
+
+
+#: The names these scorers had, which read as the distributions ``distributions.ERK`` and ``distributions.Uniform``.
+__getattr__ = renamed_attributes(__name__, {"ERK": "ERKRandom", "Uniform": "UniformRandom"}, globals())

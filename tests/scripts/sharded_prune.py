@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from lightning_synflow import ERK, Uniform, compute_masks, compute_scores  # noqa: E402
+from lightning_synflow import ERKRandom, UniformRandom, compute_masks, compute_scores  # noqa: E402
 from lightning_synflow.scorers import SNIP, Random, SynFlow  # noqa: E402
 
 #: compute_scores on the sharded model, compared with one process's.
@@ -125,9 +125,9 @@ def scorer_of(args, mode):
     if name == "random":
         return Random(seed=0)
     if name == "erk":
-        return ERK(seed=0)
+        return ERKRandom(seed=0)
     if name == "uniform":
-        return Uniform(seed=0)
+        return UniformRandom(seed=0)
     if name == "snip":
         return SNIP(mode="train")
     return name
