@@ -26,16 +26,16 @@ from lightning_synflow.ablations import reinitialize
 from lightning_synflow.collectives import broadcast_masks, broadcast_tensors_
 from lightning_synflow.diagnostics import PruningDiagnostics, log_metrics
 from lightning_synflow.channels import channel_mask_differences, shrink_
-from lightning_synflow.granularity import NM, Channels, get_granularity, resolve_pattern_density
+from lightning_synflow.granularity import Channels, get_granularity
 from lightning_synflow.checkpoint_state import SELECTION_KEYS, name_differences, same_setting, stored_masks
 from lightning_synflow.isolation import preserved_attributes, preserved_rng, restored_on_failure
 from lightning_synflow.masks import BoundMasks, check_masks
 from lightning_synflow.parameters import frozen_weight_matrices, select_prunable, selection_list, unmatched_selection
-from lightning_synflow.distributions import ERK, DensityMap, Distribution, get_distribution
-from lightning_synflow.plan import resolve_distribution
-from lightning_synflow.pruning import _to_device, compute_masks
+from lightning_synflow.distributions import Distribution, get_distribution
+from lightning_synflow.plan import resolve_plan
+from lightning_synflow.pruning import _to_device, prune_masks
 from lightning_synflow.report import SparsityReport, sparsity_report
-from lightning_synflow.schedules import Schedule, density_schedule, resolve_density
+from lightning_synflow.schedules import Schedule, resolve_density
 from lightning_synflow.scorers.base import Scorer, available_scorers, get_scorer
 from lightning_synflow.spawn import carry_state_back
 from lightning_synflow.sharded_checkpoint import from_full_packed, full_packed, load_masks_beside, save_masks_beside
@@ -134,6 +134,9 @@ class PruneAtInit(Callback):
         log_effective_sparsity: Deprecated: ``PruningDiagnostics(log_effective_sparsity=True)``.
         log_per_tensor: Deprecated: ``PruningDiagnostics(log_per_tensor=True)``.
 
+    The pruning arguments are resolved once, into :attr:`plan` (a :class:`~lightning_synflow.plan.PruningPlan`,
+    what :func:`~lightning_synflow.compute_masks` resolves too); ``scorer``, ``density``, ``distribution``, ... read it.
+
     Diagnostics (Jacobian spectra after init, pruning and isometry; per-tensor densities; effective
     sparsity) come from a :class:`~lightning_synflow.PruningDiagnostics` among the Trainer's callbacks,
     which this callback tells when it prunes.
@@ -167,31 +170,30 @@ class PruneAtInit(Callback):
         log_effective_sparsity: bool = False,
         log_per_tensor: bool = False,
     ) -> None:
-        self.scorer = get_scorer(scorer)
-        self.pattern = get_granularity(granularity)
-        self.granularity = granularity if self.pattern is None else str(self.pattern)
-        self.density = (
-            resolve_pattern_density(self.pattern, sparsity, compression) if isinstance(self.pattern, NM)
-            else resolve_density(sparsity, compression)
+        self.plan = resolve_plan(
+            scorer,
+            sparsity=sparsity,
+            compression=compression,
+            iterations=iterations,
+            schedule=schedule,
+            distribution=distribution,
+            scope=scope,
+            granularity=granularity,
+            invert=invert,
+            shuffle=shuffle,
         )
-        self.iterations = self.scorer.default_iterations if iterations is None else iterations
-        density_schedule(self.density, self.iterations, schedule)  # validates iterations and schedule
-        self.distribution = resolve_distribution(self.scorer, distribution, scope, self.density)
         if input_shape is not None:
             check_shape("input_shape", input_shape, "without the batch dimension")
         if num_batches is not None:
             check_int("num_batches", num_batches)
         self.shrink = check_bool("shrink", shrink)
-        if self.shrink and not isinstance(self.pattern, Channels):
+        if self.shrink and not isinstance(self.plan.granularity, Channels):
             raise ValueError(f"PruneAtInit `shrink` removes whole channels: give granularity='channel', got granularity={granularity!r}")
         self.isometry_steps = check_int("isometry_steps", isometry_steps, 0, meaning="0 = off")
         self.isometry_lr = check_number("isometry_lr", isometry_lr, "a positive finite number", low=0, open_low=True)
         self._legacy_diagnostics = _legacy_diagnostics(log_jacobian, log_effective_sparsity, log_per_tensor, input_shape)
         self.num_batches = num_batches
-        self.invert = check_bool("invert", invert)
-        self.shuffle = check_bool("shuffle", shuffle)
         self.reinit = check_bool("reinit", reinit)
-        self.schedule = schedule
         self.input_shape = None if input_shape is None else list(input_shape)
         self.include_types = None if include_types is None else selection_list("include_types", include_types, types=True)
         self.exclude_types = selection_list("exclude_types", exclude_types, types=True)
@@ -213,26 +215,56 @@ class PruneAtInit(Callback):
         self._weights_only_checkpoint = False  # the checkpoint this fit resumes holds no training state
 
     def _check_combinations(self) -> None:
-        """Refuse, at construction, argument combinations that fit would refuse only after work was done."""
-        if isinstance(self.pattern, NM) and isinstance(self.distribution, (ERK, DensityMap)):  # densities per layer
+        """Refuse, at construction, argument combinations that fit would refuse only after work was done (those
+        of the plan itself, :func:`~lightning_synflow.plan.resolve_plan` refuses)."""
+        if isinstance(self.plan.granularity, Channels) and self.isometry_steps:
             raise ValueError(
-                f"PruneAtInit(granularity={self.granularity!r}) keeps {self.pattern.n} of every {self.pattern.m} weights of"
-                f" each tensor it groups, which `distribution` {self.distribution!r} does not; give distribution='global'"
-                f" or 'uniform'"
+                f"PruneAtInit(granularity='channel') keeps or removes whole channels, which"
+                f" isometry_steps={self.isometry_steps!r} does not (isometry steps work on weight matrices alone):"
+                f" leave it out"
             )
-        if isinstance(self.pattern, NM) and self.shuffle:
-            raise ValueError(
-                f"PruneAtInit(granularity={self.granularity!r}) keeps {self.pattern.n} of every {self.pattern.m} consecutive"
-                f" weights, which shuffle=True (moving kept weights to random places) would break: leave shuffle out"
-            )
-        if isinstance(self.pattern, Channels):
-            given = {k: v for k, v in {"shuffle": self.shuffle, "isometry_steps": self.isometry_steps}.items() if v}
-            if given:
-                raise ValueError(
-                    f"PruneAtInit(granularity='channel') keeps or removes whole channels, which"
-                    f" {', '.join(f'{k}={v!r}' for k, v in given.items())} does not (shuffle moves single weights, isometry"
-                    f" steps work on weight matrices alone): leave them out"
-                )
+
+    # ------------------------------------------------------------------ the plan's settings, as given
+
+    @property
+    def scorer(self) -> Scorer:
+        """The scorer instance (:attr:`plan`'s)."""
+        return self.plan.scorer
+
+    @property
+    def density(self) -> float:
+        """The final fraction of the prunable units kept (:attr:`plan`'s)."""
+        return self.plan.density
+
+    @property
+    def iterations(self) -> int:
+        """Pruning rounds (:attr:`plan`'s)."""
+        return self.plan.iterations
+
+    @property
+    def schedule(self) -> Schedule:
+        """How the density falls over the rounds (:attr:`plan`'s)."""
+        return self.plan.schedule
+
+    @property
+    def distribution(self) -> Distribution:
+        """How each round's budget is shared among the tensors (:attr:`plan`'s)."""
+        return self.plan.distribution
+
+    @property
+    def granularity(self) -> str:
+        """``"weight"``, ``"channel"`` or ``"N:M"``, as a user writes it."""
+        return self.plan.granularity_name
+
+    @property
+    def invert(self) -> bool:
+        """The ablation keeping the lowest scores (:attr:`plan`'s)."""
+        return self.plan.invert
+
+    @property
+    def shuffle(self) -> bool:
+        """The ablation moving kept positions to random places (:attr:`plan`'s)."""
+        return self.plan.shuffle
 
     @property
     def masks(self) -> Optional[dict[str, Tensor]]:
@@ -425,7 +457,7 @@ class PruneAtInit(Callback):
     @property
     def _needs_input(self) -> bool:
         """The scorer needs the model's input, or channel granularity traces a forward pass with it."""
-        return self.scorer.needs_input or isinstance(self.pattern, Channels)
+        return self.scorer.needs_input or isinstance(self.plan.granularity, Channels)
 
     def _isometry(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """The approximate-isometry steps on the kept weights, the same result on every rank."""
@@ -720,13 +752,9 @@ class PruneAtInit(Callback):
                 f" {type(pl_module).__name__} does not under manual optimization; use a data-free scorer"
             )
         num_batches = self.scorer.default_num_batches if self.num_batches is None else self.num_batches
-        masks = compute_masks(
+        masks = prune_masks(
             pl_module,
-            self.scorer,
-            compression=1.0 / self.density,
-            iterations=self.iterations,
-            schedule=self.schedule,
-            distribution=self.distribution,
+            self.plan,
             example_input=example_input(trainer, pl_module, self.input_shape, f"PruneAtInit(scorer={self.scorer.name!r})")
             if self._needs_input
             else None,
@@ -735,9 +763,6 @@ class PruneAtInit(Callback):
             num_batches=num_batches,
             all_reduce=(lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None,
             parameters=names,
-            invert=self.invert,
-            shuffle=self.shuffle,
-            granularity=self.granularity,
             progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
         )
         return masks

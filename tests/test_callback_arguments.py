@@ -55,9 +55,9 @@ def test_exclude_types_as_a_string_is_one_type_name(tmp_path):
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"sparsity": 0.5, "include_names": [1, 2]}, r"`include_names` must be a glob pattern or a list of them, got \[1, 2\]"),
     ({"sparsity": 0.5, "exclude_types": {"Linear": 1}}, r"`exclude_types` must be a layer class name or a list of them, got \{'Linear': 1\}"),
-    ({"granularity": "2:4", "distribution": "erk"}, r"granularity='2:4'\) keeps 2 of every 4 weights of each tensor it groups, which `distribution` ERK\(power_scale=1.0\) does not"),
-    ({"granularity": "2:4", "shuffle": True}, r"granularity='2:4'\) keeps 2 of every 4 consecutive weights, which shuffle=True"),
-    ({"sparsity": 0.5, "granularity": "channel", "shuffle": True}, r"granularity='channel'\) keeps or removes whole channels, which shuffle=True does not"),
+    ({"granularity": "2:4", "distribution": "erk"}, r"granularity '2:4' keeps 2 of every 4 weights of each tensor it groups, which distribution ERK\(power_scale=1.0\) does not at density 0.5; use 'global' or 'uniform'"),
+    ({"granularity": "2:4", "shuffle": True}, r"granularity '2:4' is not supported with shuffle=True"),
+    ({"sparsity": 0.5, "granularity": "channel", "shuffle": True}, r"granularity 'channel' is not supported with shuffle=True"),
     ({"sparsity": 0.5, "granularity": "channel", "isometry_steps": 5}, r"granularity='channel'\) keeps or removes whole channels, which isometry_steps=5 does not"),
 ])
 def test_combinations_and_types_fit_would_refuse_are_refused_at_construction(kwargs, match):
