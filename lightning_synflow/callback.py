@@ -142,6 +142,10 @@ class PruneAtInit(Callback):
     which this callback tells when it prunes.
     """
 
+    #: It tells the :class:`~lightning_synflow.PruningDiagnostics` among the Trainer's callbacks when it prunes
+    #: (:class:`lightning_synflow.diagnostics.DrivingPruner`).
+    drives_diagnostics = True
+
     def __init__(
         self,
         scorer: Union[ScorerName, Scorer] = "synflow",
