@@ -11,13 +11,13 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import torch
 from annotated_types import Predicate
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities import move_data_to_device
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -25,23 +25,33 @@ from torch.optim import Optimizer
 from lightning_synflow.ablations import reinitialize
 from lightning_synflow.collectives import broadcast_masks, broadcast_tensors_
 from lightning_synflow.diagnostics import PruningDiagnostics, log_metrics
-from lightning_synflow.channels import channel_mask_differences, shrink_
+from lightning_synflow.channels import shrink_
 from lightning_synflow.granularity import Channels, get_granularity
-from lightning_synflow.checkpoint_state import SELECTION_KEYS, name_differences, same_setting, stored_masks
+from lightning_synflow.checkpointing import (
+    check_restored_names,
+    check_still_covered,
+    holds_masks,
+    masks_beside_checkpoint,
+    masks_state,
+    read_checkpoints_first,
+    restored_masks,
+    save_masks_beside_checkpoints,
+    shrink_to_read_checkpoint,
+    stored_selection,
+    warn_if_settings_differ,
+)
 from lightning_synflow.isolation import preserved_attributes, preserved_rng, restored_on_failure
 from lightning_synflow.masks import BoundMasks, check_masks
 from lightning_synflow.parameters import frozen_weight_matrices, select_prunable, selection_list, unmatched_selection
 from lightning_synflow.distributions import Distribution, get_distribution
 from lightning_synflow.plan import resolve_plan
-from lightning_synflow.pruning import _to_device, prune_masks
+from lightning_synflow.pruning import prune_masks
 from lightning_synflow.report import SparsityReport, sparsity_report
 from lightning_synflow.schedules import Schedule, resolve_density
 from lightning_synflow.scorers.base import Scorer, available_scorers, get_scorer
 from lightning_synflow.spawn import carry_state_back
-from lightning_synflow.sharded_checkpoint import from_full_packed, full_packed, load_masks_beside, save_masks_beside
-from lightning_synflow.sharding import is_sharded
 from lightning_synflow.strategies import check_strategy, is_sharded_strategy
-from lightning_synflow.trainer_data import example_input, setup_training_data, training_batches, training_step_loss
+from lightning_synflow.trainer_data import example_input, given_example_input, setup_training_data, training_batches, training_step_loss
 from lightning_synflow.validation import check_bool, check_int, check_number, check_shape
 
 
@@ -291,9 +301,9 @@ class PruneAtInit(Callback):
             self._check_sharded(trainer)
             self._distributed_checkpoints = bool(trainer.strategy._save_distributed_checkpoint)
             trainer.strategy._lightning_synflow_pruner = self
-            _save_masks_beside_checkpoints(trainer.strategy)
+            save_masks_beside_checkpoints(trainer.strategy)
         else:
-            _read_checkpoints_first(trainer.strategy, self)
+            read_checkpoints_first(trainer.strategy, self)
         if self._legacy_diagnostics is not None and self._legacy_diagnostics not in trainer.callbacks:
             trainer.callbacks.append(self._legacy_diagnostics)  # its own hooks run from here on, this one's too
 
@@ -321,9 +331,7 @@ class PruneAtInit(Callback):
         self._weights_only_checkpoint = (
             self._stage == "fit" and strategy.lightning_restore_optimizer and "optimizer_states" not in checkpoint
         )
-        if "shrunk" in _shrunk_state(checkpoint, self.state_key):
-            _check_loads_after_shrinking(pl_module, checkpoint, path)
-        if shrink_to_checkpoint(pl_module, checkpoint, _example_or_none(pl_module, self.input_shape), self.state_key):
+        if shrink_to_read_checkpoint(pl_module, checkpoint, path, given_example_input(pl_module, self.input_shape), self.state_key):
             rank_zero_info(f"PruneAtInit: shrunk {type(pl_module).__name__} to the architecture {path} holds")
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -477,9 +485,12 @@ class PruneAtInit(Callback):
         or this same model's previous fit; ``None`` when the model is to be pruned now."""
         restored, self._restored = self._restored, None
         if restored is not None:
-            masks = self._restored_masks(trainer, pl_module, restored)
-            self._check_restored_names(trainer, pl_module, masks, restored)
-            self._warn_if_arguments_differ(restored)
+            masks = restored_masks(pl_module, restored, trainer.ckpt_path)
+            check_restored_names(
+                pl_module, masks, restored, self._selection(), self.include_frozen, self.granularity,
+                lambda: self._traced_input(trainer, pl_module),
+            )
+            warn_if_settings_differ(restored, self._settings())
             self._described = {k: restored[k] for k in self._settings() if k in restored}
             self._shrunk = {n: tuple(s) for n, s in restored["shrunk"].items()} if "shrunk" in restored else None
             return masks, "restored from the checkpoint"
@@ -492,7 +503,10 @@ class PruneAtInit(Callback):
             )
         previous = self._masks is not None and self._owner is not None and self._owner() is pl_module
         if previous and self._shrunk is None:
-            self._check_still_covered(trainer, pl_module, self._masks)
+            check_still_covered(
+                pl_module, self._masks, self._described, self._selection(), self.include_frozen, self.granularity,
+                lambda: self._traced_input(trainer, pl_module),
+            )
         if self._masks is not None and not previous:
             rank_zero_info(f"PruneAtInit: {type(pl_module).__name__} is not the model the masks it holds were computed for; pruning it afresh")
         if trainer.ckpt_path is not None:
@@ -505,136 +519,13 @@ class PruneAtInit(Callback):
             return self._masks, "of this model's previous fit"
         return None, "scored now"
 
-    def _check_still_covered(self, trainer: Trainer, pl_module: LightningModule, masks: Mapping[str, Tensor]) -> None:
-        """A model fitted again must still be one its masks cover (under the selection that made them): a prunable
-        layer added since would train dense. Refused, as the same gap in a checkpoint is."""
-        described = self._described
-        if all(k in described for k in SELECTION_KEYS):
-            selection = {k: described[k] for k in SELECTION_KEYS if k != "include_frozen"}
-            frozen = described["include_frozen"]
-        else:
-            selection, frozen = self._selection(), self.include_frozen
-        if described.get("granularity", self.granularity) == "channel":
-            names = select_prunable(pl_module, include_frozen=frozen, **selection)
-            example = self._traced_input(trainer, pl_module)
-            with preserved_rng(pl_module.device), preserved_attributes(pl_module):
-                missing = channel_mask_differences(pl_module, masks, example, names)["missing"]
-        else:
-            missing = _uncovered(pl_module, masks, selection, frozen)[0]
-        if missing:
-            raise ValueError(
-                f"PruneAtInit: {type(pl_module).__name__} has prunable tensors that the masks of its previous fit do not"
-                f" cover (they would train dense): {missing}. Nothing was changed; prune the changed model with a new"
-                f" PruneAtInit"
-            )
-
-    @staticmethod
-    def _restored_masks(trainer: Trainer, pl_module: LightningModule, restored: Mapping[str, Any]) -> dict[str, Tensor]:
-        """A checkpoint's masks, laid out as the model's parameters: as saved (one process, DDP), or, for a
-        sharded model, each rank unpacking its own block (:mod:`lightning_synflow.sharded_checkpoint`)."""
-        try:
-            if "masks" in restored:
-                return stored_masks(restored)
-            if "packed_masks" in restored:
-                return from_full_packed(pl_module, restored["packed_masks"])
-            return load_masks_beside(pl_module, list(restored["masks_beside"]), Path(trainer.ckpt_path))
-        except (ValueError, TypeError, KeyError) as err:
-            raise ValueError(f"PruneAtInit: the masks restored from {trainer.ckpt_path} are not usable: {err}") from err
-
-    def _check_restored_names(
-        self, trainer: Trainer, pl_module: LightningModule, masks: Mapping[str, Tensor], restored: Mapping[str, Any]
-    ) -> None:
-        """A checkpoint's masks must cover exactly the tensors this callback's selection picks, or those of the
-        selection stored with them (then kept, with a warning naming the difference); else they are refused."""
-        if restored.get("granularity", self.granularity) == "channel":
-            self._check_restored_channels(trainer, pl_module, masks, restored)
-            return
-        missing, extra = _uncovered(pl_module, masks, self._selection(), self.include_frozen)
-        if not missing and not extra:
-            return
-        stored = {k: restored[k] for k in SELECTION_KEYS if k in restored}
-        if len(stored) == len(SELECTION_KEYS):
-            theirs = {k: v for k, v in stored.items() if k != "include_frozen"}
-            if _uncovered(pl_module, masks, theirs, stored["include_frozen"]) == ([], []):
-                rank_zero_warn(
-                    f"PruneAtInit: the checkpoint's masks were made with another selection of tensors"
-                    f" ({'; '.join(f'{k}: checkpoint {stored[k]!r}, callback {v!r}' for k, v in self._selection_settings().items() if not same_setting(stored[k], v))});"
-                    f" they are kept as stored: {'pruned as before, though this selection leaves them dense: ' + str(extra) if extra else ''}"
-                    f"{'; ' if extra and missing else ''}{'left dense, though this selection would prune them: ' + str(missing) if missing else ''}"
-                )
-                return
-        raise ValueError(
-            f"PruneAtInit: the masks restored from the checkpoint do not cover the prunable tensors of"
-            f" {type(pl_module).__name__}"
-            + (f"; missing (they would train dense): {missing}" if missing else "")
-            + (f"; not prunable under the selection (a bias or norm would be zeroed): {extra}" if extra else "")
-            + ". Nothing was changed; resume with the selection arguments the checkpoint was made with, or prune afresh"
-        )
-
-    def _check_restored_channels(
-        self, trainer: Trainer, pl_module: LightningModule, masks: Mapping[str, Tensor], restored: Mapping[str, Any]
-    ) -> None:
-        """Whole-channel masks must be ones channel pruning of this model makes: exactly the tensors holding the
-        channels that tracing (as a fresh pruning does) finds removable under this callback's selection (or the
-        stored one, with a warning), the same channels kept in every tensor of a coupled group."""
-        if not masks:
-            raise ValueError("PruneAtInit: the checkpoint's whole-channel masks are empty; nothing was changed")
-        partial = [n for n, m in masks.items() if m.dim() and not _whole_slices(m)]
-        if partial:
-            raise ValueError(
-                f"PruneAtInit: the checkpoint's masks {partial} do not remove whole output channels, as granularity"
-                f" 'channel' does; nothing was changed"
-            )
-        if "shrunk" in restored:
-            return  # the pruned channels are gone: nothing is masked, and _keep_shrunk checks the model's shapes
-        try:
-            check_masks(pl_module, masks)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"PruneAtInit: the masks restored from the checkpoint do not fit {type(pl_module).__name__}: {err}") from err
-        own = (self._selection(), self.include_frozen)
-        stored = {k: restored[k] for k in SELECTION_KEYS if k in restored}
-        selections = [own]
-        if len(stored) == len(SELECTION_KEYS) and not all(same_setting(stored[k], v) for k, v in self._selection_settings().items()):
-            selections.append(({k: v for k, v in stored.items() if k != "include_frozen"}, stored["include_frozen"]))
-        example = self._traced_input(trainer, pl_module)
-        found = []
-        for selection, frozen in selections:
-            names = select_prunable(pl_module, include_frozen=frozen, **selection)
-            with preserved_rng(pl_module.device), preserved_attributes(pl_module):
-                found.append(channel_mask_differences(pl_module, masks, example, names))
-            if not any(found[-1].values()):
-                if len(found) > 1:
-                    rank_zero_warn(
-                        f"PruneAtInit: the checkpoint's whole-channel masks were made with another selection of tensors"
-                        f" ({'; '.join(f'{k}: checkpoint {stored[k]!r}, callback {v!r}' for k, v in self._selection_settings().items() if not same_setting(stored[k], v))});"
-                        f" they are kept as stored"
-                    )
-                return
-        said = {
-            "missing": "missing (they would train dense)",
-            "extra": "masked, though channel pruning never masks them (output layers, tensors of no removable channel)",
-            "inconsistent": "keeping other channels than the rest of their coupled group (weights, bias, normalisation)",
-        }
-        raise ValueError(
-            f"PruneAtInit: the checkpoint's whole-channel masks are not ones channel pruning of {type(pl_module).__name__}"
-            f" makes: " + "; ".join(f"{said[k]}: {v}" for k, v in found[0].items() if v)
-            + ". Nothing was changed; resume with the model and selection arguments the checkpoint was made with, or prune afresh"
-        )
-
     def _traced_input(self, trainer: Trainer, pl_module: LightningModule) -> Any:
         """The input channel pruning traces the model with: as a fresh pruning gets it, on the model's device."""
         if pl_module.example_input_array is None and self.input_shape is None:
             setup_training_data(trainer)  # outside any isolation, as in _prune: training expects the draws it makes
         with preserved_rng(pl_module.device):
             x = example_input(trainer, pl_module, self.input_shape, "PruneAtInit(granularity='channel')")
-        return _to_device(x, pl_module.device)
-
-    def _warn_if_arguments_differ(self, restored: Mapping[str, Any]) -> None:
-        own = self._settings()
-        differ = {k: (v, own[k]) for k, v in restored.items() if k in own and not same_setting(v, own[k])}
-        if differ:
-            said = "; ".join(f"{k}: checkpoint {_shown(old)}, callback {_shown(new)}" for k, (old, new) in differ.items())
-            rank_zero_warn(f"PruneAtInit: resuming with the checkpoint's masks, which were made with other arguments ({said})")
+        return move_data_to_device(x, pl_module.device)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
         # After AMP unscaling and before gradient clipping, on real step boundaries only.
@@ -665,20 +556,7 @@ class PruneAtInit(Callback):
             "schedule": self.schedule,
             "distribution": repr(self.distribution),
             "granularity": self.granularity,
-            **self._selection_settings(),
-        }
-
-    def _selection_settings(self) -> dict[str, Any]:
-        """The selection arguments as stored: type names as strings."""
-        def names(types: Optional[list[Any]]) -> Optional[list[str]]:
-            return None if types is None else [t if isinstance(t, str) else f"{t.__module__}.{t.__qualname__}" for t in types]
-
-        return {
-            "include_types": names(self.include_types),
-            "exclude_types": names(self.exclude_types),
-            "include_names": list(self.include_names),
-            "exclude_names": list(self.exclude_names),
-            "include_frozen": self.include_frozen,
+            **stored_selection(self._selection(), self.include_frozen),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -687,25 +565,16 @@ class PruneAtInit(Callback):
         their names here)."""
         if self._masks is None:
             return {}
-        if not any(is_sharded(m) for m in self._masks.values()):
-            shrunk = {} if self._shrunk is None else {"shrunk": self._shrunk}
-            return {"masks": {n: m.cpu() for n, m in self._masks.items()}, **shrunk, **self._described}
-        if self._masks_beside_checkpoint():
-            return {"masks_beside": list(self._masks), **self._described}
-        return {"packed_masks": full_packed(self._masks), **self._described}
+        return masks_state(self._masks, self._described, self._shrunk, self._masks_beside_checkpoint())
 
     def _masks_beside_checkpoint(self) -> bool:
         """The masks are sharded and checkpoints are distributed: they are saved beside the model's shards."""
-        return (
-            self._distributed_checkpoints
-            and self._masks is not None
-            and any(is_sharded(m) for m in self._masks.values())
-        )
+        return masks_beside_checkpoint(self._masks, self._distributed_checkpoints)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Only the fit that resumes from the checkpoint takes its masks up (in on_fit_start); validate, test and
         # predict read the checkpoint's weights alone, which its masks already zeroed.
-        if self._stage in (None, "fit") and any(k in state_dict for k in ("masks", "packed_masks", "masks_beside")):
+        if self._stage in (None, "fit") and holds_masks(state_dict):
             self._restored = dict(state_dict)
 
     def spawn_state(self) -> dict[str, Any]:
@@ -837,136 +706,6 @@ def _channel_figures(model: nn.Module, masks: Mapping[str, Tensor], selection: M
     }
 
 
-def _uncovered(
-    model: nn.Module, masks: Mapping[str, Tensor], selection: Mapping[str, Any], include_frozen: bool
-) -> tuple[list[str], list[str]]:
-    """The tensors a selection prunes that the masks leave out, and those the masks name that it never prunes.
-    A frozen weight matrix may be either way: frozen since the masks were made (fine-tuning), it keeps its mask."""
-    wanted = select_prunable(model, include_frozen=include_frozen, **selection)
-    allowed = select_prunable(model, include_frozen=True, **selection)
-    return name_differences(masks, wanted)[0], name_differences(masks, allowed)[1]
-
-
-def _whole_slices(mask: Tensor) -> bool:
-    """Every slice along dim 0 is wholly kept or wholly pruned."""
-    if mask.dtype != torch.bool:
-        return True  # refused later, with the dtype named
-    rows = mask.reshape(mask.shape[0], -1)
-    return bool((rows.all(1) | ~rows.any(1)).all())
-
-
-def _example_or_none(pl_module: LightningModule, input_shape: Optional[list[int]]) -> Optional[Any]:
-    if pl_module.example_input_array is not None:
-        return pl_module.example_input_array
-    return None if input_shape is None else torch.zeros(1, *input_shape)
-
-
-def shrink_to_checkpoint(
-    model: nn.Module, checkpoint: Mapping[str, Any], example_input: Optional[Any] = None, state_key: Optional[str] = None
-) -> bool:
-    """Shrink ``model`` (built as before pruning) in place to the architecture a ``PruneAtInit(shrink=True)``
-    checkpoint (loaded, as a dict) holds; ``False`` and nothing done where the checkpoint holds no shrunk model or
-    the model has its shapes already. For a LightningModule's ``on_load_checkpoint``, so that
-    ``Model.load_from_checkpoint(path)`` works: ``shrink_to_checkpoint(self, checkpoint, self.example_input_array)``.
-    ``state_key``: the pruner's key among the checkpoint's callback states; default whichever holds a shrunk model.
-    """
-    state = _shrunk_state(checkpoint, state_key)
-    if "shrunk" not in state:
-        return False
-    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    if shapes == {n: tuple(s) for n, s in state["shrunk"].items()}:
-        return False
-    if example_input is None:
-        raise ValueError(
-            f"the checkpoint holds a {type(model).__name__} shrunk by PruneAtInit(shrink=True), which is traced once to"
-            f" be rebuilt: set `example_input_array` on the model (or PruneAtInit's `input_shape`), or call"
-            f" lightning_synflow.load_shrunk(model, ckpt_path, example_input) first"
-        )
-    shrink_(model, state["masks"], example_input)
-    return True
-
-
-def _check_loads_after_shrinking(pl_module: LightningModule, checkpoint: Mapping[str, Any], path: Any) -> None:
-    """Refuse, before shrinking the model, a shrunk checkpoint whose weights Lightning's strict load would then
-    refuse for other names (a layer added or removed since): the model would be left shrunk by a failed run."""
-    if not getattr(pl_module, "strict_loading", True) or "state_dict" not in checkpoint:
-        return
-    ours, theirs = set(pl_module.state_dict()), set(checkpoint["state_dict"])
-    if ours != theirs:
-        raise ValueError(
-            f"PruneAtInit: {path} holds a shrunk {type(pl_module).__name__} whose weights do not load into this one"
-            f" (missing from the checkpoint: {sorted(ours - theirs)}; not in the model: {sorted(theirs - ours)});"
-            f" the model was not shrunk. Build the model the checkpoint was saved from"
-        )
-
-
-def _shrunk_state(checkpoint: Mapping[str, Any], state_key: Optional[str] = None) -> Mapping[str, Any]:
-    """The state of the pruner that shrank the checkpoint's model: under ``state_key``, else whichever callback
-    state holds a shrunk model (a subclass of PruneAtInit saves under its own class name); ``{}`` if none does."""
-    states = checkpoint.get("callbacks", {})
-    if state_key is not None:
-        return states.get(state_key, {})
-    return next((s for s in states.values() if isinstance(s, Mapping) and "shrunk" in s and "masks" in s), {})
-
-
-def load_shrunk(model: LightningModule, checkpoint_path: Union[str, Path], example_input: Optional[Any] = None) -> LightningModule:
-    """Shrink ``model`` (built as before pruning) in place to the architecture a ``PruneAtInit(shrink=True)``
-    checkpoint holds, so that the checkpoint loads into it (``trainer.fit(model, ckpt_path=...)`` or
-    ``model.load_state_dict(checkpoint["state_dict"])``). ``example_input``: default the model's
-    ``example_input_array``."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    if "shrunk" not in _shrunk_state(checkpoint):
-        raise ValueError(f"{checkpoint_path} holds no shrunk model: it was not saved by PruneAtInit(shrink=True)")
-    example = model.example_input_array if example_input is None else example_input
-    if example is None:
-        raise ValueError("load_shrunk traces the model once: give `example_input` or set model.example_input_array")
-    shrink_to_checkpoint(model, checkpoint, example)
-    return model
-
-
-def _save_masks_beside_checkpoints(strategy: Any) -> None:
-    """Make the strategy's ``save_checkpoint`` also write the pruner's masks beside a distributed checkpoint
-    (Lightning writes everything but the model and optimizer states from rank zero alone). Installed once per
-    strategy; the pruner is the one last set up with it."""
-    if getattr(strategy, "_lightning_synflow_saves_masks", False):
-        return
-    save = strategy.save_checkpoint
-
-    def save_checkpoint(checkpoint: dict[str, Any], filepath: Any, storage_options: Optional[Any] = None) -> None:
-        save(checkpoint, filepath, storage_options)
-        pruner = getattr(strategy, "_lightning_synflow_pruner", None)
-        if pruner is not None and pruner._masks_beside_checkpoint() and "masks_beside" in _pruner_state(checkpoint, pruner):
-            save_masks_beside(pruner.masks, Path(strategy.broadcast(filepath)))
-
-    strategy.save_checkpoint = save_checkpoint
-    strategy._lightning_synflow_saves_masks = True
-
-
-def _read_checkpoints_first(strategy: Any, pruner: PruneAtInit) -> None:
-    """Make the strategy's ``load_checkpoint`` show the loaded checkpoint to the pruner before Lightning restores
-    anything from it (no callback hook runs between loading a checkpoint and loading the model's weights).
-    Installed once per strategy; the pruner is the one last set up with it."""
-    strategy._lightning_synflow_reader = pruner
-    if getattr(strategy, "_lightning_synflow_reads_checkpoints", False):
-        return
-    load = strategy.load_checkpoint
-
-    def load_checkpoint(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
-        checkpoint = load(checkpoint_path, *args, **kwargs)
-        reader = getattr(strategy, "_lightning_synflow_reader", None)
-        if reader is not None and isinstance(checkpoint, Mapping):
-            reader._read_checkpoint(strategy, checkpoint, checkpoint_path)
-        return checkpoint
-
-    strategy.load_checkpoint = load_checkpoint
-    strategy._lightning_synflow_reads_checkpoints = True
-
-
-def _pruner_state(checkpoint: Mapping[str, Any], pruner: PruneAtInit) -> Mapping[str, Any]:
-    """The pruner's state in a checkpoint Lightning built (its callbacks' states keyed by state key)."""
-    return checkpoint.get("callbacks", {}).get(pruner.state_key, {})
-
-
 def _legacy_diagnostics(
     log_jacobian: bool, log_effective_sparsity: bool, log_per_tensor: bool, input_shape: Optional[list[int]]
 ) -> Optional[PruningDiagnostics]:
@@ -984,6 +723,3 @@ def _legacy_diagnostics(
     )
     return PruningDiagnostics(**flags, input_shape=input_shape)
 
-
-def _shown(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else repr(value)
