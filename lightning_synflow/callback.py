@@ -7,26 +7,18 @@ pruned weights stays zero, and stores the masks in its own checkpoint state (a s
 :mod:`lightning_synflow.sharded_checkpoint`).
 """
 
-import time
 import warnings
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, Optional, Union
 
-import torch
 from annotated_types import Predicate
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import SingleDeviceStrategy
-from lightning.pytorch.utilities import move_data_to_device
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_synflow.ablations import reinitialize
-from lightning_synflow.collectives import broadcast_masks, broadcast_tensors_
-from lightning_synflow.diagnostics import PruningDiagnostics, log_metrics
-from lightning_synflow.channels import shrink_
-from lightning_synflow.granularity import Channels, get_granularity
 from lightning_synflow.checkpointing import (
     check_restored_names,
     check_still_covered,
@@ -40,18 +32,27 @@ from lightning_synflow.checkpointing import (
     stored_selection,
     warn_if_settings_differ,
 )
-from lightning_synflow.isolation import preserved_attributes, preserved_rng, restored_on_failure
-from lightning_synflow.masks import BoundMasks, check_masks
-from lightning_synflow.parameters import frozen_weight_matrices, select_prunable, selection_list, unmatched_selection
+from lightning_synflow.diagnostics import PruningDiagnostics, log_metrics
 from lightning_synflow.distributions import Distribution, get_distribution
+from lightning_synflow.fit_pruning import (
+    SHARDED_DEFAULTS,
+    check_sharded,
+    isometry_on_ranks,
+    prune_in_fit,
+    reinitialize_on_ranks,
+    report_masks,
+    shrink_in_fit,
+    traced_input,
+)
+from lightning_synflow.granularity import Channels, get_granularity
+from lightning_synflow.isolation import restored_on_failure
+from lightning_synflow.masks import BoundMasks, check_masks
+from lightning_synflow.parameters import selection_list, unmatched_selection
 from lightning_synflow.plan import resolve_plan
-from lightning_synflow.pruning import prune_masks
-from lightning_synflow.report import SparsityReport, sparsity_report
 from lightning_synflow.schedules import Schedule, resolve_density
-from lightning_synflow.scorers.base import Scorer, available_scorers, get_scorer
+from lightning_synflow.scorers.base import Scorer, get_scorer
 from lightning_synflow.spawn import carry_state_back
 from lightning_synflow.strategies import check_strategy, is_sharded_strategy
-from lightning_synflow.trainer_data import example_input, given_example_input, setup_training_data, training_batches, training_step_loss
 from lightning_synflow.validation import check_bool, check_int, check_number, check_shape
 
 
@@ -298,7 +299,7 @@ class PruneAtInit(Callback):
                 f" holds references to; it runs on a single device"
             )
         if is_sharded_strategy(trainer.strategy):
-            self._check_sharded(trainer)
+            check_sharded(trainer.strategy, {k: getattr(self, k) for k in SHARDED_DEFAULTS}, self.plan)
             self._distributed_checkpoints = bool(trainer.strategy._save_distributed_checkpoint)
             trainer.strategy._lightning_synflow_pruner = self
             save_masks_beside_checkpoints(trainer.strategy)
@@ -331,7 +332,7 @@ class PruneAtInit(Callback):
         self._weights_only_checkpoint = (
             self._stage == "fit" and strategy.lightning_restore_optimizer and "optimizer_states" not in checkpoint
         )
-        if shrink_to_read_checkpoint(pl_module, checkpoint, path, given_example_input(pl_module, self.input_shape), self.state_key):
+        if shrink_to_read_checkpoint(pl_module, checkpoint, path, self.input_shape, self.state_key):
             rank_zero_info(f"PruneAtInit: shrunk {type(pl_module).__name__} to the architecture {path} holds")
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -388,12 +389,12 @@ class PruneAtInit(Callback):
         self._owner = weakref.ref(pl_module)
         self._bound = bound
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
-        frozen = frozen_weight_matrices(pl_module, **self._selection())
-        self._report(trainer, pl_module, sparsity_report(pl_module, self._masks, frozen=frozen), seconds, origin)
+        channels = self._described.get("granularity") == "channel"
+        report_masks(trainer, pl_module, self._masks, self._selection(), channels, seconds, origin, self.verbose, self.scorer)
         for observer in observers:
             observer.after_pruning(trainer, pl_module, self._masks)
         if fresh and self.isometry_steps:
-            self._isometry(trainer, pl_module)
+            isometry_on_ranks(trainer, pl_module, self._masks, self._bound.params, self.isometry_steps, self.isometry_lr)
             for observer in observers:
                 observer.after_isometry(trainer, pl_module, self._masks)
         if fresh and self.shrink:
@@ -401,37 +402,21 @@ class PruneAtInit(Callback):
 
     def _prune(self, trainer: Trainer, pl_module: LightningModule) -> tuple[dict[str, Tensor], float]:
         """The masks (rank zero's under DDP; each rank's part of them on a sharded model) and the seconds scoring
-        took. Nothing training uses is drawn or changed meanwhile: random states and module state are restored."""
-        if self._reads_training_data(pl_module):
-            setup_training_data(trainer)  # outside the isolation: training expects the draws it makes
-        with preserved_rng(pl_module.device), preserved_attributes(pl_module):
-            start = time.perf_counter()
-            masks = self._score(trainer, pl_module)
-            seconds = time.perf_counter() - start
-        if not is_sharded_strategy(trainer.strategy):  # sharded: every rank holds its own part of the masks
-            masks = broadcast_masks(masks, device=trainer.strategy.root_device)  # bit-packed, through the process group
+        took; then the ``reinit`` ablation."""
+        masks, seconds = prune_in_fit(
+            trainer, pl_module, self.plan, self._selection(), self.include_frozen, self.input_shape, self.num_batches
+        )
         if self.reinit:
-            self._reinitialize(trainer, pl_module)
+            reinitialize_on_ranks(trainer, pl_module)
         return masks, seconds
 
     def _shrink(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Remove the pruned channels; the optimizers are built again for the smaller parameters, and there is
         nothing left to mask."""
-        example = example_input(trainer, pl_module, self.input_shape, "PruneAtInit(shrink=True)")
-        before = sum(p.numel() for p in pl_module.parameters())
         for handle in self._hooks:
             handle.remove()
         self._hooks, self._bound = [], None
-        shrink_(pl_module, self._masks, example)
-        trainer.strategy.setup_optimizers(trainer)
-        self._shrunk = {n: tuple(p.shape) for n, p in pl_module.named_parameters()}
-        after = sum(p.numel() for p in pl_module.parameters())
-        log_metrics(trainer, {
-            "pruning/parameters_before_shrink": float(before),
-            "pruning/parameters": float(after),
-            "pruning/parameter_sparsity": 1.0 - after / before,  # of the whole network, biases and norms included
-        })
-        rank_zero_info(f"PruneAtInit: shrunk {type(pl_module).__name__} from {before:,} to {after:,} parameters")
+        self._shrunk = shrink_in_fit(trainer, pl_module, self._masks, self.input_shape)
 
     def _keep_shrunk(self, pl_module: LightningModule, masks: dict[str, Tensor], origin: str) -> None:
         """Resuming a shrunk model: nothing to mask, once the model is checked to be the shrunk one."""
@@ -444,42 +429,6 @@ class PruneAtInit(Callback):
         self._masks, self._owner = masks, weakref.ref(pl_module)
         rank_zero_info(f"PruneAtInit: kept the shrunk model, masks {origin}")
 
-    def _check_sharded(self, trainer: Trainer) -> None:
-        """Under a sharded strategy, refuse before any work what needs whole tensors on one process."""
-        defaults = {"isometry_steps": 0, "reinit": False, "shuffle": False, "granularity": "weight"}
-        given = {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
-        if given:
-            raise ValueError(
-                f"PruneAtInit({', '.join(f'{k}={v!r}' for k, v in given.items())}) needs whole tensors on one process,"
-                f" which {type(trainer.strategy).__name__} never holds; set {', '.join(f'{k}={defaults[k]!r}' for k in given)}"
-                f" to prune a sharded model"
-            )
-        if not self.scorer.supports_sharding:
-            raise ValueError(
-                f"PruneAtInit(scorer={self.scorer!r}) cannot score a sharded model under"
-                f" {type(trainer.strategy).__name__}; scorers that can: "
-                f"{[n for n in available_scorers() if get_scorer(n).supports_sharding]}"
-            )
-
-    def _reads_training_data(self, pl_module: LightningModule) -> bool:
-        """Scoring will draw training batches (for data, or for the input shape)."""
-        shape_from_data = pl_module.example_input_array is None and self.input_shape is None
-        return self.scorer.needs_data or (self._needs_input and shape_from_data)
-
-    @property
-    def _needs_input(self) -> bool:
-        """The scorer needs the model's input, or channel granularity traces a forward pass with it."""
-        return self.scorer.needs_input or isinstance(self.plan.granularity, Channels)
-
-    def _isometry(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """The approximate-isometry steps on the kept weights, the same result on every rank."""
-        from lightning_synflow.analysis import approximate_isometry
-
-        with preserved_rng(pl_module.device), preserved_attributes(pl_module):
-            result = approximate_isometry(pl_module, self._masks, steps=self.isometry_steps, lr=self.isometry_lr)
-        broadcast_tensors_(self._bound.params, device=trainer.strategy.root_device)  # bitwise-equal weights on every rank
-        log_metrics(trainer, result.as_metrics("isometry"))
-
     def _masks_to_keep(self, trainer: Trainer, pl_module: LightningModule) -> tuple[Optional[dict[str, Tensor]], str]:
         """The masks this fit keeps instead of pruning, and where they come from: the checkpoint this fit resumes,
         or this same model's previous fit; ``None`` when the model is to be pruned now."""
@@ -488,7 +437,7 @@ class PruneAtInit(Callback):
             masks = restored_masks(pl_module, restored, trainer.ckpt_path)
             check_restored_names(
                 pl_module, masks, restored, self._selection(), self.include_frozen, self.granularity,
-                lambda: self._traced_input(trainer, pl_module),
+                lambda: traced_input(trainer, pl_module, self.input_shape),
             )
             warn_if_settings_differ(restored, self._settings())
             self._described = {k: restored[k] for k in self._settings() if k in restored}
@@ -505,7 +454,7 @@ class PruneAtInit(Callback):
         if previous and self._shrunk is None:
             check_still_covered(
                 pl_module, self._masks, self._described, self._selection(), self.include_frozen, self.granularity,
-                lambda: self._traced_input(trainer, pl_module),
+                lambda: traced_input(trainer, pl_module, self.input_shape),
             )
         if self._masks is not None and not previous:
             rank_zero_info(f"PruneAtInit: {type(pl_module).__name__} is not the model the masks it holds were computed for; pruning it afresh")
@@ -518,14 +467,6 @@ class PruneAtInit(Callback):
         if previous:
             return self._masks, "of this model's previous fit"
         return None, "scored now"
-
-    def _traced_input(self, trainer: Trainer, pl_module: LightningModule) -> Any:
-        """The input channel pruning traces the model with: as a fresh pruning gets it, on the model's device."""
-        if pl_module.example_input_array is None and self.input_shape is None:
-            setup_training_data(trainer)  # outside any isolation, as in _prune: training expects the draws it makes
-        with preserved_rng(pl_module.device):
-            x = example_input(trainer, pl_module, self.input_shape, "PruneAtInit(granularity='channel')")
-        return move_data_to_device(x, pl_module.device)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
         # After AMP unscaling and before gradient clipping, on real step boundaries only.
@@ -610,100 +551,6 @@ class PruneAtInit(Callback):
             include_names=self.include_names,
             exclude_names=self.exclude_names,
         )
-
-    def _score(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Tensor]:
-        """This rank's masks (under DDP the caller adopts rank zero's; sharded, each rank's part of one selection)."""
-        names = select_prunable(pl_module, include_frozen=self.include_frozen, **self._selection())
-        if not names:
-            raise ValueError(
-                f"PruneAtInit found no prunable parameters in {type(pl_module).__name__} with "
-                + ", ".join(f"{k}={v}" for k, v in {**self._selection(), "include_frozen": self.include_frozen}.items())
-            )
-        if self.scorer.needs_data and not pl_module.automatic_optimization:
-            raise ValueError(
-                f"PruneAtInit(scorer={self.scorer!r}) scores with the loss `training_step` returns, which"
-                f" {type(pl_module).__name__} does not under manual optimization; use a data-free scorer"
-            )
-        num_batches = self.scorer.default_num_batches if self.num_batches is None else self.num_batches
-        masks = prune_masks(
-            pl_module,
-            self.plan,
-            example_input=example_input(trainer, pl_module, self.input_shape, f"PruneAtInit(scorer={self.scorer.name!r})")
-            if self._needs_input
-            else None,
-            dataloader=self._batches(trainer, num_batches) if self.scorer.needs_data else None,
-            loss_fn=training_step_loss(trainer) if self.scorer.needs_data else None,
-            num_batches=num_batches,
-            all_reduce=(lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None,
-            parameters=names,
-            progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
-        )
-        return masks
-
-    def _batches(self, trainer: Trainer, num_batches: int) -> list[Any]:
-        """The training batches to score with, saying so when the loader has fewer than asked for."""
-        batches = training_batches(trainer, num_batches)
-        if len(batches) < num_batches:
-            rank_zero_warn(
-                f"PruneAtInit(scorer={self.scorer.name!r}): `num_batches` is {num_batches}, but the training loader gives"
-                f" {len(batches)} batch(es) per rank; scoring uses those {len(batches)}"
-            )
-        return batches
-
-    @staticmethod
-    def _reinitialize(trainer: Trainer, pl_module: LightningModule) -> None:
-        """The ``reinit`` ablation: the same fresh weights on every rank, drawn from rank zero's seed."""
-        seed = trainer.strategy.broadcast(int(torch.randint(2**31 - 1, ())), src=0)
-        cuda = [pl_module.device.index] if pl_module.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(seed)
-            reinitialize(pl_module)
-
-    def _report(
-        self, trainer: Trainer, pl_module: LightningModule, report: SparsityReport, seconds: Optional[float], origin: str
-    ) -> None:
-        """Log what the masks keep (a resumed run's new log gets the figures too) and warn of collapsed tensors."""
-        metrics = {
-            "pruning/sparsity": report.sparsity,
-            "pruning/density": report.density,
-            "pruning/kept": float(report.kept),
-            "pruning/total": float(report.total),
-            "pruning/collapsed": float(len(report.collapsed)),
-        }
-        if self._described.get("granularity") == "channel":
-            metrics.update(_channel_figures(pl_module, self._masks, self._selection()))
-        if seconds is not None:
-            metrics["pruning/time_s"] = seconds
-        log_metrics(trainer, metrics)
-        if seconds is None:
-            rank_zero_info(f"PruneAtInit: kept the masks {origin} (not scored again), sparsity {report.sparsity:.4%}")
-        elif self.verbose:
-            rank_zero_info(f"PruneAtInit ({self.scorer!r}, {seconds:.2f} s):\n{report}")
-        if report.collapsed:
-            rank_zero_warn(
-                f"PruneAtInit: {len(report.collapsed)} tensor(s) collapsed (no weight kept): {report.collapsed}."
-                " Without a skip connection around them the network is disconnected; lower the sparsity,"
-                " use more iterations, or exclude them."
-            )
-
-
-def _channel_figures(model: nn.Module, masks: Mapping[str, Tensor], selection: Mapping[str, Any]) -> dict[str, float]:
-    """With whole-channel masks, each named for what it counts: ``channel_sparsity``, the fraction of the output
-    channels of the masked weight matrices removed (what ``sparsity`` asks for); ``weight_sparsity``, the fraction
-    of all selected weight matrices' weights the masks zero (``pruning/sparsity`` counts the masked tensors alone,
-    the removed channels' biases and normalisation parameters among them). After ``shrink``,
-    ``pruning/parameter_sparsity`` is what the smaller network lost of all its parameters."""
-    params = dict(model.named_parameters())
-    selected = select_prunable(model, include_frozen=True, **selection)
-    channels = [masks[n].reshape(masks[n].shape[0], -1).any(1) for n in selected if n in masks]
-    kept_channels = sum(int(c.sum()) for c in channels)
-    all_channels = sum(c.numel() for c in channels)
-    kept_weights = sum(int(masks[n].sum()) if n in masks else params[n].numel() for n in selected)
-    all_weights = sum(params[n].numel() for n in selected)
-    return {
-        "pruning/channel_sparsity": 1.0 - kept_channels / all_channels if all_channels else 0.0,
-        "pruning/weight_sparsity": 1.0 - kept_weights / all_weights if all_weights else 0.0,
-    }
 
 
 def _legacy_diagnostics(

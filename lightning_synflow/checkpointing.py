@@ -36,6 +36,7 @@ from lightning_synflow.masks import check_masks
 from lightning_synflow.parameters import select_prunable
 from lightning_synflow.sharded_checkpoint import from_full_packed, full_packed, load_masks_beside, save_masks_beside
 from lightning_synflow.sharding import is_sharded
+from lightning_synflow.trainer_data import given_example_input
 
 #: The callback arguments that say which tensors are prunable, stored beside the masks.
 SELECTION_KEYS = ("include_types", "exclude_types", "include_names", "exclude_names", "include_frozen")
@@ -336,14 +337,14 @@ def _pruner_state(checkpoint: Mapping[str, Any], pruner: Any) -> Mapping[str, An
 
 
 def shrink_to_read_checkpoint(
-    model: LightningModule, checkpoint: Mapping[str, Any], path: Any, example_input: Optional[Any], state_key: str
+    model: LightningModule, checkpoint: Mapping[str, Any], path: Any, input_shape: Optional[list[int]], state_key: str
 ) -> bool:
     """A checkpoint a Trainer reads that holds a shrunk model: shrink ``model`` (built as before pruning) to it
-    now, before its weights are restored, once they are sure to load into it; ``False`` if there was nothing to
-    do."""
+    now, before its weights are restored, once they are sure to load into it, tracing it with its
+    ``example_input_array`` or zeros of ``input_shape``; ``False`` if there was nothing to do."""
     if "shrunk" in _shrunk_state(checkpoint, state_key):
         _check_loads_after_shrinking(model, checkpoint, path)
-    return shrink_to_checkpoint(model, checkpoint, example_input, state_key)
+    return shrink_to_checkpoint(model, checkpoint, given_example_input(model, input_shape), state_key)
 
 
 def shrink_to_checkpoint(

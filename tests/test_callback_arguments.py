@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 import lightning_synflow.callback as callback_module
+import lightning_synflow.fit_pruning as fit_pruning
 from lightning_synflow import PruneAtInit, PruningDiagnostics
 from lightning_helpers import MLP, MemoryLogger, random_data
 
@@ -108,15 +109,15 @@ class FailingDiagnostics(PruningDiagnostics):
 
 FAILURES = {
     # after reinit drew fresh weights
-    "reinit": (dict(reinit=True), lambda mp: mp.setattr(PruneAtInit, "_reinitialize", staticmethod(_after(PruneAtInit._reinitialize)))),
+    "reinit": (dict(reinit=True), lambda mp: mp.setattr(callback_module, "reinitialize_on_ranks", _after(callback_module.reinitialize_on_ranks))),
     # after the masks were applied
-    "report": (dict(), lambda mp: mp.setattr(PruneAtInit, "_report", _after(PruneAtInit._report))),
+    "report": (dict(), lambda mp: mp.setattr(callback_module, "report_masks", _after(callback_module.report_masks))),
     # in an observer told of the pruning
     "observer": (dict(), None),
     # after the isometry steps moved the kept weights
-    "isometry": (dict(isometry_steps=3), lambda mp: mp.setattr(PruneAtInit, "_isometry", _after(PruneAtInit._isometry))),
+    "isometry": (dict(isometry_steps=3), lambda mp: mp.setattr(callback_module, "isometry_on_ranks", _after(callback_module.isometry_on_ranks))),
     # after the network was shrunk
-    "shrink": (dict(granularity="channel", shrink=True), lambda mp: mp.setattr(callback_module, "shrink_", _after(callback_module.shrink_))),
+    "shrink": (dict(granularity="channel", shrink=True), lambda mp: mp.setattr(fit_pruning, "shrink_", _after(fit_pruning.shrink_))),
 }
 
 
