@@ -9,16 +9,32 @@ pruned weights stays zero, and stores the masks in its own checkpoint state (a s
 
 import warnings
 import weakref
-from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal, Optional, Union
+from collections.abc import Mapping
+from typing import Any, Literal, Optional, Union
 
-from annotated_types import Predicate
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lightning_synflow.arguments import (
+    Compression,
+    DistributionArgument,
+    GranularityName,
+    InputShape,
+    IsometryLR,
+    IsometrySteps,
+    Iterations,
+    NumBatches,
+    ScheduleName,
+    ScorerArgument,
+    Sparsity,
+    check_input_shape,
+    check_isometry_lr,
+    check_isometry_steps,
+    check_num_batches,
+)
 from lightning_synflow.checkpointing import (
     check_restored_names,
     check_still_covered,
@@ -33,7 +49,7 @@ from lightning_synflow.checkpointing import (
     warn_if_settings_differ,
 )
 from lightning_synflow.diagnostics import PruningDiagnostics, log_metrics
-from lightning_synflow.distributions import Distribution, get_distribution
+from lightning_synflow.distributions import Distribution
 from lightning_synflow.fit_pruning import (
     SHARDED_DEFAULTS,
     check_sharded,
@@ -44,48 +60,14 @@ from lightning_synflow.fit_pruning import (
     shrink_in_fit,
     traced_input,
 )
-from lightning_synflow.granularity import Channels, get_granularity
 from lightning_synflow.isolation import restored_on_failure
 from lightning_synflow.masks import BoundMasks, check_masks
 from lightning_synflow.parameters import selection_list, unmatched_selection
 from lightning_synflow.plan import resolve_plan
-from lightning_synflow.schedules import Schedule, resolve_density
-from lightning_synflow.scorers.base import Scorer, get_scorer
+from lightning_synflow.scorers.base import Scorer
 from lightning_synflow.spawn import carry_state_back
 from lightning_synflow.strategies import check_strategy, is_sharded_strategy
-from lightning_synflow.validation import check_bool, check_int, check_number, check_shape
-
-
-def _checked(check: Callable[[Any], Any]) -> Predicate:
-    """A type-hint constraint that LightningCLI's parser applies (through pydantic, where installed) when it reads
-    a config or ``--print_config``: this package's own check, so that the parser's error carries its message."""
-
-    def valid(value: Any) -> bool:
-        check(value)
-        return True
-
-    valid.__qualname__ = valid.__name__ = getattr(check, "__name__", "check")
-    return Predicate(valid)
-
-
-def _granularity(spec: str) -> None:
-    get_granularity(spec)
-
-
-#: A registered scorer's name.
-ScorerName = Annotated[str, _checked(get_scorer)]
-#: ``"weight"``, ``"channel"`` or ``"N:M"`` with 0 < N < M.
-GranularityName = Annotated[str, _checked(_granularity)]
-Sparsity = Annotated[float, _checked(lambda v: resolve_density(v, None))]
-Compression = Annotated[float, _checked(lambda v: resolve_density(None, v))]
-Iterations = Annotated[int, _checked(lambda v: check_int("iterations", v))]
-NumBatches = Annotated[int, _checked(lambda v: check_int("num_batches", v))]
-IsometrySteps = Annotated[int, _checked(lambda v: check_int("isometry_steps", v, 0, meaning="0 = off"))]
-#: A registered distribution's name (``"global"``, ``"uniform"``, ``"erk"``).
-DistributionName = Annotated[str, _checked(lambda v: get_distribution(v) if isinstance(v, str) else None)]
-#: A shape without the batch dimension: positive ints.
-InputShape = Annotated[list[int], _checked(lambda v: check_shape("input_shape", v, "without the batch dimension"))]
-IsometryLR = Annotated[float, _checked(lambda v: check_number("isometry_lr", v, "a positive finite number", low=0, open_low=True))]
+from lightning_synflow.validation import check_bool
 
 
 @carry_state_back
@@ -159,12 +141,12 @@ class PruneAtInit(Callback):
 
     def __init__(
         self,
-        scorer: Union[ScorerName, Scorer] = "synflow",
+        scorer: ScorerArgument = "synflow",
         sparsity: Optional[Sparsity] = None,
         compression: Optional[Compression] = None,
         iterations: Optional[Iterations] = None,
-        schedule: Schedule = "exponential",
-        distribution: Optional[Union[DistributionName, dict[str, float], Distribution]] = None,
+        schedule: ScheduleName = "exponential",
+        distribution: Optional[DistributionArgument] = None,
         scope: Optional[Literal["global", "layerwise"]] = None,
         granularity: GranularityName = "weight",
         shrink: bool = False,
@@ -198,14 +180,14 @@ class PruneAtInit(Callback):
             shuffle=shuffle,
         )
         if input_shape is not None:
-            check_shape("input_shape", input_shape, "without the batch dimension")
+            check_input_shape(input_shape)
         if num_batches is not None:
-            check_int("num_batches", num_batches)
+            check_num_batches(num_batches)
         self.shrink = check_bool("shrink", shrink)
-        if self.shrink and not isinstance(self.plan.granularity, Channels):
+        if self.shrink and self.granularity != "channel":
             raise ValueError(f"PruneAtInit `shrink` removes whole channels: give granularity='channel', got granularity={granularity!r}")
-        self.isometry_steps = check_int("isometry_steps", isometry_steps, 0, meaning="0 = off")
-        self.isometry_lr = check_number("isometry_lr", isometry_lr, "a positive finite number", low=0, open_low=True)
+        self.isometry_steps = check_isometry_steps(isometry_steps)
+        self.isometry_lr = check_isometry_lr(isometry_lr)
         self._legacy_diagnostics = _legacy_diagnostics(log_jacobian, log_effective_sparsity, log_per_tensor, input_shape)
         self.num_batches = num_batches
         self.reinit = check_bool("reinit", reinit)
@@ -232,7 +214,7 @@ class PruneAtInit(Callback):
     def _check_combinations(self) -> None:
         """Refuse, at construction, argument combinations that fit would refuse only after work was done (those
         of the plan itself, :func:`~lightning_synflow.plan.resolve_plan` refuses)."""
-        if isinstance(self.plan.granularity, Channels) and self.isometry_steps:
+        if self.granularity == "channel" and self.isometry_steps:
             raise ValueError(
                 f"PruneAtInit(granularity='channel') keeps or removes whole channels, which"
                 f" isometry_steps={self.isometry_steps!r} does not (isometry steps work on weight matrices alone):"
@@ -257,7 +239,7 @@ class PruneAtInit(Callback):
         return self.plan.iterations
 
     @property
-    def schedule(self) -> Schedule:
+    def schedule(self) -> ScheduleName:
         """How the density falls over the rounds (:attr:`plan`'s)."""
         return self.plan.schedule
 
