@@ -38,7 +38,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.utils.prune import BasePruningMethod
 
-from lightning_synflow import analysis
+from lightning_synflow.analysis import effective_sparsity_report, jacobian_singular_values, singular_value_stats
 from lightning_synflow.analysis.figures import plot_singular_values
 from lightning_synflow.isolation import preserved_attributes, preserved_rng
 from lightning_synflow.parameters import select_prunable
@@ -308,7 +308,7 @@ class PruningDiagnostics(Callback):
         if masks and self.log_effective_sparsity:
             example = self._example_input(trainer, pl_module)
             with _copyable(pl_module):
-                report = analysis.effective_sparsity_report(pl_module, masks, example_input=example)
+                report = effective_sparsity_report(pl_module, masks, example_input=example)
             metrics.update(report.as_metrics("pruning/sparsity"))
         return metrics
 
@@ -317,9 +317,9 @@ class PruningDiagnostics(Callback):
     ) -> dict[str, float]:
         """``jacobian_sv/<stage>/{mean,std,min,max}`` on ``probe``, the masks applied on the fly (the weights
         are not written to); the singular values are kept for the figure."""
-        sv = analysis.jacobian_singular_values(pl_module, probe, masks=masks or None)
+        sv = jacobian_singular_values(pl_module, probe, masks=masks or None)
         self._spectra[stage] = sv.detach().cpu()
-        return analysis.singular_value_stats(sv).as_metrics(f"jacobian_sv/{stage}")
+        return singular_value_stats(sv).as_metrics(f"jacobian_sv/{stage}")
 
     def _log_figure(self, trainer: Trainer) -> None:
         """The singular-value histograms of the stages measured so far as one image, for loggers that take
