@@ -3,8 +3,9 @@
 It prunes once in ``on_fit_start`` (model on its device, DDP already wrapped and synchronised; under
 ``ModelParallelStrategy`` at train start, after the strategy restored any checkpoint), keeps pruned weights
 at exactly zero after every optimizer step that really happened, masks gradients so optimizer state of
-pruned weights stays zero, and stores the masks in its own checkpoint state (a sharded model's bit-packed:
-:mod:`lightning_synflow.sharded_checkpoint`).
+pruned weights stays zero, and stores the masks in its own checkpoint state. This module is that life cycle and
+nothing else: what pruning does to the model inside a fit is :mod:`lightning_synflow.fit_pruning`, the masks in
+checkpoints are :mod:`lightning_synflow.checkpointing`, and the arguments' types :mod:`lightning_synflow.arguments`.
 """
 
 import warnings
@@ -52,6 +53,7 @@ from lightning_synflow.diagnostics import PruningDiagnostics, log_metrics
 from lightning_synflow.distributions import Distribution
 from lightning_synflow.fit_pruning import (
     SHARDED_DEFAULTS,
+    check_selection,
     check_sharded,
     isometry_on_ranks,
     prune_in_fit,
@@ -62,7 +64,7 @@ from lightning_synflow.fit_pruning import (
 )
 from lightning_synflow.isolation import restored_on_failure
 from lightning_synflow.masks import BoundMasks, check_masks
-from lightning_synflow.parameters import selection_list, unmatched_selection
+from lightning_synflow.parameters import selection_list
 from lightning_synflow.plan import resolve_plan
 from lightning_synflow.scorers.base import Scorer
 from lightning_synflow.spawn import carry_state_back
@@ -290,20 +292,6 @@ class PruneAtInit(Callback):
         if self._legacy_diagnostics is not None and self._legacy_diagnostics not in trainer.callbacks:
             trainer.callbacks.append(self._legacy_diagnostics)  # its own hooks run from here on, this one's too
 
-    def _check_selection(self, pl_module: LightningModule) -> None:
-        """Layer type names that no layer of the model is are refused; name patterns that match no parameter are
-        warned about: both are most likely typos that would leave layers dense or prune what was to stay."""
-        unmatched = unmatched_selection(pl_module, **self._selection())
-        types = {k: v for k, v in unmatched.items() if k.endswith("_types")}
-        if types:
-            raise ValueError(
-                f"PruneAtInit: {', '.join(f'`{k}` {v}' for k, v in types.items())}: no layer of {type(pl_module).__name__}"
-                f" is of that type; allowed are the class names of its layers, e.g."
-                f" {sorted({type(m).__name__ for m in pl_module.modules()})[:12]} (case-sensitive)"
-            )
-        for key, patterns in unmatched.items():
-            rank_zero_warn(f"PruneAtInit: `{key}` pattern(s) {patterns} match no parameter name of {type(pl_module).__name__}")
-
     def _read_checkpoint(self, strategy: Any, checkpoint: Mapping[str, Any], path: Any) -> None:
         """See the checkpoint this run reads as soon as it is loaded, before any of it is restored. One that holds a
         shrunk model (``shrink=True``): shrink the model (built as before pruning) to it now, so that ``fit``,
@@ -347,7 +335,7 @@ class PruneAtInit(Callback):
             raise
 
     def _start_unguarded(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._check_selection(pl_module)  # here, not in setup: configure_model may build layers after setup
+        check_selection(pl_module, self._selection())  # here, not in setup: configure_model may build layers after setup
         masks, origin = self._masks_to_keep(trainer, pl_module)
         if masks is not None and self._shrunk is not None:
             self._keep_shrunk(pl_module, masks, origin)

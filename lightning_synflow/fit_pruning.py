@@ -27,7 +27,7 @@ from lightning_synflow.collectives import broadcast_masks, broadcast_tensors_
 from lightning_synflow.diagnostics import log_metrics
 from lightning_synflow.granularity import Channels
 from lightning_synflow.isolation import preserved_attributes, preserved_rng
-from lightning_synflow.parameters import frozen_weight_matrices, select_prunable
+from lightning_synflow.parameters import frozen_weight_matrices, select_prunable, unmatched_selection
 from lightning_synflow.plan import PruningPlan
 from lightning_synflow.pruning import prune_masks
 from lightning_synflow.report import sparsity_report
@@ -55,6 +55,21 @@ def check_sharded(strategy: Any, settings: Mapping[str, Any], plan: PruningPlan)
             f" {type(strategy).__name__}; scorers that can: "
             f"{[n for n in available_scorers() if get_scorer(n).supports_sharding]}"
         )
+
+
+def check_selection(pl_module: LightningModule, selection: Mapping[str, Any]) -> None:
+    """Layer type names that no layer of the model is are refused; name patterns that match no parameter are
+    warned about: both are most likely typos that would leave layers dense or prune what was to stay."""
+    unmatched = unmatched_selection(pl_module, **selection)
+    types = {k: v for k, v in unmatched.items() if k.endswith("_types")}
+    if types:
+        raise ValueError(
+            f"PruneAtInit: {', '.join(f'`{k}` {v}' for k, v in types.items())}: no layer of {type(pl_module).__name__}"
+            f" is of that type; allowed are the class names of its layers, e.g."
+            f" {sorted({type(m).__name__ for m in pl_module.modules()})[:12]} (case-sensitive)"
+        )
+    for key, patterns in unmatched.items():
+        rank_zero_warn(f"PruneAtInit: `{key}` pattern(s) {patterns} match no parameter name of {type(pl_module).__name__}")
 
 
 def prune_in_fit(
