@@ -35,7 +35,8 @@ from lightning_synflow.scorers import (
     get_scorer,
     register_scorer,
 )
-from lightning_synflow.callback import PruneAtInit, load_shrunk, shrink_to_checkpoint  # noqa: E402  (imports the functional core above)
+from lightning_synflow.callback import PruneAtInit  # noqa: E402  (imports the functional core above)
+from lightning_synflow.checkpointing import load_shrunk, shrink_to_checkpoint  # noqa: E402
 from lightning_synflow.channels import shrink  # noqa: E402
 from lightning_synflow.diagnostics import PruningDiagnostics  # noqa: E402
 

@@ -3,78 +3,73 @@
 It prunes once in ``on_fit_start`` (model on its device, DDP already wrapped and synchronised; under
 ``ModelParallelStrategy`` at train start, after the strategy restored any checkpoint), keeps pruned weights
 at exactly zero after every optimizer step that really happened, masks gradients so optimizer state of
-pruned weights stays zero, and stores the masks in its own checkpoint state (a sharded model's bit-packed:
-:mod:`lightning_synflow.sharded_checkpoint`).
+pruned weights stays zero, and stores the masks in its own checkpoint state. This module is that life cycle and
+nothing else: what pruning does to the model inside a fit is :mod:`lightning_synflow.fit_pruning`, the masks in
+checkpoints are :mod:`lightning_synflow.checkpointing`, and the arguments' types :mod:`lightning_synflow.arguments`.
 """
 
-import time
 import warnings
 import weakref
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from collections.abc import Mapping
+from typing import Any, Literal, Optional, Union
 
-import torch
-from annotated_types import Predicate
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_synflow.ablations import reinitialize
-from lightning_synflow.collectives import broadcast_masks, broadcast_tensors_
+from lightning_synflow.arguments import (
+    Compression,
+    DistributionArgument,
+    GranularityName,
+    InputShape,
+    IsometryLR,
+    IsometrySteps,
+    Iterations,
+    NumBatches,
+    ScheduleName,
+    ScorerArgument,
+    Sparsity,
+    check_input_shape,
+    check_isometry_lr,
+    check_isometry_steps,
+    check_num_batches,
+)
+from lightning_synflow.checkpointing import (
+    check_restored_names,
+    check_still_covered,
+    holds_masks,
+    masks_beside_checkpoint,
+    masks_state,
+    read_checkpoints_first,
+    restored_masks,
+    save_masks_beside_checkpoints,
+    shrink_to_read_checkpoint,
+    stored_selection,
+    warn_if_settings_differ,
+)
 from lightning_synflow.diagnostics import PruningDiagnostics, log_metrics
-from lightning_synflow.channels import channel_mask_differences, shrink_
-from lightning_synflow.granularity import NM, Channels, get_granularity, resolve_pattern_density
-from lightning_synflow.checkpoint_state import SELECTION_KEYS, name_differences, same_setting, stored_masks
-from lightning_synflow.isolation import preserved_attributes, preserved_rng, restored_on_failure
+from lightning_synflow.distributions import Distribution
+from lightning_synflow.fit_pruning import (
+    SHARDED_DEFAULTS,
+    check_selection,
+    check_sharded,
+    isometry_on_ranks,
+    prune_in_fit,
+    reinitialize_on_ranks,
+    report_masks,
+    shrink_in_fit,
+    traced_input,
+)
+from lightning_synflow.isolation import restored_on_failure
 from lightning_synflow.masks import BoundMasks, check_masks
-from lightning_synflow.parameters import frozen_weight_matrices, select_prunable, selection_list, unmatched_selection
-from lightning_synflow.distributions import ERK, DensityMap, Distribution, get_distribution
-from lightning_synflow.plan import resolve_distribution
-from lightning_synflow.pruning import _to_device, compute_masks
-from lightning_synflow.report import SparsityReport, sparsity_report
-from lightning_synflow.schedules import Schedule, density_schedule, resolve_density
-from lightning_synflow.scorers.base import Scorer, available_scorers, get_scorer
+from lightning_synflow.parameters import selection_list
+from lightning_synflow.plan import resolve_plan
+from lightning_synflow.scorers.base import Scorer
 from lightning_synflow.spawn import carry_state_back
-from lightning_synflow.sharded_checkpoint import from_full_packed, full_packed, load_masks_beside, save_masks_beside
-from lightning_synflow.sharding import is_sharded
 from lightning_synflow.strategies import check_strategy, is_sharded_strategy
-from lightning_synflow.trainer_data import example_input, setup_training_data, training_batches, training_step_loss
-from lightning_synflow.validation import check_bool, check_int, check_number, check_shape
-
-
-def _checked(check: Callable[[Any], Any]) -> Predicate:
-    """A type-hint constraint that LightningCLI's parser applies (through pydantic, where installed) when it reads
-    a config or ``--print_config``: this package's own check, so that the parser's error carries its message."""
-
-    def valid(value: Any) -> bool:
-        check(value)
-        return True
-
-    valid.__qualname__ = valid.__name__ = getattr(check, "__name__", "check")
-    return Predicate(valid)
-
-
-def _granularity(spec: str) -> None:
-    get_granularity(spec)
-
-
-#: A registered scorer's name.
-ScorerName = Annotated[str, _checked(get_scorer)]
-#: ``"weight"``, ``"channel"`` or ``"N:M"`` with 0 < N < M.
-GranularityName = Annotated[str, _checked(_granularity)]
-Sparsity = Annotated[float, _checked(lambda v: resolve_density(v, None))]
-Compression = Annotated[float, _checked(lambda v: resolve_density(None, v))]
-Iterations = Annotated[int, _checked(lambda v: check_int("iterations", v))]
-NumBatches = Annotated[int, _checked(lambda v: check_int("num_batches", v))]
-IsometrySteps = Annotated[int, _checked(lambda v: check_int("isometry_steps", v, 0, meaning="0 = off"))]
-#: A registered distribution's name (``"global"``, ``"uniform"``, ``"erk"``).
-DistributionName = Annotated[str, _checked(lambda v: get_distribution(v) if isinstance(v, str) else None)]
-#: A shape without the batch dimension: positive ints.
-InputShape = Annotated[list[int], _checked(lambda v: check_shape("input_shape", v, "without the batch dimension"))]
-IsometryLR = Annotated[float, _checked(lambda v: check_number("isometry_lr", v, "a positive finite number", low=0, open_low=True))]
+from lightning_synflow.validation import check_bool
 
 
 @carry_state_back
@@ -134,19 +129,26 @@ class PruneAtInit(Callback):
         log_effective_sparsity: Deprecated: ``PruningDiagnostics(log_effective_sparsity=True)``.
         log_per_tensor: Deprecated: ``PruningDiagnostics(log_per_tensor=True)``.
 
+    The pruning arguments are resolved once, into :attr:`plan` (a :class:`~lightning_synflow.plan.PruningPlan`,
+    what :func:`~lightning_synflow.compute_masks` resolves too); ``scorer``, ``density``, ``distribution``, ... read it.
+
     Diagnostics (Jacobian spectra after init, pruning and isometry; per-tensor densities; effective
     sparsity) come from a :class:`~lightning_synflow.PruningDiagnostics` among the Trainer's callbacks,
     which this callback tells when it prunes.
     """
 
+    #: It tells the :class:`~lightning_synflow.PruningDiagnostics` among the Trainer's callbacks when it prunes
+    #: (:class:`lightning_synflow.diagnostics.DrivingPruner`).
+    drives_diagnostics = True
+
     def __init__(
         self,
-        scorer: Union[ScorerName, Scorer] = "synflow",
+        scorer: ScorerArgument = "synflow",
         sparsity: Optional[Sparsity] = None,
         compression: Optional[Compression] = None,
         iterations: Optional[Iterations] = None,
-        schedule: Schedule = "exponential",
-        distribution: Optional[Union[DistributionName, dict[str, float], Distribution]] = None,
+        schedule: ScheduleName = "exponential",
+        distribution: Optional[DistributionArgument] = None,
         scope: Optional[Literal["global", "layerwise"]] = None,
         granularity: GranularityName = "weight",
         shrink: bool = False,
@@ -167,31 +169,30 @@ class PruneAtInit(Callback):
         log_effective_sparsity: bool = False,
         log_per_tensor: bool = False,
     ) -> None:
-        self.scorer = get_scorer(scorer)
-        self.pattern = get_granularity(granularity)
-        self.granularity = granularity if self.pattern is None else str(self.pattern)
-        self.density = (
-            resolve_pattern_density(self.pattern, sparsity, compression) if isinstance(self.pattern, NM)
-            else resolve_density(sparsity, compression)
+        self.plan = resolve_plan(
+            scorer,
+            sparsity=sparsity,
+            compression=compression,
+            iterations=iterations,
+            schedule=schedule,
+            distribution=distribution,
+            scope=scope,
+            granularity=granularity,
+            invert=invert,
+            shuffle=shuffle,
         )
-        self.iterations = self.scorer.default_iterations if iterations is None else iterations
-        density_schedule(self.density, self.iterations, schedule)  # validates iterations and schedule
-        self.distribution = resolve_distribution(self.scorer, distribution, scope, self.density)
         if input_shape is not None:
-            check_shape("input_shape", input_shape, "without the batch dimension")
+            check_input_shape(input_shape)
         if num_batches is not None:
-            check_int("num_batches", num_batches)
+            check_num_batches(num_batches)
         self.shrink = check_bool("shrink", shrink)
-        if self.shrink and not isinstance(self.pattern, Channels):
+        if self.shrink and self.granularity != "channel":
             raise ValueError(f"PruneAtInit `shrink` removes whole channels: give granularity='channel', got granularity={granularity!r}")
-        self.isometry_steps = check_int("isometry_steps", isometry_steps, 0, meaning="0 = off")
-        self.isometry_lr = check_number("isometry_lr", isometry_lr, "a positive finite number", low=0, open_low=True)
+        self.isometry_steps = check_isometry_steps(isometry_steps)
+        self.isometry_lr = check_isometry_lr(isometry_lr)
         self._legacy_diagnostics = _legacy_diagnostics(log_jacobian, log_effective_sparsity, log_per_tensor, input_shape)
         self.num_batches = num_batches
-        self.invert = check_bool("invert", invert)
-        self.shuffle = check_bool("shuffle", shuffle)
         self.reinit = check_bool("reinit", reinit)
-        self.schedule = schedule
         self.input_shape = None if input_shape is None else list(input_shape)
         self.include_types = None if include_types is None else selection_list("include_types", include_types, types=True)
         self.exclude_types = selection_list("exclude_types", exclude_types, types=True)
@@ -213,26 +214,56 @@ class PruneAtInit(Callback):
         self._weights_only_checkpoint = False  # the checkpoint this fit resumes holds no training state
 
     def _check_combinations(self) -> None:
-        """Refuse, at construction, argument combinations that fit would refuse only after work was done."""
-        if isinstance(self.pattern, NM) and isinstance(self.distribution, (ERK, DensityMap)):  # densities per layer
+        """Refuse, at construction, argument combinations that fit would refuse only after work was done (those
+        of the plan itself, :func:`~lightning_synflow.plan.resolve_plan` refuses)."""
+        if self.granularity == "channel" and self.isometry_steps:
             raise ValueError(
-                f"PruneAtInit(granularity={self.granularity!r}) keeps {self.pattern.n} of every {self.pattern.m} weights of"
-                f" each tensor it groups, which `distribution` {self.distribution!r} does not; give distribution='global'"
-                f" or 'uniform'"
+                f"PruneAtInit(granularity='channel') keeps or removes whole channels, which"
+                f" isometry_steps={self.isometry_steps!r} does not (isometry steps work on weight matrices alone):"
+                f" leave it out"
             )
-        if isinstance(self.pattern, NM) and self.shuffle:
-            raise ValueError(
-                f"PruneAtInit(granularity={self.granularity!r}) keeps {self.pattern.n} of every {self.pattern.m} consecutive"
-                f" weights, which shuffle=True (moving kept weights to random places) would break: leave shuffle out"
-            )
-        if isinstance(self.pattern, Channels):
-            given = {k: v for k, v in {"shuffle": self.shuffle, "isometry_steps": self.isometry_steps}.items() if v}
-            if given:
-                raise ValueError(
-                    f"PruneAtInit(granularity='channel') keeps or removes whole channels, which"
-                    f" {', '.join(f'{k}={v!r}' for k, v in given.items())} does not (shuffle moves single weights, isometry"
-                    f" steps work on weight matrices alone): leave them out"
-                )
+
+    # ------------------------------------------------------------------ the plan's settings, as given
+
+    @property
+    def scorer(self) -> Scorer:
+        """The scorer instance (:attr:`plan`'s)."""
+        return self.plan.scorer
+
+    @property
+    def density(self) -> float:
+        """The final fraction of the prunable units kept (:attr:`plan`'s)."""
+        return self.plan.density
+
+    @property
+    def iterations(self) -> int:
+        """Pruning rounds (:attr:`plan`'s)."""
+        return self.plan.iterations
+
+    @property
+    def schedule(self) -> ScheduleName:
+        """How the density falls over the rounds (:attr:`plan`'s)."""
+        return self.plan.schedule
+
+    @property
+    def distribution(self) -> Distribution:
+        """How each round's budget is shared among the tensors (:attr:`plan`'s)."""
+        return self.plan.distribution
+
+    @property
+    def granularity(self) -> str:
+        """``"weight"``, ``"channel"`` or ``"N:M"``, as a user writes it."""
+        return self.plan.granularity_name
+
+    @property
+    def invert(self) -> bool:
+        """The ablation keeping the lowest scores (:attr:`plan`'s)."""
+        return self.plan.invert
+
+    @property
+    def shuffle(self) -> bool:
+        """The ablation moving kept positions to random places (:attr:`plan`'s)."""
+        return self.plan.shuffle
 
     @property
     def masks(self) -> Optional[dict[str, Tensor]]:
@@ -252,28 +283,14 @@ class PruneAtInit(Callback):
                 f" holds references to; it runs on a single device"
             )
         if is_sharded_strategy(trainer.strategy):
-            self._check_sharded(trainer)
+            check_sharded(trainer.strategy, {k: getattr(self, k) for k in SHARDED_DEFAULTS}, self.plan)
             self._distributed_checkpoints = bool(trainer.strategy._save_distributed_checkpoint)
             trainer.strategy._lightning_synflow_pruner = self
-            _save_masks_beside_checkpoints(trainer.strategy)
+            save_masks_beside_checkpoints(trainer.strategy)
         else:
-            _read_checkpoints_first(trainer.strategy, self)
+            read_checkpoints_first(trainer.strategy, self)
         if self._legacy_diagnostics is not None and self._legacy_diagnostics not in trainer.callbacks:
             trainer.callbacks.append(self._legacy_diagnostics)  # its own hooks run from here on, this one's too
-
-    def _check_selection(self, pl_module: LightningModule) -> None:
-        """Layer type names that no layer of the model is are refused; name patterns that match no parameter are
-        warned about: both are most likely typos that would leave layers dense or prune what was to stay."""
-        unmatched = unmatched_selection(pl_module, **self._selection())
-        types = {k: v for k, v in unmatched.items() if k.endswith("_types")}
-        if types:
-            raise ValueError(
-                f"PruneAtInit: {', '.join(f'`{k}` {v}' for k, v in types.items())}: no layer of {type(pl_module).__name__}"
-                f" is of that type; allowed are the class names of its layers, e.g."
-                f" {sorted({type(m).__name__ for m in pl_module.modules()})[:12]} (case-sensitive)"
-            )
-        for key, patterns in unmatched.items():
-            rank_zero_warn(f"PruneAtInit: `{key}` pattern(s) {patterns} match no parameter name of {type(pl_module).__name__}")
 
     def _read_checkpoint(self, strategy: Any, checkpoint: Mapping[str, Any], path: Any) -> None:
         """See the checkpoint this run reads as soon as it is loaded, before any of it is restored. One that holds a
@@ -285,9 +302,7 @@ class PruneAtInit(Callback):
         self._weights_only_checkpoint = (
             self._stage == "fit" and strategy.lightning_restore_optimizer and "optimizer_states" not in checkpoint
         )
-        if "shrunk" in _shrunk_state(checkpoint, self.state_key):
-            _check_loads_after_shrinking(pl_module, checkpoint, path)
-        if shrink_to_checkpoint(pl_module, checkpoint, _example_or_none(pl_module, self.input_shape), self.state_key):
+        if shrink_to_read_checkpoint(pl_module, checkpoint, path, self.input_shape, self.state_key):
             rank_zero_info(f"PruneAtInit: shrunk {type(pl_module).__name__} to the architecture {path} holds")
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -320,7 +335,7 @@ class PruneAtInit(Callback):
             raise
 
     def _start_unguarded(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._check_selection(pl_module)  # here, not in setup: configure_model may build layers after setup
+        check_selection(pl_module, self._selection())  # here, not in setup: configure_model may build layers after setup
         masks, origin = self._masks_to_keep(trainer, pl_module)
         if masks is not None and self._shrunk is not None:
             self._keep_shrunk(pl_module, masks, origin)
@@ -344,12 +359,12 @@ class PruneAtInit(Callback):
         self._owner = weakref.ref(pl_module)
         self._bound = bound
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
-        frozen = frozen_weight_matrices(pl_module, **self._selection())
-        self._report(trainer, pl_module, sparsity_report(pl_module, self._masks, frozen=frozen), seconds, origin)
+        channels = self._described.get("granularity") == "channel"
+        report_masks(trainer, pl_module, self._masks, self._selection(), channels, seconds, origin, self.verbose, self.scorer)
         for observer in observers:
             observer.after_pruning(trainer, pl_module, self._masks)
         if fresh and self.isometry_steps:
-            self._isometry(trainer, pl_module)
+            isometry_on_ranks(trainer, pl_module, self._masks, self._bound.params, self.isometry_steps, self.isometry_lr)
             for observer in observers:
                 observer.after_isometry(trainer, pl_module, self._masks)
         if fresh and self.shrink:
@@ -357,37 +372,21 @@ class PruneAtInit(Callback):
 
     def _prune(self, trainer: Trainer, pl_module: LightningModule) -> tuple[dict[str, Tensor], float]:
         """The masks (rank zero's under DDP; each rank's part of them on a sharded model) and the seconds scoring
-        took. Nothing training uses is drawn or changed meanwhile: random states and module state are restored."""
-        if self._reads_training_data(pl_module):
-            setup_training_data(trainer)  # outside the isolation: training expects the draws it makes
-        with preserved_rng(pl_module.device), preserved_attributes(pl_module):
-            start = time.perf_counter()
-            masks = self._score(trainer, pl_module)
-            seconds = time.perf_counter() - start
-        if not is_sharded_strategy(trainer.strategy):  # sharded: every rank holds its own part of the masks
-            masks = broadcast_masks(masks, device=trainer.strategy.root_device)  # bit-packed, through the process group
+        took; then the ``reinit`` ablation."""
+        masks, seconds = prune_in_fit(
+            trainer, pl_module, self.plan, self._selection(), self.include_frozen, self.input_shape, self.num_batches
+        )
         if self.reinit:
-            self._reinitialize(trainer, pl_module)
+            reinitialize_on_ranks(trainer, pl_module)
         return masks, seconds
 
     def _shrink(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Remove the pruned channels; the optimizers are built again for the smaller parameters, and there is
         nothing left to mask."""
-        example = example_input(trainer, pl_module, self.input_shape, "PruneAtInit(shrink=True)")
-        before = sum(p.numel() for p in pl_module.parameters())
         for handle in self._hooks:
             handle.remove()
         self._hooks, self._bound = [], None
-        shrink_(pl_module, self._masks, example)
-        trainer.strategy.setup_optimizers(trainer)
-        self._shrunk = {n: tuple(p.shape) for n, p in pl_module.named_parameters()}
-        after = sum(p.numel() for p in pl_module.parameters())
-        log_metrics(trainer, {
-            "pruning/parameters_before_shrink": float(before),
-            "pruning/parameters": float(after),
-            "pruning/parameter_sparsity": 1.0 - after / before,  # of the whole network, biases and norms included
-        })
-        rank_zero_info(f"PruneAtInit: shrunk {type(pl_module).__name__} from {before:,} to {after:,} parameters")
+        self._shrunk = shrink_in_fit(trainer, pl_module, self._masks, self.input_shape)
 
     def _keep_shrunk(self, pl_module: LightningModule, masks: dict[str, Tensor], origin: str) -> None:
         """Resuming a shrunk model: nothing to mask, once the model is checked to be the shrunk one."""
@@ -400,50 +399,17 @@ class PruneAtInit(Callback):
         self._masks, self._owner = masks, weakref.ref(pl_module)
         rank_zero_info(f"PruneAtInit: kept the shrunk model, masks {origin}")
 
-    def _check_sharded(self, trainer: Trainer) -> None:
-        """Under a sharded strategy, refuse before any work what needs whole tensors on one process."""
-        defaults = {"isometry_steps": 0, "reinit": False, "shuffle": False, "granularity": "weight"}
-        given = {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
-        if given:
-            raise ValueError(
-                f"PruneAtInit({', '.join(f'{k}={v!r}' for k, v in given.items())}) needs whole tensors on one process,"
-                f" which {type(trainer.strategy).__name__} never holds; set {', '.join(f'{k}={defaults[k]!r}' for k in given)}"
-                f" to prune a sharded model"
-            )
-        if not self.scorer.supports_sharding:
-            raise ValueError(
-                f"PruneAtInit(scorer={self.scorer!r}) cannot score a sharded model under"
-                f" {type(trainer.strategy).__name__}; scorers that can: "
-                f"{[n for n in available_scorers() if get_scorer(n).supports_sharding]}"
-            )
-
-    def _reads_training_data(self, pl_module: LightningModule) -> bool:
-        """Scoring will draw training batches (for data, or for the input shape)."""
-        shape_from_data = pl_module.example_input_array is None and self.input_shape is None
-        return self.scorer.needs_data or (self._needs_input and shape_from_data)
-
-    @property
-    def _needs_input(self) -> bool:
-        """The scorer needs the model's input, or channel granularity traces a forward pass with it."""
-        return self.scorer.needs_input or isinstance(self.pattern, Channels)
-
-    def _isometry(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """The approximate-isometry steps on the kept weights, the same result on every rank."""
-        from lightning_synflow.analysis import approximate_isometry
-
-        with preserved_rng(pl_module.device), preserved_attributes(pl_module):
-            result = approximate_isometry(pl_module, self._masks, steps=self.isometry_steps, lr=self.isometry_lr)
-        broadcast_tensors_(self._bound.params, device=trainer.strategy.root_device)  # bitwise-equal weights on every rank
-        log_metrics(trainer, result.as_metrics("isometry"))
-
     def _masks_to_keep(self, trainer: Trainer, pl_module: LightningModule) -> tuple[Optional[dict[str, Tensor]], str]:
         """The masks this fit keeps instead of pruning, and where they come from: the checkpoint this fit resumes,
         or this same model's previous fit; ``None`` when the model is to be pruned now."""
         restored, self._restored = self._restored, None
         if restored is not None:
-            masks = self._restored_masks(trainer, pl_module, restored)
-            self._check_restored_names(trainer, pl_module, masks, restored)
-            self._warn_if_arguments_differ(restored)
+            masks = restored_masks(pl_module, restored, trainer.ckpt_path)
+            check_restored_names(
+                pl_module, masks, restored, self._selection(), self.include_frozen, self.granularity,
+                lambda: traced_input(trainer, pl_module, self.input_shape),
+            )
+            warn_if_settings_differ(restored, self._settings())
             self._described = {k: restored[k] for k in self._settings() if k in restored}
             self._shrunk = {n: tuple(s) for n, s in restored["shrunk"].items()} if "shrunk" in restored else None
             return masks, "restored from the checkpoint"
@@ -456,7 +422,10 @@ class PruneAtInit(Callback):
             )
         previous = self._masks is not None and self._owner is not None and self._owner() is pl_module
         if previous and self._shrunk is None:
-            self._check_still_covered(trainer, pl_module, self._masks)
+            check_still_covered(
+                pl_module, self._masks, self._described, self._selection(), self.include_frozen, self.granularity,
+                lambda: traced_input(trainer, pl_module, self.input_shape),
+            )
         if self._masks is not None and not previous:
             rank_zero_info(f"PruneAtInit: {type(pl_module).__name__} is not the model the masks it holds were computed for; pruning it afresh")
         if trainer.ckpt_path is not None:
@@ -468,137 +437,6 @@ class PruneAtInit(Callback):
         if previous:
             return self._masks, "of this model's previous fit"
         return None, "scored now"
-
-    def _check_still_covered(self, trainer: Trainer, pl_module: LightningModule, masks: Mapping[str, Tensor]) -> None:
-        """A model fitted again must still be one its masks cover (under the selection that made them): a prunable
-        layer added since would train dense. Refused, as the same gap in a checkpoint is."""
-        described = self._described
-        if all(k in described for k in SELECTION_KEYS):
-            selection = {k: described[k] for k in SELECTION_KEYS if k != "include_frozen"}
-            frozen = described["include_frozen"]
-        else:
-            selection, frozen = self._selection(), self.include_frozen
-        if described.get("granularity", self.granularity) == "channel":
-            names = select_prunable(pl_module, include_frozen=frozen, **selection)
-            example = self._traced_input(trainer, pl_module)
-            with preserved_rng(pl_module.device), preserved_attributes(pl_module):
-                missing = channel_mask_differences(pl_module, masks, example, names)["missing"]
-        else:
-            missing = _uncovered(pl_module, masks, selection, frozen)[0]
-        if missing:
-            raise ValueError(
-                f"PruneAtInit: {type(pl_module).__name__} has prunable tensors that the masks of its previous fit do not"
-                f" cover (they would train dense): {missing}. Nothing was changed; prune the changed model with a new"
-                f" PruneAtInit"
-            )
-
-    @staticmethod
-    def _restored_masks(trainer: Trainer, pl_module: LightningModule, restored: Mapping[str, Any]) -> dict[str, Tensor]:
-        """A checkpoint's masks, laid out as the model's parameters: as saved (one process, DDP), or, for a
-        sharded model, each rank unpacking its own block (:mod:`lightning_synflow.sharded_checkpoint`)."""
-        try:
-            if "masks" in restored:
-                return stored_masks(restored)
-            if "packed_masks" in restored:
-                return from_full_packed(pl_module, restored["packed_masks"])
-            return load_masks_beside(pl_module, list(restored["masks_beside"]), Path(trainer.ckpt_path))
-        except (ValueError, TypeError, KeyError) as err:
-            raise ValueError(f"PruneAtInit: the masks restored from {trainer.ckpt_path} are not usable: {err}") from err
-
-    def _check_restored_names(
-        self, trainer: Trainer, pl_module: LightningModule, masks: Mapping[str, Tensor], restored: Mapping[str, Any]
-    ) -> None:
-        """A checkpoint's masks must cover exactly the tensors this callback's selection picks, or those of the
-        selection stored with them (then kept, with a warning naming the difference); else they are refused."""
-        if restored.get("granularity", self.granularity) == "channel":
-            self._check_restored_channels(trainer, pl_module, masks, restored)
-            return
-        missing, extra = _uncovered(pl_module, masks, self._selection(), self.include_frozen)
-        if not missing and not extra:
-            return
-        stored = {k: restored[k] for k in SELECTION_KEYS if k in restored}
-        if len(stored) == len(SELECTION_KEYS):
-            theirs = {k: v for k, v in stored.items() if k != "include_frozen"}
-            if _uncovered(pl_module, masks, theirs, stored["include_frozen"]) == ([], []):
-                rank_zero_warn(
-                    f"PruneAtInit: the checkpoint's masks were made with another selection of tensors"
-                    f" ({'; '.join(f'{k}: checkpoint {stored[k]!r}, callback {v!r}' for k, v in self._selection_settings().items() if not same_setting(stored[k], v))});"
-                    f" they are kept as stored: {'pruned as before, though this selection leaves them dense: ' + str(extra) if extra else ''}"
-                    f"{'; ' if extra and missing else ''}{'left dense, though this selection would prune them: ' + str(missing) if missing else ''}"
-                )
-                return
-        raise ValueError(
-            f"PruneAtInit: the masks restored from the checkpoint do not cover the prunable tensors of"
-            f" {type(pl_module).__name__}"
-            + (f"; missing (they would train dense): {missing}" if missing else "")
-            + (f"; not prunable under the selection (a bias or norm would be zeroed): {extra}" if extra else "")
-            + ". Nothing was changed; resume with the selection arguments the checkpoint was made with, or prune afresh"
-        )
-
-    def _check_restored_channels(
-        self, trainer: Trainer, pl_module: LightningModule, masks: Mapping[str, Tensor], restored: Mapping[str, Any]
-    ) -> None:
-        """Whole-channel masks must be ones channel pruning of this model makes: exactly the tensors holding the
-        channels that tracing (as a fresh pruning does) finds removable under this callback's selection (or the
-        stored one, with a warning), the same channels kept in every tensor of a coupled group."""
-        if not masks:
-            raise ValueError("PruneAtInit: the checkpoint's whole-channel masks are empty; nothing was changed")
-        partial = [n for n, m in masks.items() if m.dim() and not _whole_slices(m)]
-        if partial:
-            raise ValueError(
-                f"PruneAtInit: the checkpoint's masks {partial} do not remove whole output channels, as granularity"
-                f" 'channel' does; nothing was changed"
-            )
-        if "shrunk" in restored:
-            return  # the pruned channels are gone: nothing is masked, and _keep_shrunk checks the model's shapes
-        try:
-            check_masks(pl_module, masks)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"PruneAtInit: the masks restored from the checkpoint do not fit {type(pl_module).__name__}: {err}") from err
-        own = (self._selection(), self.include_frozen)
-        stored = {k: restored[k] for k in SELECTION_KEYS if k in restored}
-        selections = [own]
-        if len(stored) == len(SELECTION_KEYS) and not all(same_setting(stored[k], v) for k, v in self._selection_settings().items()):
-            selections.append(({k: v for k, v in stored.items() if k != "include_frozen"}, stored["include_frozen"]))
-        example = self._traced_input(trainer, pl_module)
-        found = []
-        for selection, frozen in selections:
-            names = select_prunable(pl_module, include_frozen=frozen, **selection)
-            with preserved_rng(pl_module.device), preserved_attributes(pl_module):
-                found.append(channel_mask_differences(pl_module, masks, example, names))
-            if not any(found[-1].values()):
-                if len(found) > 1:
-                    rank_zero_warn(
-                        f"PruneAtInit: the checkpoint's whole-channel masks were made with another selection of tensors"
-                        f" ({'; '.join(f'{k}: checkpoint {stored[k]!r}, callback {v!r}' for k, v in self._selection_settings().items() if not same_setting(stored[k], v))});"
-                        f" they are kept as stored"
-                    )
-                return
-        said = {
-            "missing": "missing (they would train dense)",
-            "extra": "masked, though channel pruning never masks them (output layers, tensors of no removable channel)",
-            "inconsistent": "keeping other channels than the rest of their coupled group (weights, bias, normalisation)",
-        }
-        raise ValueError(
-            f"PruneAtInit: the checkpoint's whole-channel masks are not ones channel pruning of {type(pl_module).__name__}"
-            f" makes: " + "; ".join(f"{said[k]}: {v}" for k, v in found[0].items() if v)
-            + ". Nothing was changed; resume with the model and selection arguments the checkpoint was made with, or prune afresh"
-        )
-
-    def _traced_input(self, trainer: Trainer, pl_module: LightningModule) -> Any:
-        """The input channel pruning traces the model with: as a fresh pruning gets it, on the model's device."""
-        if pl_module.example_input_array is None and self.input_shape is None:
-            setup_training_data(trainer)  # outside any isolation, as in _prune: training expects the draws it makes
-        with preserved_rng(pl_module.device):
-            x = example_input(trainer, pl_module, self.input_shape, "PruneAtInit(granularity='channel')")
-        return _to_device(x, pl_module.device)
-
-    def _warn_if_arguments_differ(self, restored: Mapping[str, Any]) -> None:
-        own = self._settings()
-        differ = {k: (v, own[k]) for k, v in restored.items() if k in own and not same_setting(v, own[k])}
-        if differ:
-            said = "; ".join(f"{k}: checkpoint {_shown(old)}, callback {_shown(new)}" for k, (old, new) in differ.items())
-            rank_zero_warn(f"PruneAtInit: resuming with the checkpoint's masks, which were made with other arguments ({said})")
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
         # After AMP unscaling and before gradient clipping, on real step boundaries only.
@@ -629,20 +467,7 @@ class PruneAtInit(Callback):
             "schedule": self.schedule,
             "distribution": repr(self.distribution),
             "granularity": self.granularity,
-            **self._selection_settings(),
-        }
-
-    def _selection_settings(self) -> dict[str, Any]:
-        """The selection arguments as stored: type names as strings."""
-        def names(types: Optional[list[Any]]) -> Optional[list[str]]:
-            return None if types is None else [t if isinstance(t, str) else f"{t.__module__}.{t.__qualname__}" for t in types]
-
-        return {
-            "include_types": names(self.include_types),
-            "exclude_types": names(self.exclude_types),
-            "include_names": list(self.include_names),
-            "exclude_names": list(self.exclude_names),
-            "include_frozen": self.include_frozen,
+            **stored_selection(self._selection(), self.include_frozen),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -651,25 +476,16 @@ class PruneAtInit(Callback):
         their names here)."""
         if self._masks is None:
             return {}
-        if not any(is_sharded(m) for m in self._masks.values()):
-            shrunk = {} if self._shrunk is None else {"shrunk": self._shrunk}
-            return {"masks": {n: m.cpu() for n, m in self._masks.items()}, **shrunk, **self._described}
-        if self._masks_beside_checkpoint():
-            return {"masks_beside": list(self._masks), **self._described}
-        return {"packed_masks": full_packed(self._masks), **self._described}
+        return masks_state(self._masks, self._described, self._shrunk, self._masks_beside_checkpoint())
 
     def _masks_beside_checkpoint(self) -> bool:
         """The masks are sharded and checkpoints are distributed: they are saved beside the model's shards."""
-        return (
-            self._distributed_checkpoints
-            and self._masks is not None
-            and any(is_sharded(m) for m in self._masks.values())
-        )
+        return masks_beside_checkpoint(self._masks, self._distributed_checkpoints)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Only the fit that resumes from the checkpoint takes its masks up (in on_fit_start); validate, test and
         # predict read the checkpoint's weights alone, which its masks already zeroed.
-        if self._stage in (None, "fit") and any(k in state_dict for k in ("masks", "packed_masks", "masks_beside")):
+        if self._stage in (None, "fit") and holds_masks(state_dict):
             self._restored = dict(state_dict)
 
     def spawn_state(self) -> dict[str, Any]:
@@ -706,237 +522,6 @@ class PruneAtInit(Callback):
             exclude_names=self.exclude_names,
         )
 
-    def _score(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Tensor]:
-        """This rank's masks (under DDP the caller adopts rank zero's; sharded, each rank's part of one selection)."""
-        names = select_prunable(pl_module, include_frozen=self.include_frozen, **self._selection())
-        if not names:
-            raise ValueError(
-                f"PruneAtInit found no prunable parameters in {type(pl_module).__name__} with "
-                + ", ".join(f"{k}={v}" for k, v in {**self._selection(), "include_frozen": self.include_frozen}.items())
-            )
-        if self.scorer.needs_data and not pl_module.automatic_optimization:
-            raise ValueError(
-                f"PruneAtInit(scorer={self.scorer!r}) scores with the loss `training_step` returns, which"
-                f" {type(pl_module).__name__} does not under manual optimization; use a data-free scorer"
-            )
-        num_batches = self.scorer.default_num_batches if self.num_batches is None else self.num_batches
-        masks = compute_masks(
-            pl_module,
-            self.scorer,
-            compression=1.0 / self.density,
-            iterations=self.iterations,
-            schedule=self.schedule,
-            distribution=self.distribution,
-            example_input=example_input(trainer, pl_module, self.input_shape, f"PruneAtInit(scorer={self.scorer.name!r})")
-            if self._needs_input
-            else None,
-            dataloader=self._batches(trainer, num_batches) if self.scorer.needs_data else None,
-            loss_fn=training_step_loss(trainer) if self.scorer.needs_data else None,
-            num_batches=num_batches,
-            all_reduce=(lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if trainer.world_size > 1 else None,
-            parameters=names,
-            invert=self.invert,
-            shuffle=self.shuffle,
-            granularity=self.granularity,
-            progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
-        )
-        return masks
-
-    def _batches(self, trainer: Trainer, num_batches: int) -> list[Any]:
-        """The training batches to score with, saying so when the loader has fewer than asked for."""
-        batches = training_batches(trainer, num_batches)
-        if len(batches) < num_batches:
-            rank_zero_warn(
-                f"PruneAtInit(scorer={self.scorer.name!r}): `num_batches` is {num_batches}, but the training loader gives"
-                f" {len(batches)} batch(es) per rank; scoring uses those {len(batches)}"
-            )
-        return batches
-
-    @staticmethod
-    def _reinitialize(trainer: Trainer, pl_module: LightningModule) -> None:
-        """The ``reinit`` ablation: the same fresh weights on every rank, drawn from rank zero's seed."""
-        seed = trainer.strategy.broadcast(int(torch.randint(2**31 - 1, ())), src=0)
-        cuda = [pl_module.device.index] if pl_module.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(seed)
-            reinitialize(pl_module)
-
-    def _report(
-        self, trainer: Trainer, pl_module: LightningModule, report: SparsityReport, seconds: Optional[float], origin: str
-    ) -> None:
-        """Log what the masks keep (a resumed run's new log gets the figures too) and warn of collapsed tensors."""
-        metrics = {
-            "pruning/sparsity": report.sparsity,
-            "pruning/density": report.density,
-            "pruning/kept": float(report.kept),
-            "pruning/total": float(report.total),
-            "pruning/collapsed": float(len(report.collapsed)),
-        }
-        if self._described.get("granularity") == "channel":
-            metrics.update(_channel_figures(pl_module, self._masks, self._selection()))
-        if seconds is not None:
-            metrics["pruning/time_s"] = seconds
-        log_metrics(trainer, metrics)
-        if seconds is None:
-            rank_zero_info(f"PruneAtInit: kept the masks {origin} (not scored again), sparsity {report.sparsity:.4%}")
-        elif self.verbose:
-            rank_zero_info(f"PruneAtInit ({self.scorer!r}, {seconds:.2f} s):\n{report}")
-        if report.collapsed:
-            rank_zero_warn(
-                f"PruneAtInit: {len(report.collapsed)} tensor(s) collapsed (no weight kept): {report.collapsed}."
-                " Without a skip connection around them the network is disconnected; lower the sparsity,"
-                " use more iterations, or exclude them."
-            )
-
-
-def _channel_figures(model: nn.Module, masks: Mapping[str, Tensor], selection: Mapping[str, Any]) -> dict[str, float]:
-    """With whole-channel masks, each named for what it counts: ``channel_sparsity``, the fraction of the output
-    channels of the masked weight matrices removed (what ``sparsity`` asks for); ``weight_sparsity``, the fraction
-    of all selected weight matrices' weights the masks zero (``pruning/sparsity`` counts the masked tensors alone,
-    the removed channels' biases and normalisation parameters among them). After ``shrink``,
-    ``pruning/parameter_sparsity`` is what the smaller network lost of all its parameters."""
-    params = dict(model.named_parameters())
-    selected = select_prunable(model, include_frozen=True, **selection)
-    channels = [masks[n].reshape(masks[n].shape[0], -1).any(1) for n in selected if n in masks]
-    kept_channels = sum(int(c.sum()) for c in channels)
-    all_channels = sum(c.numel() for c in channels)
-    kept_weights = sum(int(masks[n].sum()) if n in masks else params[n].numel() for n in selected)
-    all_weights = sum(params[n].numel() for n in selected)
-    return {
-        "pruning/channel_sparsity": 1.0 - kept_channels / all_channels if all_channels else 0.0,
-        "pruning/weight_sparsity": 1.0 - kept_weights / all_weights if all_weights else 0.0,
-    }
-
-
-def _uncovered(
-    model: nn.Module, masks: Mapping[str, Tensor], selection: Mapping[str, Any], include_frozen: bool
-) -> tuple[list[str], list[str]]:
-    """The tensors a selection prunes that the masks leave out, and those the masks name that it never prunes.
-    A frozen weight matrix may be either way: frozen since the masks were made (fine-tuning), it keeps its mask."""
-    wanted = select_prunable(model, include_frozen=include_frozen, **selection)
-    allowed = select_prunable(model, include_frozen=True, **selection)
-    return name_differences(masks, wanted)[0], name_differences(masks, allowed)[1]
-
-
-def _whole_slices(mask: Tensor) -> bool:
-    """Every slice along dim 0 is wholly kept or wholly pruned."""
-    if mask.dtype != torch.bool:
-        return True  # refused later, with the dtype named
-    rows = mask.reshape(mask.shape[0], -1)
-    return bool((rows.all(1) | ~rows.any(1)).all())
-
-
-def _example_or_none(pl_module: LightningModule, input_shape: Optional[list[int]]) -> Optional[Any]:
-    if pl_module.example_input_array is not None:
-        return pl_module.example_input_array
-    return None if input_shape is None else torch.zeros(1, *input_shape)
-
-
-def shrink_to_checkpoint(
-    model: nn.Module, checkpoint: Mapping[str, Any], example_input: Optional[Any] = None, state_key: Optional[str] = None
-) -> bool:
-    """Shrink ``model`` (built as before pruning) in place to the architecture a ``PruneAtInit(shrink=True)``
-    checkpoint (loaded, as a dict) holds; ``False`` and nothing done where the checkpoint holds no shrunk model or
-    the model has its shapes already. For a LightningModule's ``on_load_checkpoint``, so that
-    ``Model.load_from_checkpoint(path)`` works: ``shrink_to_checkpoint(self, checkpoint, self.example_input_array)``.
-    ``state_key``: the pruner's key among the checkpoint's callback states; default whichever holds a shrunk model.
-    """
-    state = _shrunk_state(checkpoint, state_key)
-    if "shrunk" not in state:
-        return False
-    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    if shapes == {n: tuple(s) for n, s in state["shrunk"].items()}:
-        return False
-    if example_input is None:
-        raise ValueError(
-            f"the checkpoint holds a {type(model).__name__} shrunk by PruneAtInit(shrink=True), which is traced once to"
-            f" be rebuilt: set `example_input_array` on the model (or PruneAtInit's `input_shape`), or call"
-            f" lightning_synflow.load_shrunk(model, ckpt_path, example_input) first"
-        )
-    shrink_(model, state["masks"], example_input)
-    return True
-
-
-def _check_loads_after_shrinking(pl_module: LightningModule, checkpoint: Mapping[str, Any], path: Any) -> None:
-    """Refuse, before shrinking the model, a shrunk checkpoint whose weights Lightning's strict load would then
-    refuse for other names (a layer added or removed since): the model would be left shrunk by a failed run."""
-    if not getattr(pl_module, "strict_loading", True) or "state_dict" not in checkpoint:
-        return
-    ours, theirs = set(pl_module.state_dict()), set(checkpoint["state_dict"])
-    if ours != theirs:
-        raise ValueError(
-            f"PruneAtInit: {path} holds a shrunk {type(pl_module).__name__} whose weights do not load into this one"
-            f" (missing from the checkpoint: {sorted(ours - theirs)}; not in the model: {sorted(theirs - ours)});"
-            f" the model was not shrunk. Build the model the checkpoint was saved from"
-        )
-
-
-def _shrunk_state(checkpoint: Mapping[str, Any], state_key: Optional[str] = None) -> Mapping[str, Any]:
-    """The state of the pruner that shrank the checkpoint's model: under ``state_key``, else whichever callback
-    state holds a shrunk model (a subclass of PruneAtInit saves under its own class name); ``{}`` if none does."""
-    states = checkpoint.get("callbacks", {})
-    if state_key is not None:
-        return states.get(state_key, {})
-    return next((s for s in states.values() if isinstance(s, Mapping) and "shrunk" in s and "masks" in s), {})
-
-
-def load_shrunk(model: LightningModule, checkpoint_path: Union[str, Path], example_input: Optional[Any] = None) -> LightningModule:
-    """Shrink ``model`` (built as before pruning) in place to the architecture a ``PruneAtInit(shrink=True)``
-    checkpoint holds, so that the checkpoint loads into it (``trainer.fit(model, ckpt_path=...)`` or
-    ``model.load_state_dict(checkpoint["state_dict"])``). ``example_input``: default the model's
-    ``example_input_array``."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    if "shrunk" not in _shrunk_state(checkpoint):
-        raise ValueError(f"{checkpoint_path} holds no shrunk model: it was not saved by PruneAtInit(shrink=True)")
-    example = model.example_input_array if example_input is None else example_input
-    if example is None:
-        raise ValueError("load_shrunk traces the model once: give `example_input` or set model.example_input_array")
-    shrink_to_checkpoint(model, checkpoint, example)
-    return model
-
-
-def _save_masks_beside_checkpoints(strategy: Any) -> None:
-    """Make the strategy's ``save_checkpoint`` also write the pruner's masks beside a distributed checkpoint
-    (Lightning writes everything but the model and optimizer states from rank zero alone). Installed once per
-    strategy; the pruner is the one last set up with it."""
-    if getattr(strategy, "_lightning_synflow_saves_masks", False):
-        return
-    save = strategy.save_checkpoint
-
-    def save_checkpoint(checkpoint: dict[str, Any], filepath: Any, storage_options: Optional[Any] = None) -> None:
-        save(checkpoint, filepath, storage_options)
-        pruner = getattr(strategy, "_lightning_synflow_pruner", None)
-        if pruner is not None and pruner._masks_beside_checkpoint() and "masks_beside" in _pruner_state(checkpoint, pruner):
-            save_masks_beside(pruner.masks, Path(strategy.broadcast(filepath)))
-
-    strategy.save_checkpoint = save_checkpoint
-    strategy._lightning_synflow_saves_masks = True
-
-
-def _read_checkpoints_first(strategy: Any, pruner: PruneAtInit) -> None:
-    """Make the strategy's ``load_checkpoint`` show the loaded checkpoint to the pruner before Lightning restores
-    anything from it (no callback hook runs between loading a checkpoint and loading the model's weights).
-    Installed once per strategy; the pruner is the one last set up with it."""
-    strategy._lightning_synflow_reader = pruner
-    if getattr(strategy, "_lightning_synflow_reads_checkpoints", False):
-        return
-    load = strategy.load_checkpoint
-
-    def load_checkpoint(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
-        checkpoint = load(checkpoint_path, *args, **kwargs)
-        reader = getattr(strategy, "_lightning_synflow_reader", None)
-        if reader is not None and isinstance(checkpoint, Mapping):
-            reader._read_checkpoint(strategy, checkpoint, checkpoint_path)
-        return checkpoint
-
-    strategy.load_checkpoint = load_checkpoint
-    strategy._lightning_synflow_reads_checkpoints = True
-
-
-def _pruner_state(checkpoint: Mapping[str, Any], pruner: PruneAtInit) -> Mapping[str, Any]:
-    """The pruner's state in a checkpoint Lightning built (its callbacks' states keyed by state key)."""
-    return checkpoint.get("callbacks", {}).get(pruner.state_key, {})
-
 
 def _legacy_diagnostics(
     log_jacobian: bool, log_effective_sparsity: bool, log_per_tensor: bool, input_shape: Optional[list[int]]
@@ -955,6 +540,3 @@ def _legacy_diagnostics(
     )
     return PruningDiagnostics(**flags, input_shape=input_shape)
 
-
-def _shown(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else repr(value)

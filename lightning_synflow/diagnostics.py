@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Optional
+from typing import Optional, Protocol, runtime_checkable
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -38,6 +38,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.utils.prune import BasePruningMethod
 
+from lightning_synflow.analysis import effective_sparsity_report, jacobian_singular_values, singular_value_stats
+from lightning_synflow.analysis.figures import plot_singular_values
 from lightning_synflow.isolation import preserved_attributes, preserved_rng
 from lightning_synflow.parameters import select_prunable
 from lightning_synflow.report import sparsity_report
@@ -50,6 +52,19 @@ __all__ = ["PruningDiagnostics", "log_metrics", "nonzero_masks"]
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+@runtime_checkable
+class DrivingPruner(Protocol):
+    """What a pruning callback shows :class:`PruningDiagnostics`, which never imports it: that it drives the
+    protocol (calls :meth:`~PruningDiagnostics.before_pruning`, :meth:`~PruningDiagnostics.after_pruning` and
+    :meth:`~PruningDiagnostics.after_isometry` when it scores fresh masks; :class:`~lightning_synflow.PruneAtInit`
+    does), and the masks it holds (``True`` = kept, ``None`` before pruning)."""
+
+    drives_diagnostics: bool
+
+    @property
+    def masks(self) -> Optional[Mapping[str, Tensor]]: ...
 
 
 def log_metrics(trainer: Trainer, metrics: Mapping[str, float]) -> None:
@@ -218,7 +233,7 @@ class PruningDiagnostics(Callback):
                 f"PruningDiagnostics({', '.join(f'{n}=True' for n in whole)}) runs the whole model in one process,"
                 f" which a model under {strategy} is not; there, only log_per_tensor is supported"
             )
-        if not _prune_at_init_in(trainer):
+        if not _driving_pruner_in(trainer):
             raise ValueError(
                 f"PruningDiagnostics under {strategy} measures the masks PruneAtInit makes; add PruneAtInit to the"
                 f" Trainer's callbacks (a model pruned otherwise is not measured there)"
@@ -230,7 +245,7 @@ class PruningDiagnostics(Callback):
             return
         if is_sharded_strategy(trainer.strategy):
             return  # PruneAtInit prunes at train start there (maybe after this hook) and drives this callback
-        if _prune_at_init_in(trainer):
+        if _driving_pruner_in(trainer):
             rank_zero_info(
                 "PruningDiagnostics: PruneAtInit did not prune in this fit (it kept the masks of a checkpoint or of"
                 " this model's previous fit), so there is nothing new to measure; the fit that pruned logged them"
@@ -282,8 +297,6 @@ class PruningDiagnostics(Callback):
     def _measure(
         self, trainer: Trainer, pl_module: LightningModule, masks: Mapping[str, Tensor], stage: str
     ) -> dict[str, float]:
-        from lightning_synflow import analysis
-
         masks = dict(masks)
         metrics: dict[str, float] = {}
         if self.log_jacobian:
@@ -295,7 +308,7 @@ class PruningDiagnostics(Callback):
         if masks and self.log_effective_sparsity:
             example = self._example_input(trainer, pl_module)
             with _copyable(pl_module):
-                report = analysis.effective_sparsity_report(pl_module, masks, example_input=example)
+                report = effective_sparsity_report(pl_module, masks, example_input=example)
             metrics.update(report.as_metrics("pruning/sparsity"))
         return metrics
 
@@ -304,11 +317,9 @@ class PruningDiagnostics(Callback):
     ) -> dict[str, float]:
         """``jacobian_sv/<stage>/{mean,std,min,max}`` on ``probe``, the masks applied on the fly (the weights
         are not written to); the singular values are kept for the figure."""
-        from lightning_synflow import analysis
-
-        sv = analysis.jacobian_singular_values(pl_module, probe, masks=masks or None)
+        sv = jacobian_singular_values(pl_module, probe, masks=masks or None)
         self._spectra[stage] = sv.detach().cpu()
-        return analysis.singular_value_stats(sv).as_metrics(f"jacobian_sv/{stage}")
+        return singular_value_stats(sv).as_metrics(f"jacobian_sv/{stage}")
 
     def _log_figure(self, trainer: Trainer) -> None:
         """The singular-value histograms of the stages measured so far as one image, for loggers that take
@@ -319,8 +330,6 @@ class PruningDiagnostics(Callback):
         loggers = [lg for lg in trainer.loggers if callable(getattr(getattr(lg, "experiment", None), "add_figure", None))]
         if not loggers:
             return
-        from lightning_synflow.analysis.figures import plot_singular_values
-
         try:
             figure = plot_singular_values(spectra, title="Jacobian singular values")
         except ImportError as err:  # the metrics are logged; a missing figure must not stop training
@@ -398,7 +407,5 @@ def _copyable(model: nn.Module) -> Iterator[None]:
             setattr(module, name, value)
 
 
-def _prune_at_init_in(trainer: Trainer) -> bool:
-    from lightning_synflow.callback import PruneAtInit  # lazily: callback.py may import this module
-
-    return any(isinstance(cb, PruneAtInit) for cb in trainer.callbacks)
+def _driving_pruner_in(trainer: Trainer) -> bool:
+    return any(isinstance(cb, DrivingPruner) and cb.drives_diagnostics for cb in trainer.callbacks)

@@ -112,6 +112,14 @@ def first_batch_input(trainer: Trainer) -> Any:
     return batch[0] if isinstance(batch, (tuple, list)) and batch else batch
 
 
+def given_example_input(pl_module: LightningModule, input_shape: Optional[Sequence[int]]) -> Optional[ExampleInput]:
+    """The model's input where no data is needed for it: ``example_input_array``, else zeros of ``input_shape``,
+    else ``None`` (where no Trainer is reading batches yet, as when a checkpoint is read)."""
+    if pl_module.example_input_array is not None:
+        return pl_module.example_input_array
+    return None if input_shape is None else torch.zeros(1, *input_shape)
+
+
 def example_input(
     trainer: Trainer,
     pl_module: LightningModule,
@@ -122,10 +130,9 @@ def example_input(
     """The model's input: ``example_input_array``, else zeros of ``input_shape``, else the first training
     batch's input (``batch_input(trainer)``, default :func:`first_batch_input`). Raises a ValueError that starts
     with ``requester`` (e.g. ``"PruneAtInit(scorer='synflow')"``) and says what to provide."""
-    if pl_module.example_input_array is not None:
-        return pl_module.example_input_array
-    if input_shape is not None:
-        return torch.zeros(1, *input_shape)
+    given = given_example_input(pl_module, input_shape)
+    if given is not None:
+        return given
     x = (batch_input or first_batch_input)(trainer)
     if not isinstance(x, Tensor):
         raise ValueError(

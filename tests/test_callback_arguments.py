@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 import lightning_synflow.callback as callback_module
+import lightning_synflow.fit_pruning as fit_pruning
 from lightning_synflow import PruneAtInit, PruningDiagnostics
 from lightning_helpers import MLP, MemoryLogger, random_data
 
@@ -55,9 +56,9 @@ def test_exclude_types_as_a_string_is_one_type_name(tmp_path):
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"sparsity": 0.5, "include_names": [1, 2]}, r"`include_names` must be a glob pattern or a list of them, got \[1, 2\]"),
     ({"sparsity": 0.5, "exclude_types": {"Linear": 1}}, r"`exclude_types` must be a layer class name or a list of them, got \{'Linear': 1\}"),
-    ({"granularity": "2:4", "distribution": "erk"}, r"granularity='2:4'\) keeps 2 of every 4 weights of each tensor it groups, which `distribution` ERK\(power_scale=1.0\) does not"),
-    ({"granularity": "2:4", "shuffle": True}, r"granularity='2:4'\) keeps 2 of every 4 consecutive weights, which shuffle=True"),
-    ({"sparsity": 0.5, "granularity": "channel", "shuffle": True}, r"granularity='channel'\) keeps or removes whole channels, which shuffle=True does not"),
+    ({"granularity": "2:4", "distribution": "erk"}, r"granularity '2:4' keeps 2 of every 4 weights of each tensor it groups, which distribution ERK\(power_scale=1.0\) does not at density 0.5; use 'global' or 'uniform'"),
+    ({"granularity": "2:4", "shuffle": True}, r"granularity '2:4' is not supported with shuffle=True"),
+    ({"sparsity": 0.5, "granularity": "channel", "shuffle": True}, r"granularity 'channel' is not supported with shuffle=True"),
     ({"sparsity": 0.5, "granularity": "channel", "isometry_steps": 5}, r"granularity='channel'\) keeps or removes whole channels, which isometry_steps=5 does not"),
 ])
 def test_combinations_and_types_fit_would_refuse_are_refused_at_construction(kwargs, match):
@@ -108,15 +109,15 @@ class FailingDiagnostics(PruningDiagnostics):
 
 FAILURES = {
     # after reinit drew fresh weights
-    "reinit": (dict(reinit=True), lambda mp: mp.setattr(PruneAtInit, "_reinitialize", staticmethod(_after(PruneAtInit._reinitialize)))),
+    "reinit": (dict(reinit=True), lambda mp: mp.setattr(callback_module, "reinitialize_on_ranks", _after(callback_module.reinitialize_on_ranks))),
     # after the masks were applied
-    "report": (dict(), lambda mp: mp.setattr(PruneAtInit, "_report", _after(PruneAtInit._report))),
+    "report": (dict(), lambda mp: mp.setattr(callback_module, "report_masks", _after(callback_module.report_masks))),
     # in an observer told of the pruning
     "observer": (dict(), None),
     # after the isometry steps moved the kept weights
-    "isometry": (dict(isometry_steps=3), lambda mp: mp.setattr(PruneAtInit, "_isometry", _after(PruneAtInit._isometry))),
+    "isometry": (dict(isometry_steps=3), lambda mp: mp.setattr(callback_module, "isometry_on_ranks", _after(callback_module.isometry_on_ranks))),
     # after the network was shrunk
-    "shrink": (dict(granularity="channel", shrink=True), lambda mp: mp.setattr(callback_module, "shrink_", _after(callback_module.shrink_))),
+    "shrink": (dict(granularity="channel", shrink=True), lambda mp: mp.setattr(fit_pruning, "shrink_", _after(fit_pruning.shrink_))),
 }
 
 

@@ -42,6 +42,7 @@ class Mutation:
 
 
 CALLBACK = "lightning_synflow/callback.py"
+FIT_PRUNING = "lightning_synflow/fit_pruning.py"
 HOOKS = "        self._hooks = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]\n"
 GUARDS = "tests/test_guards.py"
 
@@ -106,16 +107,16 @@ MUTATIONS = (
         "work after steps that never ran, and pruned weights live between two optimizers' steps",
     ),
     Mutation(
-        "DDP mask broadcast removed", CALLBACK,
-        (("            masks = broadcast_masks(masks, device=trainer.strategy.root_device)", "            pass"),),
+        "DDP mask broadcast removed", FIT_PRUNING,
+        (("        masks = broadcast_masks(masks, device=trainer.strategy.root_device)", "        pass"),),
         ("tests/test_ddp.py::test_all_ranks_prune_identically_and_stay_in_sync",),
         "ranks whose own scoring differs (random positions, shuffle) keep different masks",
     ),
     Mutation(
-        "collapse warned twice", CALLBACK,
-        (("""        if report.collapsed:
-            rank_zero_warn(""", """        for _ in [1, 2] if report.collapsed else []:
-            rank_zero_warn("""),),
+        "collapse warned twice", FIT_PRUNING,
+        (("""    if report.collapsed:
+        rank_zero_warn(""", """    for _ in [1, 2] if report.collapsed else []:
+        rank_zero_warn("""),),
         ("tests/test_callback.py::test_collapse_is_warned_once",),
         "a warning repeated",
     ),

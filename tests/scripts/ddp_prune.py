@@ -16,7 +16,7 @@ from lightning.pytorch import Callback, Trainer
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from lightning_helpers import MLP  # noqa: E402
 
-import lightning_synflow.callback  # noqa: E402
+import lightning_synflow.fit_pruning  # noqa: E402
 from lightning_synflow import PruneAtInit  # noqa: E402
 
 ITERATIONS = 3
@@ -31,18 +31,18 @@ class CaptureWeights(Callback):
 
 
 class RecordLocalScoring:
-    """Stands in for ``compute_masks`` inside the callback: what this rank's own scoring gave (before the
+    """Stands in for ``prune_masks`` inside the callback: what this rank's own scoring gave (before the
     broadcast of rank zero's masks) and the batches it was given."""
 
-    def __init__(self, compute_masks):
-        self.compute_masks = compute_masks
+    def __init__(self, prune_masks):
+        self.prune_masks = prune_masks
         self.masks = None
         self.batches = None
 
     def __call__(self, *args, **kwargs):
         batches = kwargs.get("dataloader")
         self.batches = None if batches is None else [[t.clone() for t in b] for b in batches]
-        masks = self.compute_masks(*args, **kwargs)
+        masks = self.prune_masks(*args, **kwargs)
         self.masks = {k: v.clone() for k, v in masks.items()}
         return masks
 
@@ -61,12 +61,12 @@ def fit(out_dir: str, scorer: str, input_from: str, rank: int) -> None:
         accelerator="cpu", devices=2, strategy="ddp", max_steps=4, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[capture, pruner],
     )
-    local = RecordLocalScoring(lightning_synflow.callback.compute_masks)
-    lightning_synflow.callback.compute_masks = local
+    local = RecordLocalScoring(lightning_synflow.fit_pruning.prune_masks)
+    lightning_synflow.fit_pruning.prune_masks = local
     try:
         trainer.fit(model)
     finally:
-        lightning_synflow.callback.compute_masks = local.compute_masks
+        lightning_synflow.fit_pruning.prune_masks = local.prune_masks
     torch.save(
         {
             "masks": pruner.masks, "state": model.state_dict(), "init": init, "pruned_from": capture.state,

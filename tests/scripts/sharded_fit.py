@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from lightning_helpers import MemoryLogger  # noqa: E402
-import lightning_synflow.callback  # noqa: E402
+import lightning_synflow.fit_pruning  # noqa: E402
 from lightning_synflow import PruneAtInit, PruningDiagnostics, Random  # noqa: E402
 from lightning_synflow.masks import BoundMasks  # noqa: E402
 from lightning_synflow.report import sparsity_report  # noqa: E402
@@ -127,15 +127,15 @@ class Watch(Callback):
 
 
 class Record:
-    """Stands in for compute_masks inside the callback, to keep the batches this rank scored with."""
+    """Stands in for prune_masks inside the callback, to keep the batches this rank scored with."""
 
-    def __init__(self, compute_masks):
-        self.compute_masks, self.batches, self.calls = compute_masks, None, 0
+    def __init__(self, prune_masks):
+        self.prune_masks, self.batches, self.calls = prune_masks, None, 0
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
         self.batches = None if kwargs.get("dataloader") is None else [[t.clone() for t in b] for b in kwargs["dataloader"]]
-        return self.compute_masks(*args, **kwargs)
+        return self.prune_masks(*args, **kwargs)
 
 
 def trainer(mode, kind, steps, callbacks, logger=False):
@@ -148,8 +148,8 @@ def trainer(mode, kind, steps, callbacks, logger=False):
 
 
 def run(out, mode, kind, scorer):
-    record = Record(lightning_synflow.callback.compute_masks)
-    lightning_synflow.callback.compute_masks = record
+    record = Record(lightning_synflow.fit_pruning.prune_masks)
+    lightning_synflow.fit_pruning.prune_masks = record
     try:
         pruner = PruneAtInit(scorer=scorer_of(scorer), sparsity=sparsity_of(mode), iterations=ITERATIONS[scorer], verbose=False)
         watch = Watch(pruner)
@@ -179,7 +179,7 @@ def run(out, mode, kind, scorer):
                      masks_dir=sorted(os.listdir(os.path.join(path, "pruning_masks"))) if os.path.isdir(path) else None)
         torch.save(saved, os.path.join(out, f"{mode}-{kind}-{scorer}-rank{first.global_rank}.pt"))
     finally:
-        lightning_synflow.callback.compute_masks = record.compute_masks
+        lightning_synflow.fit_pruning.prune_masks = record.prune_masks
 
 
 if __name__ == "__main__":
