@@ -42,7 +42,7 @@ from lightning_synflow.diagnostics import PruningDiagnostics  # noqa: E402
 
 __version__ = "0.1.0"
 
-__getattr__ = renamed_attributes(__name__, {"ERK": "ERKRandom", "Uniform": "UniformRandom"}, globals())
+__getattr__ = renamed_attributes(__name__, {"ERK": "lightning_synflow.ERKRandom", "Uniform": "lightning_synflow.UniformRandom"})
 
 __all__ = [
     "DEFAULT_PRUNABLE_TYPES",

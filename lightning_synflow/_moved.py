@@ -95,15 +95,16 @@ def install() -> None:
         sys.meta_path.insert(0, _MovedFinder())
 
 
-def renamed_attributes(module: str, renamed: dict[str, str], namespace: dict[str, object]) -> Callable[[str], object]:
-    """A module ``__getattr__`` that gives each old name of ``renamed`` (old -> new) the object now called
-    by the new name in ``namespace``, with one :class:`DeprecationWarning`: ``from module import OLD``, a YAML
+def renamed_attributes(module: str, renamed: dict[str, str]) -> Callable[[str], object]:
+    """A module ``__getattr__`` that gives each old name of ``renamed`` (old name -> the new object's dotted
+    path) the object at that path, with one :class:`DeprecationWarning`: ``from module import OLD``, a YAML
     ``class_path: module.OLD`` and objects pickled under the old name keep working."""
 
     def __getattr__(name: str) -> object:
         if name not in renamed:
             raise AttributeError(f"module {module!r} has no attribute {name!r}")
-        warnings.warn(f"{module}.{name} is now {module}.{renamed[name]}", DeprecationWarning, stacklevel=2)
-        return namespace[renamed[name]]
+        where, _, attribute = renamed[name].rpartition(".")
+        warnings.warn(f"{module}.{name} is now {renamed[name]}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(where), attribute)
 
     return __getattr__

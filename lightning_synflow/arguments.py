@@ -16,7 +16,8 @@ from lightning_synflow.distributions import Distribution, get_distribution
 from lightning_synflow.granularity import get_granularity
 from lightning_synflow.schedules import Schedule, resolve_density
 from lightning_synflow.scorers.base import Scorer, get_scorer
-from lightning_synflow.validation import check_int, check_number, check_shape
+from lightning_synflow.parameters import selection_list
+from lightning_synflow.validation import check_bool, check_int, check_number, check_shape
 
 
 def _checked(check: Callable[[Any], Any]) -> Predicate:
@@ -52,6 +53,24 @@ def check_isometry_steps(value: Any) -> int:
 def check_isometry_lr(value: Any) -> float:
     """``isometry_lr``: a positive finite number."""
     return check_number("isometry_lr", value, "a positive finite number", low=0, open_low=True)
+
+
+def check_flags(**flags: Any) -> dict[str, bool]:
+    """Boolean arguments (``shrink=..., reinit=...``): each a bool, by its name."""
+    return {name: check_bool(name, value) for name, value in flags.items()}
+
+
+def selection_arguments(
+    include_types: Any, exclude_types: Any, include_names: Any, exclude_names: Any
+) -> dict[str, Any]:
+    """The arguments that choose the prunable tensors, as lists (``include_types=None``: the default types);
+    a single string is one pattern or type name."""
+    return dict(
+        include_types=None if include_types is None else selection_list("include_types", include_types, types=True),
+        exclude_types=selection_list("exclude_types", exclude_types, types=True),
+        include_names=selection_list("include_names", include_names),
+        exclude_names=selection_list("exclude_names", exclude_names),
+    )
 
 
 #: A registered scorer's name.

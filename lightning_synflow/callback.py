@@ -31,20 +31,24 @@ from lightning_synflow.arguments import (
     ScheduleName,
     ScorerArgument,
     Sparsity,
+    check_flags,
     check_input_shape,
     check_isometry_lr,
     check_isometry_steps,
     check_num_batches,
+    selection_arguments,
 )
 from lightning_synflow.checkpointing import (
     check_restored_names,
     check_still_covered,
     holds_masks,
+    load_shrunk,  # noqa: F401  (importable from here, its home before checkpointing.py)
     masks_beside_checkpoint,
     masks_state,
     read_checkpoints_first,
     restored_masks,
     save_masks_beside_checkpoints,
+    shrink_to_checkpoint,  # noqa: F401  (likewise)
     shrink_to_read_checkpoint,
     stored_selection,
     warn_if_settings_differ,
@@ -64,12 +68,10 @@ from lightning_synflow.fit_pruning import (
 )
 from lightning_synflow.isolation import restored_on_failure
 from lightning_synflow.masks import BoundMasks, check_masks
-from lightning_synflow.parameters import selection_list
 from lightning_synflow.plan import resolve_plan
 from lightning_synflow.scorers.base import Scorer
 from lightning_synflow.spawn import carry_state_back
 from lightning_synflow.strategies import check_strategy, is_sharded_strategy
-from lightning_synflow.validation import check_bool
 
 
 @carry_state_back
@@ -185,22 +187,21 @@ class PruneAtInit(Callback):
             check_input_shape(input_shape)
         if num_batches is not None:
             check_num_batches(num_batches)
-        self.shrink = check_bool("shrink", shrink)
+        flags = check_flags(shrink=shrink, reinit=reinit, include_frozen=include_frozen, verbose=verbose)
+        self.shrink = flags["shrink"]
         if self.shrink and self.granularity != "channel":
             raise ValueError(f"PruneAtInit `shrink` removes whole channels: give granularity='channel', got granularity={granularity!r}")
         self.isometry_steps = check_isometry_steps(isometry_steps)
         self.isometry_lr = check_isometry_lr(isometry_lr)
         self._legacy_diagnostics = _legacy_diagnostics(log_jacobian, log_effective_sparsity, log_per_tensor, input_shape)
         self.num_batches = num_batches
-        self.reinit = check_bool("reinit", reinit)
+        self.reinit = flags["reinit"]
         self.input_shape = None if input_shape is None else list(input_shape)
-        self.include_types = None if include_types is None else selection_list("include_types", include_types, types=True)
-        self.exclude_types = selection_list("exclude_types", exclude_types, types=True)
-        self.include_names = selection_list("include_names", include_names)
-        self.exclude_names = selection_list("exclude_names", exclude_names)
+        selection = selection_arguments(include_types, exclude_types, include_names, exclude_names)
+        self.include_types, self.exclude_types = selection["include_types"], selection["exclude_types"]
+        self.include_names, self.exclude_names = selection["include_names"], selection["exclude_names"]
         self._check_combinations()
-        self.include_frozen = check_bool("include_frozen", include_frozen)
-        self.verbose = check_bool("verbose", verbose)
+        self.include_frozen, self.verbose = flags["include_frozen"], flags["verbose"]
         self._masks: Optional[dict[str, Tensor]] = None
         self._bound: Optional[BoundMasks] = None
         self._hooks: list[Any] = []
@@ -539,4 +540,3 @@ def _legacy_diagnostics(
         stacklevel=3,
     )
     return PruningDiagnostics(**flags, input_shape=input_shape)
-

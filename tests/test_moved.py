@@ -146,3 +146,10 @@ def test_the_random_baselines_old_names_still_work_and_warn():
                 assert getattr(module, old) is getattr(erk, new)
     with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
         lightning_synflow.Nope
+
+
+def test_the_checkpoint_helpers_still_import_from_the_callback_module():
+    from lightning_synflow import checkpointing
+    from lightning_synflow.callback import load_shrunk, shrink_to_checkpoint
+
+    assert (load_shrunk, shrink_to_checkpoint) == (checkpointing.load_shrunk, checkpointing.shrink_to_checkpoint)

@@ -45,4 +45,4 @@ __all__ = [
     "register_scorer",
 ]
 
-__getattr__ = renamed_attributes(__name__, {"ERK": "ERKRandom", "Uniform": "UniformRandom"}, globals())
+__getattr__ = renamed_attributes(__name__, {"ERK": "lightning_synflow.scorers.ERKRandom", "Uniform": "lightning_synflow.scorers.UniformRandom"})

@@ -57,4 +57,4 @@ class UniformRandom(Random):
 
 
 #: The names these scorers had, which read as the distributions ``distributions.ERK`` and ``distributions.Uniform``.
-__getattr__ = renamed_attributes(__name__, {"ERK": "ERKRandom", "Uniform": "UniformRandom"}, globals())
+__getattr__ = renamed_attributes(__name__, {"ERK": "lightning_synflow.scorers.erk.ERKRandom", "Uniform": "lightning_synflow.scorers.erk.UniformRandom"})
