@@ -1,5 +1,5 @@
 """Time and peak memory of sending rank zero's masks and weights to the other rank: pickled, as before, or as
-tensors through the process group (:mod:`lightning_synflow.collectives`).
+tensors through the process group (:mod:`lightning_synflow.distributed.collectives`).
 
 Two gloo processes on this machine hold ``--weights`` float32 weights in four equal tensors and a bool
 mask for each (10% kept), drawn from a seed that differs between the ranks. *pickled* is what the callback
@@ -82,7 +82,7 @@ def measure(way: str, what: str, rank: int, store: str, weights: int) -> dict[st
     import torch
     import torch.distributed as dist
 
-    from lightning_synflow.collectives import broadcast_masks, broadcast_tensors_
+    from lightning_synflow.distributed.collectives import broadcast_masks, broadcast_tensors_
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)

@@ -127,7 +127,7 @@ from lightning_synflow import (
 from lightning_synflow.models import get_model
 from lightning_synflow.schedules import num_kept, resolve_density
 from lightning_synflow.scorers.ntksap import NTKSAPDraw
-from lightning_synflow.sharding import local
+from lightning_synflow.distributed.sharding import local
 
 PARTS = ("masks", "synflow", "mask_overhead", "fit", "semi_structured")
 #: Seconds each part may take on one GPU; what is left of the budget bounds each as well.

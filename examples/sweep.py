@@ -82,7 +82,7 @@ for _module in ("snip", "grasp", "force", "snip_it", "erk"):
         pass
 try:  # effective sparsity and Jacobian spectra, where the analysis module exists
     from lightning_synflow.analysis import effective_masks, jacobian_singular_values
-    from lightning_synflow.isolation import preserved_attributes, preserved_rng
+    from lightning_synflow.lightning.isolation import preserved_attributes, preserved_rng
 except ImportError:  # pragma: no cover - depends on the package version
     effective_masks = jacobian_singular_values = None
 

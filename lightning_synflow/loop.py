@@ -1,7 +1,7 @@
 """The round loop, written once: score the network as masked so far, ask the distribution for the round's
 budget, keep that many units (SynFlow's Algorithm 1, for every scorer).
 
-Granularity and layout are not forks of this loop but :class:`~lightning_synflow.selector.Selector` objects:
+Granularity and layout are not forks of this loop but :class:`~lightning_synflow.selection.selector.Selector` objects:
 single weights, an N:M pattern, whole channels or shards over processes each say what their units are and
 how to keep them. The ablation ``invert``, incremental scoring, the progress bar and the budget call are here,
 for all of them.
@@ -23,8 +23,8 @@ from lightning_synflow.model_state import preserved_model_state
 from lightning_synflow.plan import PruningPlan
 from lightning_synflow.schedules import num_kept
 from lightning_synflow.scorers.base import IncrementalScorer, LivingWeights, Scorer, ScoringContext
-from lightning_synflow.selector import Selector, select_within
-from lightning_synflow.sharding import local
+from lightning_synflow.selection.selector import Selector, select_within
+from lightning_synflow.distributed.sharding import local
 
 
 def prune_rounds(

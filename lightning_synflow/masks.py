@@ -12,8 +12,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from lightning_synflow.collectives import nonzero_counts
-from lightning_synflow.sharding import local
+from lightning_synflow.distributed.collectives import nonzero_counts
+from lightning_synflow.distributed.sharding import local
 
 
 def check_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, nn.Parameter]:

@@ -16,7 +16,7 @@ from typing import Optional, Union
 from lightning_synflow.distributions import DensityMap, Distribution, DistributionSpec, ERK, get_distribution
 from lightning_synflow.schedules import Schedule, density_schedule, resolve_density
 from lightning_synflow.scorers.base import Scorer, get_scorer
-from lightning_synflow.granularity import NM, Channels, GranularitySpec, get_granularity, resolve_pattern_density
+from lightning_synflow.selection.granularity import NM, Channels, GranularitySpec, get_granularity, resolve_pattern_density
 from lightning_synflow.validation import check_bool, check_choice
 
 
@@ -31,8 +31,8 @@ class PruningPlan:
         iterations: Pruning rounds.
         schedule: How the density falls over the rounds.
         distribution: How each round's budget is shared among the tensors (or channel groups).
-        granularity: ``None`` for single weights, else :class:`~lightning_synflow.granularity.NM`
-            or :class:`~lightning_synflow.granularity.Channels`.
+        granularity: ``None`` for single weights, else :class:`~lightning_synflow.selection.granularity.NM`
+            or :class:`~lightning_synflow.selection.granularity.Channels`.
         invert: Ablation: keep the lowest scores.
         shuffle: Ablation: move each tensor's kept positions to random places at the end.
     """

@@ -12,15 +12,15 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_synflow.alive import AliveSet
-from lightning_synflow.channels import ChannelSelector, channel_groups
+from lightning_synflow.selection.alive import AliveSet
+from lightning_synflow.selection.channels import ChannelSelector, channel_groups
 from lightning_synflow.distributions import DistributionSpec
-from lightning_synflow.granularity import NM, Channels, GranularitySpec, PatternSelector
+from lightning_synflow.selection.granularity import NM, Channels, GranularitySpec, PatternSelector
 from lightning_synflow.loop import prune_rounds, score_round
 from lightning_synflow.masks import check_masks
 from lightning_synflow.parameters import select_prunable, tied_names
 from lightning_synflow.plan import PruningPlan, resolve_plan
-from lightning_synflow.ranking import WeightSelector
+from lightning_synflow.selection.topk import WeightSelector
 from lightning_synflow.schedules import Schedule
 from lightning_synflow.scorers.base import (
     ExampleInput,
@@ -31,11 +31,11 @@ from lightning_synflow.scorers.base import (
     cross_entropy_loss,
     get_scorer,
 )
-from lightning_synflow.scorers.in_place import check_no_casting
-from lightning_synflow.selector import Selector
-from lightning_synflow.collectives import ProcessGroupCollectives
-from lightning_synflow.sharded_ranking import ShardedSelector
-from lightning_synflow.sharding import blocks_of, check_shardable_masks, is_sharded, like, local
+from lightning_synflow.distributed.scoring import check_no_casting
+from lightning_synflow.selection.selector import Selector
+from lightning_synflow.distributed.collectives import ProcessGroupCollectives
+from lightning_synflow.distributed.selection import ShardedSelector
+from lightning_synflow.distributed.sharding import blocks_of, check_shardable_masks, is_sharded, like, local
 from lightning_synflow.validation import check_int
 
 
@@ -215,12 +215,12 @@ def compute_masks(
         scope: Deprecated: ``"global"`` or ``"layerwise"``, now ``distribution="global"`` or ``"uniform"``.
         granularity: ``"weight"`` (any weights; the default), ``"channel"`` or ``"N:M"`` (e.g. ``"2:4"``).
             ``"channel"`` keeps or prunes whole output channels, coupled ones together
-            (:mod:`lightning_synflow.channels`; needs ``example_input`` or data to trace, and
+            (:mod:`lightning_synflow.selection.channels`; needs ``example_input`` or data to trace, and
             ``torch-pruning``): ``sparsity`` is the fraction of channels removed, the distribution shares
             channels among the groups of coupled channels (``"erk"`` by the shapes of the weights each group
             spans: :class:`~lightning_synflow.distributions.GroupERK`), and the masks also cover the channels' biases and
             normalisation parameters. ``"N:M"`` keeps exactly ``N`` of every ``M`` consecutive weights along
-            each stored row (:mod:`lightning_synflow.granularity`); its density ``N/M`` is implied
+            each stored row (:mod:`lightning_synflow.selection.granularity`); its density ``N/M`` is implied
             (``sparsity`` may be left out); tensors whose rows are not a multiple of ``M`` long are left dense
             (all-kept masks) and named in a warning; the distribution must give every grouped tensor ``N/M``
             at the end (``"global"``, ``"uniform"``).
@@ -284,7 +284,7 @@ def _selector(
             raise ValueError(
                 f"granularity='channel' found no channel of {type(model).__name__} it can prune: it removes output"
                 f" channels of nn.Conv1d/2d/3d and nn.Linear layers, and those of the prunable tensors all reach the"
-                f" outputs or pass through a layer that cannot lose one exactly (lightning_synflow.channels)"
+                f" outputs or pass through a layer that cannot lose one exactly (lightning_synflow.selection.channels)"
             )
         return ChannelSelector(model, groups, example, list(masks), monotone=monotone)
     # Monotone: pruned weights stay pruned, and the living set narrows in place, costing in proportion to what

@@ -61,7 +61,7 @@ def ranking_branch(request, monkeypatch):
     tensors (the CPU default) and torch's own kernels (what a GPU, or a dtype NumPy lacks, takes), which must
     give the same masks."""
     if request.param == "torch":
-        monkeypatch.setattr("lightning_synflow.ranking.as_numpy", lambda t: None)
+        monkeypatch.setattr("lightning_synflow.selection.topk.as_numpy", lambda t: None)
     return request.param
 
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from lightning_synflow.alive import COMPACT_BELOW, AliveSet
+from lightning_synflow.selection.alive import COMPACT_BELOW, AliveSet
 from lightning_synflow.distributions import get_distribution
-from lightning_synflow.ranking import select_masks
+from lightning_synflow.selection.topk import select_masks
 
 pytestmark = pytest.mark.usefixtures("ranking_branch")  # NumPy and torch branches alike
 

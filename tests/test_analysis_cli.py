@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from lightning_synflow import analyze
+from lightning_synflow.analysis import cli
 
 
 def _read(path):
@@ -15,7 +15,7 @@ def _read(path):
 
 def test_cli_runs_on_a_tiny_config_and_writes_csv(tmp_path, capsys):
     out = tmp_path / "run"
-    metrics = analyze.main([
+    metrics = cli.main([
         "resnet20", "--input-size", "8", "--scorers", "synflow", "random", "--iterations", "2",
         "--grid", "0.5", "1.0", "1.5", "--search", "full", "--compression", "10",
         "--jacobian-examples", "2", "--isometry-steps", "3", "--no-figures", "--out", str(out),
@@ -41,7 +41,7 @@ def test_cli_runs_on_a_tiny_config_and_writes_csv(tmp_path, capsys):
 
 def test_cli_step_bisection_stand_in_data_and_no_jacobian(tmp_path, capsys):
     out = tmp_path / "s"
-    metrics = analyze.main([
+    metrics = cli.main([
         "resnet20", "--input-size", "8", "--scorers", "magnitude", "snip", "--step", "1.0", "--ignore", "*shortcut*",
         "--compression", "10", "--jacobian-examples", "0", "--no-figures", "--out", str(out),
     ])
@@ -73,7 +73,7 @@ def test_cli_figures_for_the_diagnostics(tmp_path, monkeypatch):
             return drawn[_name]
         monkeypatch.setattr(figures, plot, record)
     out = tmp_path / "d"
-    analyze.main(["resnet20", "--input-size", "8", "--scorers", "magnitude", "--skip-sweep",
+    cli.main(["resnet20", "--input-size", "8", "--scorers", "magnitude", "--skip-sweep",
                   "--jacobian-examples", "1", "--out", str(out)])
     assert not (out / "critical_summary.csv").exists() and (out / "sparsity.csv").exists()
     assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{n}.png" for n in drawn) and len(drawn) == 3
@@ -91,9 +91,9 @@ def test_cli_figures_for_the_diagnostics(tmp_path, monkeypatch):
 
 def test_cli_rejects_unknown_names(tmp_path):
     with pytest.raises(SystemExit):
-        analyze.main(["resnet20", "--scorers", "nope", "--out", str(tmp_path)])
+        cli.main(["resnet20", "--scorers", "nope", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
-        analyze.main(["not_a_model", "--out", str(tmp_path)])
+        cli.main(["not_a_model", "--out", str(tmp_path)])
 
 
 def test_works_without_matplotlib(tmp_path):
@@ -111,8 +111,8 @@ def test_works_without_matplotlib(tmp_path):
         "        if name.split('.')[0] == 'matplotlib': raise ModuleNotFoundError(name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import lightning_synflow.analysis, lightning_synflow.analysis.figures\n"
-        "from lightning_synflow import analyze\n"
-        f"analyze.main(['resnet20', '--input-size', '8', '--scorers', 'random', '--skip-sweep', '--jacobian-examples', '0', '--out', {str(tmp_path)!r}])\n"
+        "from lightning_synflow.analysis import cli\n"
+        f"cli.main(['resnet20', '--input-size', '8', '--scorers', 'random', '--skip-sweep', '--jacobian-examples', '0', '--out', {str(tmp_path)!r}])\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={"OMP_NUM_THREADS": "1", "PATH": ""})

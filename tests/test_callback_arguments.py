@@ -14,8 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-import lightning_synflow.callback as callback_module
-import lightning_synflow.fit_pruning as fit_pruning
+import lightning_synflow.lightning.callback as callback_module
+import lightning_synflow.lightning.fit_pruning as fit_pruning
 from lightning_synflow import PruneAtInit, PruningDiagnostics
 from lightning_helpers import MLP, MemoryLogger, random_data
 

@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_helpers import MLP, MemoryLogger, random_data
 from lightning_synflow import PruneAtInit, PruningDiagnostics, SynFlow, available_scorers, num_kept
-from lightning_synflow.strategies import check_strategy
+from lightning_synflow.lightning.strategies import check_strategy
 
 SPAWN_SCRIPT = Path(__file__).parent / "scripts" / "spawn_fit.py"
 QUIET = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False)

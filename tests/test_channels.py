@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import TinyCNN
 from lightning_synflow import PruneAtInit, apply_masks, available_scorers, compute_masks, num_kept
-from lightning_synflow.channels import channel_groups, select_channels, shrink
+from lightning_synflow.selection.channels import channel_groups, select_channels, shrink
 from lightning_synflow.models import cifar_resnet, cifar_vgg
 
 _G = torch.Generator().manual_seed(0)
@@ -233,7 +233,7 @@ def test_the_classes_are_found_on_a_frozen_model_too():
     model = TinyCNN().eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    from lightning_synflow.channels import output_layers
+    from lightning_synflow.selection.channels import output_layers
 
     assert output_layers(model, X[:, :, :8, :8]) == {model.fc}
     assert all(not p.requires_grad for p in model.parameters())

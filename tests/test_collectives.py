@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_synflow import collectives, ranking
-from lightning_synflow.collectives import _chunks, _flat, _pack_into, _unpack_into, broadcast_masks, broadcast_tensors_
+from lightning_synflow.distributed import collectives
+from lightning_synflow.selection import topk
+from lightning_synflow.distributed.collectives import _chunks, _flat, _pack_into, _unpack_into, broadcast_masks, broadcast_tensors_
 
 
 def masks_of(rank):
@@ -48,7 +49,7 @@ def tensors_of(rank):
 def test_packing_puts_eight_weights_in_a_byte_and_unpacks_exactly(ranking_branch, monkeypatch, n, block):
     monkeypatch.setattr(collectives, "_BLOCK", block)  # 16: many blocks, the last one short
     if ranking_branch == "numpy":  # the packed bytes have NumPy's path too
-        assert ranking.as_numpy(torch.zeros(2, dtype=torch.uint8)) is not None
+        assert topk.as_numpy(torch.zeros(2, dtype=torch.uint8)) is not None
     bits = torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.4
     packed = torch.full(((n + 7) // 8,), 255, dtype=torch.uint8)
     _pack_into(bits, packed)
@@ -98,10 +99,10 @@ def worker(rank, store, out):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    as_numpy = ranking.as_numpy
+    as_numpy = topk.as_numpy
     results = {}
     for branch in ("numpy", "torch"):
-        ranking.as_numpy = as_numpy if branch == "numpy" else (lambda t: None)
+        topk.as_numpy = as_numpy if branch == "numpy" else (lambda t: None)
         for chunk in (collectives.CHUNK_BYTES, 3):
             masks, tensors = masks_of(rank), tensors_of(rank)
             pointers = [m.data_ptr() for m in masks.values()] + [t.data_ptr() for t in tensors]
@@ -111,7 +112,7 @@ def worker(rank, store, out):
             layouts = [t.is_contiguous(memory_format=torch.channels_last) for t in [*masks.values(), *tensors]]
             results[branch, chunk] = {"masks": got, "tensors": [t.detach() for t in tensors], "same_dict": got is masks,
                                       "in_place": in_place, "layouts": layouts}
-    ranking.as_numpy = as_numpy
+    topk.as_numpy = as_numpy
     alone = [dist.new_group([0]), dist.new_group([1])]
     masks, tensors = masks_of(rank), tensors_of(rank)
     broadcast_masks(masks, src=rank, group=alone[rank])

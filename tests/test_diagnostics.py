@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_helpers import MLP, FigureLogger, MemoryLogger, random_data
 from lightning_synflow import PruneAtInit, apply_masks
 from lightning_synflow.analysis import effective_sparsity_report, jacobian_singular_values, singular_value_stats
-from lightning_synflow.diagnostics import PruningDiagnostics, nonzero_masks
+from lightning_synflow.lightning.diagnostics import PruningDiagnostics, nonzero_masks
 
 PRUNABLE = ("net.0.weight", "net.2.weight", "net.4.weight")
 
@@ -318,7 +318,7 @@ def test_all_off_warns_that_nothing_is_logged():
 CONFIG = """
 trainer:
   callbacks:
-    - class_path: lightning_synflow.diagnostics.PruningDiagnostics
+    - class_path: lightning_synflow.lightning.diagnostics.PruningDiagnostics
       init_args: {log_jacobian: false, input_shape: [3, 32, 32], num_probes: 4}
 """
 

@@ -8,9 +8,9 @@ from torch import nn
 
 from lightning_helpers import MLP, random_data
 from lightning_synflow import NM, PruneAtInit, available_scorers, compute_masks, get_granularity, num_kept
-from lightning_synflow.granularity import resolve_pattern_density, select_pattern
+from lightning_synflow.selection.granularity import resolve_pattern_density, select_pattern
 from lightning_synflow.scorers.base import Scorer
-from lightning_synflow.semi_structured import semi_structured_plan, to_semi_structured
+from lightning_synflow.selection.semi_structured import semi_structured_plan, to_semi_structured
 
 
 class PatternNet(nn.Module):

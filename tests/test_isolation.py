@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_synflow.isolation import preserved_attributes, preserved_rng
+from lightning_synflow.lightning.isolation import preserved_attributes, preserved_rng
 
 
 def draws():

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_synflow import PruneAtInit, PruningDiagnostics
-from lightning_synflow.isolation import preserved_attributes
+from lightning_synflow.lightning.isolation import preserved_attributes
 from lightning_helpers import random_data
 
 QUIET = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)

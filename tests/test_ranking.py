@@ -97,7 +97,7 @@ def test_top_k_over_large_tensors_equals_a_full_sort(fraction, dtype):
     # Large enough that the selection brackets from a sample instead of ranking every candidate; scores with
     # many ties (a coarse grid) and dead candidates, as in late rounds of iterative pruning. NumPy compares
     # and lists the CPU dtypes it has; bfloat16 takes torch's own path.
-    from lightning_synflow.ranking import top_k_masks
+    from lightning_synflow.selection.topk import top_k_masks
 
     g = torch.Generator().manual_seed(7)
     scores = [(torch.randint(0, 2000, shape, generator=g).float() / 7).to(dtype) for shape in [(300, 400), (50_000,), (30, 3, 3, 100)]]
@@ -111,7 +111,7 @@ def test_top_k_over_large_tensors_equals_a_full_sort(fraction, dtype):
 
 
 def test_positions_and_selection_equal_torchs_own():
-    from lightning_synflow.ranking import compress, true_positions
+    from lightning_synflow.selection.topk import compress, true_positions
 
     g = torch.Generator().manual_seed(0)
     mask = torch.rand(30, 1001, generator=g) < 0.3
@@ -125,7 +125,7 @@ def test_positions_and_selection_equal_torchs_own():
 
 
 def test_selection_leaves_the_global_random_state_alone():
-    from lightning_synflow.ranking import top_k_masks
+    from lightning_synflow.selection.topk import top_k_masks
 
     torch.manual_seed(3)
     before = torch.get_rng_state()
@@ -138,7 +138,7 @@ def test_selection_leaves_the_global_random_state_alone():
 def test_kth_extreme_narrowed_by_samples_equals_a_sort(lowest, m):
     # Large enough that brackets from a sample narrow the values before ranking (ties on a coarse grid, a block
     # of zeros); m = 1 has no inner bracket and all-equal values cannot be narrowed, so both rank directly.
-    from lightning_synflow.ranking import _kth_extreme
+    from lightning_synflow.selection.topk import _kth_extreme
 
     g = torch.Generator().manual_seed(m)
     flat = torch.randint(0, 20_000, (300_000,), generator=g).float()

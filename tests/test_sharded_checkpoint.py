@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_synflow.sharded_checkpoint import (
+from lightning_synflow.distributed.checkpoint import (
     from_full_packed,
     full_packed,
     load_masks_beside,

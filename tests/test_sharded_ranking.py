@@ -7,10 +7,10 @@ process; tests/test_sharded.py runs the same code over real gloo process groups.
 import pytest
 import torch
 
-from lightning_synflow import sharded_ranking
-from lightning_synflow.ranking import select
-from lightning_synflow.sharded_ranking import select_sharded
-from lightning_synflow.sharding import Block, _runs
+from lightning_synflow.distributed import selection as sharded_selection
+from lightning_synflow.selection.topk import select
+from lightning_synflow.distributed.selection import select_sharded
+from lightning_synflow.distributed.sharding import Block, _runs
 from thread_ranks import ThreadCollectives, run_ranks
 
 
@@ -89,8 +89,8 @@ def assemble(results, name, world_size):
 @pytest.fixture(params=["small bands", "default"])
 def limits(request, monkeypatch):
     if request.param == "small bands":  # force sampling, narrowing, pivots and tie bisection on these sizes
-        monkeypatch.setattr(sharded_ranking, "EXCHANGE_LIMIT", 8)
-        monkeypatch.setattr(sharded_ranking, "SAMPLE_SIZE", 16)
+        monkeypatch.setattr(sharded_selection, "EXCHANGE_LIMIT", 8)
+        monkeypatch.setattr(sharded_selection, "SAMPLE_SIZE", 16)
     return request.param
 
 
@@ -140,7 +140,7 @@ def test_more_than_there_are_is_an_error():
 
 
 def test_a_large_tie_block_is_resolved_with_counts_not_gathered(monkeypatch):
-    monkeypatch.setattr(sharded_ranking, "EXCHANGE_LIMIT", 8)
+    monkeypatch.setattr(sharded_selection, "EXCHANGE_LIMIT", 8)
     gathered = []
     real = ThreadCollectives.gather
     monkeypatch.setattr(ThreadCollectives, "gather", lambda self, t: gathered.append(t.numel()) or real(self, t))

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lightning_synflow import apply_masks, compute_masks
-from lightning_synflow.channels import _call, _tensors, channel_groups, shrink, shrink_
+from lightning_synflow.selection.channels import _call, _tensors, channel_groups, shrink, shrink_
 
 
 class GroupedConv(nn.Module):
@@ -465,7 +465,7 @@ def test_a_channel_sparsity_short_of_the_request_is_warned_with_both_numbers():
 def test_the_exactness_check_refuses_when_the_masked_model_runs_in_neither_mode():
     # compute_masks already refuses such a model (its folds are found in float64 too); given masks from elsewhere,
     # the check refuses it naming the float64 forward pass before anything else runs, and never compares nothing.
-    from lightning_synflow.channels import _check_exact
+    from lightning_synflow.selection.channels import _check_exact
 
     class Cast(nn.Module):
         def __init__(self):

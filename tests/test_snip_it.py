@@ -6,7 +6,7 @@ from torch.nn import functional as F
 
 import lightning_synflow.scorers.snip_it  # noqa: F401  (registers "snip_it")
 from lightning_synflow import SNIP, compute_masks, compute_scores, get_scorer, num_kept
-from lightning_synflow.ranking import select_masks
+from lightning_synflow.selection.topk import select_masks
 from lightning_synflow.scorers.snip_it import SNIPit, snip_it_sparsities
 
 PUBLISHED = [0.50, 0.74, 0.86, 0.92, 0.95, 0.965, 0.98]  # Verdenius et al., L = 0.98

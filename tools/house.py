@@ -24,7 +24,7 @@ from pathlib import Path
 
 PACKAGE = "lightning_synflow"
 FACADE = PACKAGE  # the package's own __init__: what users import, above every wing
-FOUNDATIONS = {"validation", "schedules", "distributions", "parameters", "model_state"}
+FOUNDATIONS = {"validation", "schedules", "distributions", "parameters", "model_state", "_moved"}
 #: The declared wing order, lowest first: a wing may import only the wings before it.
 WING_ORDER = ("root:foundations", "selection", "distributed", "scorers", "root:core", "models", "analysis", "lightning")
 CALLBACK_PATHS = ("lightning/callback.py", "callback.py")

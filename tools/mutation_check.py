@@ -41,8 +41,8 @@ class Mutation:
     why: str
 
 
-CALLBACK = "lightning_synflow/callback.py"
-FIT_PRUNING = "lightning_synflow/fit_pruning.py"
+CALLBACK = "lightning_synflow/lightning/callback.py"
+FIT_PRUNING = "lightning_synflow/lightning/fit_pruning.py"
 HOOKS = "        self._hooks = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]\n"
 GUARDS = "tests/test_guards.py"
 
@@ -80,7 +80,7 @@ MUTATIONS = (
         "the logged measured sparsity agrees with the masks by construction",
     ),
     Mutation(
-        "scoring outside the precision's train_step_context", "lightning_synflow/trainer_data.py",
+        "scoring outside the precision's train_step_context", "lightning_synflow/lightning/trainer_data.py",
         (("with _silenced_logging(model), trainer.precision_plugin.train_step_context():",
           "with _silenced_logging(model):"),),
         (f"{GUARDS}::test_data_driven_scorers_score_under_the_precisions_autocast",),
@@ -121,7 +121,7 @@ MUTATIONS = (
         "a warning repeated",
     ),
     Mutation(
-        "CLI figures all saved from the first figure", "lightning_synflow/analyze.py",
+        "CLI figures all saved from the first figure", "lightning_synflow/analysis/cli.py",
         (('s.plots.save_figure(fig, s.out / f"{k}.png")', 's.plots.save_figure(next(iter(s.figures.values())), s.out / f"{k}.png")'),),
         ("tests/test_analysis_cli.py::test_cli_figures_for_the_diagnostics",),
         "three PNG files of one figure",
@@ -141,7 +141,7 @@ MUTATIONS = (
     ),
     # ---- the core: ranking, schedules, SynFlow, masks, callback hooks, isolation
     Mutation(
-        "ranking: ties kept at the later position", "lightning_synflow/ranking.py",
+        "ranking: ties kept at the later position", "lightning_synflow/selection/topk.py",
         (("chosen[ties[-need:] if lowest else ties[:need]] = True", "chosen[ties[:need] if lowest else ties[-need:]] = True"),),
         ("tests/test_ranking.py",),
         "ties go to the earlier tensor and lower index",
@@ -224,19 +224,19 @@ MUTATIONS = (
         "a different model is not pruned afresh",
     ),
     Mutation(
-        "isolation: Python's random state not restored", "lightning_synflow/isolation.py",
+        "isolation: Python's random state not restored", "lightning_synflow/lightning/isolation.py",
         (("            random.setstate(py_state)\n", "            pass\n"),),
         ("tests/test_isolation.py",),
         "scoring draws from the stream training uses",
     ),
     Mutation(
-        "isolation: attributes added while scoring kept", "lightning_synflow/isolation.py",
+        "isolation: attributes added while scoring kept", "lightning_synflow/lightning/isolation.py",
         (("                del state[key]\n", "                pass\n"),),
         ("tests/test_isolation.py",),
         "a training step's side effects outlive scoring",
     ),
     Mutation(
-        "isolation: tensors restored as new objects", "lightning_synflow/isolation.py",
+        "isolation: tensors restored as new objects", "lightning_synflow/lightning/isolation.py",
         (("""    if isinstance(obj, Tensor):
         with torch.no_grad():""", """    if isinstance(obj, Tensor):
         return contents
@@ -245,7 +245,7 @@ MUTATIONS = (
         "other references to a metric's tensor state see the scoring's values",
     ),
     Mutation(
-        "N:M and channels: the best left over may repeat a floor", "lightning_synflow/ranking.py",
+        "N:M and channels: the best left over may repeat a floor", "lightning_synflow/selection/topk.py",
         (("rest = [~f if c is None else c & ~f for f, c in zip(floors, candidates)]", "rest = list(candidates)"),),
         ("tests/test_granularity.py", "tests/test_mask_digests.py"),
         "fewer weights kept than asked",

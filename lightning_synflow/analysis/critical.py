@@ -40,7 +40,7 @@ from lightning_synflow.parameters import select_prunable
 from lightning_synflow.distributions import Global
 from lightning_synflow.plan import resolve_distribution
 from lightning_synflow.pruning import compute_masks, compute_scores
-from lightning_synflow.ranking import select
+from lightning_synflow.selection.topk import select
 from lightning_synflow.scorers.base import Scorer, get_scorer
 
 SEARCHES: tuple[str, ...] = ("bisect", "grid", "full")

@@ -46,8 +46,8 @@ from lightning_synflow.scorers.base import (
     register_scorer,
 )
 from lightning_synflow.model_state import overwritten
-from lightning_synflow.scorers.in_place import is_sharded_model
-from lightning_synflow.sharding import is_sharded, like, local
+from lightning_synflow.distributed.scoring import is_sharded_model
+from lightning_synflow.distributed.sharding import is_sharded, like, local
 from lightning_synflow.validation import check_choice
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -16,7 +16,7 @@ from lightning.pytorch import Callback, Trainer
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from lightning_helpers import MLP  # noqa: E402
 
-import lightning_synflow.fit_pruning  # noqa: E402
+import lightning_synflow.lightning.fit_pruning  # noqa: E402
 from lightning_synflow import PruneAtInit  # noqa: E402
 
 ITERATIONS = 3
@@ -61,12 +61,12 @@ def fit(out_dir: str, scorer: str, input_from: str, rank: int) -> None:
         accelerator="cpu", devices=2, strategy="ddp", max_steps=4, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[capture, pruner],
     )
-    local = RecordLocalScoring(lightning_synflow.fit_pruning.prune_masks)
-    lightning_synflow.fit_pruning.prune_masks = local
+    local = RecordLocalScoring(lightning_synflow.lightning.fit_pruning.prune_masks)
+    lightning_synflow.lightning.fit_pruning.prune_masks = local
     try:
         trainer.fit(model)
     finally:
-        lightning_synflow.fit_pruning.prune_masks = local.prune_masks
+        lightning_synflow.lightning.fit_pruning.prune_masks = local.prune_masks
     torch.save(
         {
             "masks": pruner.masks, "state": model.state_dict(), "init": init, "pruned_from": capture.state,

@@ -24,11 +24,11 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from lightning_helpers import MemoryLogger  # noqa: E402
-import lightning_synflow.fit_pruning  # noqa: E402
+import lightning_synflow.lightning.fit_pruning  # noqa: E402
 from lightning_synflow import PruneAtInit, PruningDiagnostics, Random  # noqa: E402
 from lightning_synflow.masks import BoundMasks  # noqa: E402
 from lightning_synflow.report import sparsity_report  # noqa: E402
-from lightning_synflow.sharding import local  # noqa: E402
+from lightning_synflow.distributed.sharding import local  # noqa: E402
 
 SPARSITY = {"replicas": 0.9}  # the case; 0.8 elsewhere
 ITERATIONS = {"synflow": 3, "snip": 1, "magnitude": 1, "random": 1}
@@ -148,8 +148,8 @@ def trainer(mode, kind, steps, callbacks, logger=False):
 
 
 def run(out, mode, kind, scorer):
-    record = Record(lightning_synflow.fit_pruning.prune_masks)
-    lightning_synflow.fit_pruning.prune_masks = record
+    record = Record(lightning_synflow.lightning.fit_pruning.prune_masks)
+    lightning_synflow.lightning.fit_pruning.prune_masks = record
     try:
         pruner = PruneAtInit(scorer=scorer_of(scorer), sparsity=sparsity_of(mode), iterations=ITERATIONS[scorer], verbose=False)
         watch = Watch(pruner)
@@ -179,7 +179,7 @@ def run(out, mode, kind, scorer):
                      masks_dir=sorted(os.listdir(os.path.join(path, "pruning_masks"))) if os.path.isdir(path) else None)
         torch.save(saved, os.path.join(out, f"{mode}-{kind}-{scorer}-rank{first.global_rank}.pt"))
     finally:
-        lightning_synflow.fit_pruning.prune_masks = record.prune_masks
+        lightning_synflow.lightning.fit_pruning.prune_masks = record.prune_masks
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def relayout_case(model, mesh, out):
     time (assembled), and the placements they came back with."""
     from torch.distributed.fsdp import fully_shard
 
-    from lightning_synflow.sharded_checkpoint import load_masks_beside, save_masks_beside
+    from lightning_synflow.distributed.checkpoint import load_masks_beside, save_masks_beside
 
     saved = compute_masks(model, Random(seed=0), sparsity=SPARSITY, parameters=RELAYOUT_NAMES)
     save_masks_beside(saved, Path(out) / "relayout-tp")
@@ -226,8 +226,8 @@ def strided_case(mesh):
     from torch.distributed.tensor import distribute_tensor
     from torch.distributed.tensor.placement_types import _StridedShard
 
-    from lightning_synflow.sharded_checkpoint import from_full_packed, full_packed
-    from lightning_synflow.sharding import local
+    from lightning_synflow.distributed.checkpoint import from_full_packed, full_packed
+    from lightning_synflow.distributed.sharding import local
 
     model = build("fsdp")
     layer = model[6]

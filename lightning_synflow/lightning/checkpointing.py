@@ -6,7 +6,7 @@ Formats of :class:`~lightning_synflow.PruneAtInit`'s state (beside the settings 
 - ``masks``: the masks as bool tensors (one process, DDP), with ``shrunk`` (the parameter shapes) after
   ``shrink=True``;
 - ``packed_masks``: a sharded model's masks, bit-packed whole in a full checkpoint
-  (:mod:`lightning_synflow.sharded_checkpoint`);
+  (:mod:`lightning_synflow.distributed.checkpoint`);
 - ``masks_beside``: in a distributed checkpoint (a directory), only the masks' names, the packed masks being a
   second ``torch.distributed.checkpoint`` beside the model's, written by the strategy's wrapped
   ``save_checkpoint``.
@@ -30,13 +30,13 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_synflow.channels import channel_mask_differences, shrink_
-from lightning_synflow.isolation import preserved_attributes, preserved_rng
+from lightning_synflow.selection.channels import channel_mask_differences, shrink_
+from lightning_synflow.lightning.isolation import preserved_attributes, preserved_rng
 from lightning_synflow.masks import check_masks
 from lightning_synflow.parameters import select_prunable
-from lightning_synflow.sharded_checkpoint import from_full_packed, full_packed, load_masks_beside, save_masks_beside
-from lightning_synflow.sharding import is_sharded
-from lightning_synflow.trainer_data import given_example_input
+from lightning_synflow.distributed.checkpoint import from_full_packed, full_packed, load_masks_beside, save_masks_beside
+from lightning_synflow.distributed.sharding import is_sharded
+from lightning_synflow.lightning.trainer_data import given_example_input
 
 #: The callback arguments that say which tensors are prunable, stored beside the masks.
 SELECTION_KEYS = ("include_types", "exclude_types", "include_names", "exclude_names", "include_frozen")
@@ -73,7 +73,7 @@ def masks_beside_checkpoint(masks: Optional[Mapping[str, Tensor]], distributed: 
 
 def restored_masks(model: nn.Module, restored: Mapping[str, Any], ckpt_path: Any) -> dict[str, Tensor]:
     """A checkpoint's masks, laid out as the model's parameters: as saved (one process, DDP), or, for a
-    sharded model, each rank unpacking its own block (:mod:`lightning_synflow.sharded_checkpoint`)."""
+    sharded model, each rank unpacking its own block (:mod:`lightning_synflow.distributed.checkpoint`)."""
     try:
         if "masks" in restored:
             return stored_masks(restored)

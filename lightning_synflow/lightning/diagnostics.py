@@ -23,7 +23,7 @@ What it logs, from rank zero, to every logger of the Trainer, at the current ``g
   dead too.
 
 Training never notices: random states and module state are given back as they were, and batches are drawn
-on a loader iterator of its own (:mod:`lightning_synflow.isolation`, :mod:`lightning_synflow.trainer_data`).
+on a loader iterator of its own (:mod:`lightning_synflow.lightning.isolation`, :mod:`lightning_synflow.lightning.trainer_data`).
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ from torch.nn.utils.prune import BasePruningMethod
 
 from lightning_synflow.analysis import effective_sparsity_report, jacobian_singular_values, singular_value_stats
 from lightning_synflow.analysis.figures import plot_singular_values
-from lightning_synflow.isolation import preserved_attributes, preserved_rng
+from lightning_synflow.lightning.isolation import preserved_attributes, preserved_rng
 from lightning_synflow.parameters import select_prunable
 from lightning_synflow.report import sparsity_report
 from lightning_synflow.scorers.base import ExampleInput
-from lightning_synflow.strategies import check_strategy, is_sharded_strategy
-from lightning_synflow.trainer_data import example_input, first_batch_input, setup_training_data
+from lightning_synflow.lightning.strategies import check_strategy, is_sharded_strategy
+from lightning_synflow.lightning.trainer_data import example_input, first_batch_input, setup_training_data
 from lightning_synflow.validation import check_bool, check_int, check_shape
 
 __all__ = ["PruningDiagnostics", "log_metrics", "nonzero_masks"]

@@ -45,8 +45,8 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from lightning_synflow.distributions import ERK, Budget, Distribution, GroupERK
 from lightning_synflow.model_state import preserved_model_state
-from lightning_synflow.ranking import top_k_beyond
-from lightning_synflow.selector import Selector, select_within
+from lightning_synflow.selection.topk import top_k_beyond
+from lightning_synflow.selection.selector import Selector, select_within
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _LAYERS = (*_CONVS, nn.Linear)
@@ -562,7 +562,7 @@ class ChannelSelector(ChannelRanking):
             return self.masks
         floor = sum(int(k.sum()) for k in self.kept.values()) - (budget if isinstance(budget, int) else sum(budget.values()))
         causes = [(f"{sum(whole.values())} channels of {list(whole)[:5]}{' ...' if len(whole) > 5 else ''} are left whole"
-                   f" (they reach a layer that cannot lose one exactly: lightning_synflow.channels)")] if whole else []
+                   f" (they reach a layer that cannot lose one exactly: lightning_synflow.selection.channels)")] if whole else []
         causes += [f"{floor} channels are kept because every group of coupled channels keeps one"] if floor > 0 else []
         warnings.warn(
             f"granularity='channel' removes {removed} of {total} channels (channel sparsity {removed / total:.3g}), below"
@@ -635,7 +635,7 @@ def _shrunk(model: nn.Module, masks: Mapping[str, Tensor], example_input: Any) -
     if blocked:
         raise ValueError(
             f"shrink cannot remove the pruned channels of {blocked}: their layers' outputs are the model's outputs,"
-            f" or they pass through a layer that cannot lose a channel exactly (lightning_synflow.channels)"
+            f" or they pass through a layer that cannot lose a channel exactly (lightning_synflow.selection.channels)"
         )
     pruned = {g.name: torch.nonzero(~masks[g.name].reshape(g.size, -1).any(1)).flatten().tolist() for g in groups if g.name in masks}
     emptied = [n for n, idxs in pruned.items() if len(idxs) == params[n].shape[0]]

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from lightning_synflow.distributions import Budget, DistributionSpec, get_distribution
-from lightning_synflow.selector import Selector, select_within
+from lightning_synflow.selection.selector import Selector, select_within
 
 #: Sampled scores per selection; the bracket's rank error shrinks as 1/sqrt of this.
 _SAMPLE_SIZE = 1 << 14

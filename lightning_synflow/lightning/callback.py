@@ -4,8 +4,8 @@ It prunes once in ``on_fit_start`` (model on its device, DDP already wrapped and
 ``ModelParallelStrategy`` at train start, after the strategy restored any checkpoint), keeps pruned weights
 at exactly zero after every optimizer step that really happened, masks gradients so optimizer state of
 pruned weights stays zero, and stores the masks in its own checkpoint state. This module is that life cycle and
-nothing else: what pruning does to the model inside a fit is :mod:`lightning_synflow.fit_pruning`, the masks in
-checkpoints are :mod:`lightning_synflow.checkpointing`, and the arguments' types :mod:`lightning_synflow.arguments`.
+nothing else: what pruning does to the model inside a fit is :mod:`lightning_synflow.lightning.fit_pruning`, the masks in
+checkpoints are :mod:`lightning_synflow.lightning.checkpointing`, and the arguments' types :mod:`lightning_synflow.lightning.arguments`.
 """
 
 import warnings
@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_synflow.arguments import (
+from lightning_synflow.lightning.arguments import (
     Compression,
     DistributionArgument,
     GranularityName,
@@ -38,7 +38,7 @@ from lightning_synflow.arguments import (
     check_num_batches,
     selection_arguments,
 )
-from lightning_synflow.checkpointing import (
+from lightning_synflow.lightning.checkpointing import (
     check_restored_names,
     check_still_covered,
     holds_masks,
@@ -53,9 +53,9 @@ from lightning_synflow.checkpointing import (
     stored_selection,
     warn_if_settings_differ,
 )
-from lightning_synflow.diagnostics import PruningDiagnostics, log_metrics
+from lightning_synflow.lightning.diagnostics import PruningDiagnostics, log_metrics
 from lightning_synflow.distributions import Distribution
-from lightning_synflow.fit_pruning import (
+from lightning_synflow.lightning.fit_pruning import (
     SHARDED_DEFAULTS,
     check_selection,
     check_sharded,
@@ -66,12 +66,12 @@ from lightning_synflow.fit_pruning import (
     shrink_in_fit,
     traced_input,
 )
-from lightning_synflow.isolation import restored_on_failure
+from lightning_synflow.lightning.isolation import restored_on_failure
 from lightning_synflow.masks import BoundMasks, check_masks
 from lightning_synflow.plan import resolve_plan
 from lightning_synflow.scorers.base import Scorer
-from lightning_synflow.spawn import carry_state_back
-from lightning_synflow.strategies import check_strategy, is_sharded_strategy
+from lightning_synflow.lightning.spawn import carry_state_back
+from lightning_synflow.lightning.strategies import check_strategy, is_sharded_strategy
 
 
 @carry_state_back
@@ -140,7 +140,7 @@ class PruneAtInit(Callback):
     """
 
     #: It tells the :class:`~lightning_synflow.PruningDiagnostics` among the Trainer's callbacks when it prunes
-    #: (:class:`lightning_synflow.diagnostics.DrivingPruner`).
+    #: (:class:`lightning_synflow.lightning.diagnostics.DrivingPruner`).
     drives_diagnostics = True
 
     def __init__(
@@ -490,7 +490,7 @@ class PruneAtInit(Callback):
             self._restored = dict(state_dict)
 
     def spawn_state(self) -> dict[str, Any]:
-        """Rank zero's state, sent back from a spawned worker (:mod:`lightning_synflow.spawn`)."""
+        """Rank zero's state, sent back from a spawned worker (:mod:`lightning_synflow.lightning.spawn`)."""
         return self.state_dict()
 
     def adopt_spawn_state(self, state: dict[str, Any], module: LightningModule) -> None:

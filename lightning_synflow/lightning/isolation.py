@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_synflow.sharding import local
+from lightning_synflow.distributed.sharding import local
 
 # nn.Module's own bookkeeping: parameters, buffers, children and hooks are not state a step changes.
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))

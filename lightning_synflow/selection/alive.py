@@ -9,7 +9,7 @@ in proportion to the living weights instead of all of them (a scorer may even sc
 bounds pruning's peak memory. Each update records the positions it pruned (:attr:`AliveSet.pruned`), so
 that a scorer keeping masked state between rounds (SynFlow) marks just those.
 
-Selection is exactly :func:`~lightning_synflow.ranking.top_k_masks`: exact counts, ties to the earlier
+Selection is exactly :func:`~lightning_synflow.selection.topk.top_k_masks`: exact counts, ties to the earlier
 tensor and then the lower flat index.
 """
 
@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from lightning_synflow.distributions import Budget
-from lightning_synflow.ranking import choose_extremes, compress, extract_extremes, true_positions
-from lightning_synflow.selector import Selector, select_within
+from lightning_synflow.selection.topk import choose_extremes, compress, extract_extremes, true_positions
+from lightning_synflow.selection.selector import Selector, select_within
 
 #: Keep flat indices of the living weights once at most this fraction of all weights is alive.
 COMPACT_BELOW = 0.125

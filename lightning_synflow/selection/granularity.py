@@ -1,7 +1,7 @@
 """Granularity: which sets of weights are kept or pruned together, one more axis of score → budget → select.
 
 ``"weight"`` (the default) keeps any weights. ``"channel"`` keeps or prunes whole output channels and
-neurons, coupled ones together (:mod:`lightning_synflow.channels`). ``"N:M"`` (e.g. ``"2:4"``) keeps exactly ``N`` of every ``M``
+neurons, coupled ones together (:mod:`lightning_synflow.selection.channels`). ``"N:M"`` (e.g. ``"2:4"``) keeps exactly ``N`` of every ``M``
 consecutive weights along each row of a weight as it is stored, ``weight.reshape(out, -1)``: ``in_features``
 of a Linear, ``in_channels·kh·kw`` of a convolution. That is the row a GEMM reads (a convolution lowered to
 one by im2col, the usual lowering), and for Linear it is the layout ``torch.sparse.to_sparse_semi_structured``
@@ -31,8 +31,8 @@ from torch import Tensor, nn
 
 from lightning_synflow.distributions import Budget, Distribution
 from lightning_synflow.parameters import check_weight_norm
-from lightning_synflow.ranking import top_k_beyond
-from lightning_synflow.selector import Selector, select_within
+from lightning_synflow.selection.topk import top_k_beyond
+from lightning_synflow.selection.selector import Selector, select_within
 from lightning_synflow.schedules import resolve_density
 
 
@@ -120,7 +120,7 @@ def input_major(model: nn.Module) -> set[str]:
 
 class PatternSelector(Selector):
     """Weights under an N:M pattern: in each ranking, the ``n`` best living weights of every group of ``m`` are
-    kept first, then the best left (:func:`~lightning_synflow.ranking.top_k_beyond`). Tensors in ``flipped``
+    kept first, then the best left (:func:`~lightning_synflow.selection.topk.top_k_beyond`). Tensors in ``flipped``
     are stored ``(in, out)`` and grouped down their columns (:func:`input_major`)."""
 
     def __init__(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lightning_synflow.granularity import NM
+from lightning_synflow.selection.granularity import NM
 
 PATTERN = NM(2, 4)
 

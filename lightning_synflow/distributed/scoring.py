@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from lightning_synflow.model_state import overwritten
-from lightning_synflow.sharding import is_sharded, like, local
+from lightning_synflow.distributed.sharding import is_sharded, like, local
 
 
 def is_sharded_model(masks: Mapping[str, Tensor]) -> bool:

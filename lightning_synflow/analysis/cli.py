@@ -1,6 +1,6 @@
 """Command line: critical-compression sweep and pruning diagnostics for a named model.
 
-    python -m lightning_synflow.analyze vgg16_bn --num-classes 100 --scorers synflow magnitude random \\
+    python -m lightning_synflow.analysis vgg16_bn --num-classes 100 --scorers synflow magnitude random \\
         --compression 100 --out analysis/vgg16
 
 For the model from :mod:`lightning_synflow.models` (seed ``--seeds[0]`` for the diagnostics) it writes to
@@ -34,7 +34,8 @@ from typing import Any, Optional
 
 import torch
 
-from lightning_synflow import available_scorers, compute_masks
+from lightning_synflow.pruning import compute_masks
+from lightning_synflow.scorers.base import available_scorers
 from lightning_synflow.analysis import (
     approximate_isometry,
     conservation,
@@ -70,7 +71,7 @@ def _stand_in_data(shape: tuple[int, ...], num_classes: int, batches: int, batch
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m lightning_synflow.analyze",
+        prog="python -m lightning_synflow.analysis",
         description="Critical-compression sweep and pruning diagnostics (isometry, Jacobian spectra, effective "
         "sparsity, conservation) for a model of lightning_synflow.models; writes CSVs and PNG figures.",
     )

@@ -1,11 +1,11 @@
 """Selectors: what a pruning round keeps or drops, whatever the granularity or the layout.
 
 The round loop (:mod:`lightning_synflow.loop`) is written once: score, ask the distribution for a budget,
-keep that many units. What a *unit* is differs: single weights (:class:`~lightning_synflow.alive.AliveSet`
-and :class:`~lightning_synflow.ranking.WeightSelector`), weights under an N:M pattern
-(:class:`~lightning_synflow.granularity.PatternSelector`), whole channels
-(:class:`~lightning_synflow.channels.ChannelSelector`), or the shards of weights spread over processes
-(:class:`~lightning_synflow.sharded_ranking.ShardedSelector`). A selector knows its units, its living set,
+keep that many units. What a *unit* is differs: single weights (:class:`~lightning_synflow.selection.alive.AliveSet`
+and :class:`~lightning_synflow.selection.topk.WeightSelector`), weights under an N:M pattern
+(:class:`~lightning_synflow.selection.granularity.PatternSelector`), whole channels
+(:class:`~lightning_synflow.selection.channels.ChannelSelector`), or the shards of weights spread over processes
+(:class:`~lightning_synflow.distributed.selection.ShardedSelector`). A selector knows its units, its living set,
 how to rank within one ranking of a budget, and how to turn kept units into masks.
 
 :func:`select_within` is the one loop over a budget's rankings (one over all tensors for a single count, one

@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lightning_synflow import ranking
-from lightning_synflow.sharding import Block, is_sharded, local, with_owners
+from lightning_synflow.selection import topk
+from lightning_synflow.distributed.sharding import Block, is_sharded, local, with_owners
 from lightning_synflow.validation import check_positive_int
 
 #: Largest buffer a broadcast uses: 64 MiB of weights, or the masks of 64 Mi weights (8 MiB packed).
@@ -150,7 +150,7 @@ def _pack_into(bits: Tensor, packed: Tensor) -> None:
     """Write the bools ``bits`` into ``packed`` eight to a byte, the first in the lowest bit, the last byte padded
     with zeros (on CPU through NumPy, ~40x faster than torch's kernels, and the same bytes)."""
     for block, out in _blocks(bits, packed):
-        array, out_array = ranking.as_numpy(block), ranking.as_numpy(out)  # via the module: the switch tests turn
+        array, out_array = topk.as_numpy(block), topk.as_numpy(out)  # via the module: the switch tests turn
         if array is not None and out_array is not None:
             out_array[:] = np.packbits(array, bitorder="little")
         else:
@@ -162,7 +162,7 @@ def _unpack_into(packed: Tensor, bits: Tensor) -> None:
     """Overwrite the bools ``bits`` with the first ``bits.numel()`` bits of ``packed``, as :func:`_pack_into`
     wrote them."""
     for block, source in _blocks(bits, packed):
-        array, source_array = ranking.as_numpy(block), ranking.as_numpy(source)
+        array, source_array = topk.as_numpy(block), topk.as_numpy(source)
         if array is not None and source_array is not None:
             array[:] = np.unpackbits(source_array, count=array.size, bitorder="little").view(np.bool_)
         else:

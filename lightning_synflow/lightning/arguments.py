@@ -13,7 +13,7 @@ from typing import Annotated, Any, Union
 from annotated_types import Predicate
 
 from lightning_synflow.distributions import Distribution, get_distribution
-from lightning_synflow.granularity import get_granularity
+from lightning_synflow.selection.granularity import get_granularity
 from lightning_synflow.schedules import Schedule, resolve_density
 from lightning_synflow.scorers.base import Scorer, get_scorer
 from lightning_synflow.parameters import selection_list

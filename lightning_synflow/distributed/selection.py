@@ -1,10 +1,10 @@
 """Exact-count selection over scores that are sharded across processes, without gathering them.
 
-The result is :func:`~lightning_synflow.ranking.select`'s on the full tensors: exactly ``k`` kept, ties to the
+The result is :func:`~lightning_synflow.selection.topk.select`'s on the full tensors: exactly ``k`` kept, ties to the
 earlier tensor and then the lower flat index *of the full tensor*. Each rank holds a block of each tensor
-(:class:`~lightning_synflow.sharding.Block`); a block several ranks hold (replicas) is counted once, by its
+(:class:`~lightning_synflow.distributed.sharding.Block`); a block several ranks hold (replicas) is counted once, by its
 owner, and the collectives run over the whole world, so owners must be decided over it
-(:func:`~lightning_synflow.sharding.blocks_of`).
+(:func:`~lightning_synflow.distributed.sharding.blocks_of`).
 
 How: all ranks agree on one cutoff, the last weight dropped in the order (score up, tensor down, full
 position down), and each keeps its own weights beyond it. To find it, a band ``[lo, hi]`` known to hold the
@@ -26,10 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from lightning_synflow.distributions import Budget, Distribution
-from lightning_synflow.ranking import _bracket, compress, true_positions
-from lightning_synflow.selector import Selector, select_within
-from lightning_synflow.collectives import Collectives, ProcessGroupCollectives, global_counts
-from lightning_synflow.sharding import Block, blocks_of, like, local
+from lightning_synflow.selection.topk import _bracket, compress, true_positions
+from lightning_synflow.selection.selector import Selector, select_within
+from lightning_synflow.distributed.collectives import Collectives, ProcessGroupCollectives, global_counts
+from lightning_synflow.distributed.sharding import Block, blocks_of, like, local
 
 #: Scores sampled per narrowing step, over all ranks.
 SAMPLE_SIZE = 1 << 14

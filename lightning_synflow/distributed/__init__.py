@@ -1,0 +1,1 @@
+"""Distributed: pruning a model whose weights are sharded across ranks. Where a rank's block sits, collectives between ranks, exact selection over shards, bit-packed masks in sharded checkpoints, and scoring the model in place."""

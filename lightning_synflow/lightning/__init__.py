@@ -1,0 +1,1 @@
+"""The Lightning wing: the only part of the package that imports `lightning`. The `PruneAtInit` callback and its life cycle, checkpointing, diagnostics, batches as training sees them, supported strategies, spawned workers and scoring without side effects. Imports of the `lightning` dependency here are absolute, so they never resolve to this subpackage."""

@@ -1,0 +1,1 @@
+"""Selection: which units survive a round. Exact top-k within a budget, the living set narrowed round by round, N:M groups, coupled channels and `shrink`, 2:4 weights for GPU kernels; each turns kept units into masks."""
