@@ -1,37 +1,40 @@
 """Prune at initialization with SynFlow and friends, and keep the network sparse while it trains."""
 
 from lightning_synflow import _moved
-
-_moved.install()  # old module paths keep importing, with a warning
-
 from lightning_synflow._moved import renamed_attributes
 from lightning_synflow.ablations import reinitialize, shuffle_masks
+from lightning_synflow.distributions import (
+    Distribution,
+    erk_densities,
+    get_distribution,
+    kept_counts,
+    uniform_densities,
+)
+from lightning_synflow.lightning.callback import PruneAtInit
+from lightning_synflow.lightning.checkpointing import load_shrunk, shrink_to_checkpoint
+from lightning_synflow.lightning.diagnostics import PruningDiagnostics
 from lightning_synflow.masks import BoundMasks, apply_masks, check_masks
 from lightning_synflow.parameters import DEFAULT_PRUNABLE_TYPES, select_prunable
 from lightning_synflow.plan import PruningPlan, resolve_plan
 from lightning_synflow.pruning import compute_masks, compute_scores
-from lightning_synflow.selection.topk import select_masks, top_k_mask
 from lightning_synflow.report import SparsityReport, TensorSparsity, sparsity_report
 from lightning_synflow.schedules import density_schedule, num_kept, resolve_density
-from lightning_synflow.distributions import Distribution, erk_densities, get_distribution, kept_counts, uniform_densities
-from lightning_synflow.selection.granularity import NM, get_granularity
-from lightning_synflow.selection.semi_structured import semi_structured_plan, to_semi_structured
 from lightning_synflow.scorers import (
-    ERKRandom,
     FORCE,
     NTKSAP,
     SNIP,
-    IterSNIP,
+    ERKRandom,
     GraSP,
     GraSPAbs,
-    SNIPit,
+    IncrementalScorer,
+    IterSNIP,
+    LivingWeights,
     LossFn,
     Magnitude,
     Random,
     Scorer,
     ScoringContext,
-    IncrementalScorer,
-    LivingWeights,
+    SNIPit,
     SynFlow,
     UniformRandom,
     available_scorers,
@@ -39,10 +42,15 @@ from lightning_synflow.scorers import (
     get_scorer,
     register_scorer,
 )
-from lightning_synflow.lightning.callback import PruneAtInit  # noqa: E402  (imports the functional core above)
-from lightning_synflow.lightning.checkpointing import load_shrunk, shrink_to_checkpoint  # noqa: E402
-from lightning_synflow.selection.channels import shrink  # noqa: E402
-from lightning_synflow.lightning.diagnostics import PruningDiagnostics  # noqa: E402
+from lightning_synflow.selection.channels import shrink
+from lightning_synflow.selection.granularity import NM, get_granularity
+from lightning_synflow.selection.semi_structured import (
+    semi_structured_plan,
+    to_semi_structured,
+)
+from lightning_synflow.selection.topk import select_masks, top_k_mask
+
+_moved.install()  # old module paths keep importing, with a warning
 
 __version__ = "0.1.0"
 

@@ -18,13 +18,18 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lightning_synflow.ablations import shuffle_masks
+from lightning_synflow.distributed.sharding import local
 from lightning_synflow.distributions import Distribution
 from lightning_synflow.model_state import preserved_model_state
 from lightning_synflow.plan import PruningPlan
 from lightning_synflow.schedules import num_kept
-from lightning_synflow.scorers.base import IncrementalScorer, LivingWeights, Scorer, ScoringContext
+from lightning_synflow.scorers.base import (
+    IncrementalScorer,
+    LivingWeights,
+    Scorer,
+    ScoringContext,
+)
 from lightning_synflow.selection.selector import Selector, select_within
-from lightning_synflow.distributed.sharding import local
 
 
 def prune_rounds(

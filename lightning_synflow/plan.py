@@ -13,10 +13,22 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from lightning_synflow.distributions import DensityMap, Distribution, DistributionSpec, ERK, get_distribution
+from lightning_synflow.distributions import (
+    ERK,
+    DensityMap,
+    Distribution,
+    DistributionSpec,
+    get_distribution,
+)
 from lightning_synflow.schedules import Schedule, density_schedule, resolve_density
 from lightning_synflow.scorers.base import Scorer, get_scorer
-from lightning_synflow.selection.granularity import NM, Channels, GranularitySpec, get_granularity, resolve_pattern_density
+from lightning_synflow.selection.granularity import (
+    NM,
+    Channels,
+    GranularitySpec,
+    get_granularity,
+    resolve_pattern_density,
+)
 from lightning_synflow.validation import check_bool, check_choice
 
 

@@ -12,15 +12,21 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_synflow.selection.alive import AliveSet
-from lightning_synflow.selection.channels import ChannelSelector, channel_groups
+from lightning_synflow.distributed.collectives import ProcessGroupCollectives
+from lightning_synflow.distributed.scoring import check_no_casting
+from lightning_synflow.distributed.selection import ShardedSelector
+from lightning_synflow.distributed.sharding import (
+    blocks_of,
+    check_shardable_masks,
+    is_sharded,
+    like,
+    local,
+)
 from lightning_synflow.distributions import DistributionSpec
-from lightning_synflow.selection.granularity import NM, Channels, GranularitySpec, PatternSelector
 from lightning_synflow.loop import prune_rounds, score_round
 from lightning_synflow.masks import check_masks
 from lightning_synflow.parameters import select_prunable, tied_names
 from lightning_synflow.plan import PruningPlan, resolve_plan
-from lightning_synflow.selection.topk import WeightSelector
 from lightning_synflow.schedules import Schedule
 from lightning_synflow.scorers.base import (
     ExampleInput,
@@ -31,11 +37,16 @@ from lightning_synflow.scorers.base import (
     cross_entropy_loss,
     get_scorer,
 )
-from lightning_synflow.distributed.scoring import check_no_casting
+from lightning_synflow.selection.alive import AliveSet
+from lightning_synflow.selection.channels import ChannelSelector, channel_groups
+from lightning_synflow.selection.granularity import (
+    NM,
+    Channels,
+    GranularitySpec,
+    PatternSelector,
+)
 from lightning_synflow.selection.selector import Selector
-from lightning_synflow.distributed.collectives import ProcessGroupCollectives
-from lightning_synflow.distributed.selection import ShardedSelector
-from lightning_synflow.distributed.sharding import blocks_of, check_shardable_masks, is_sharded, like, local
+from lightning_synflow.selection.topk import WeightSelector
 from lightning_synflow.validation import check_int
 
 

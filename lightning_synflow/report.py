@@ -8,9 +8,9 @@ from typing import Optional
 
 from torch import Tensor, nn
 
+from lightning_synflow.distributed.collectives import nonzero_counts
 from lightning_synflow.masks import check_masks
 from lightning_synflow.parameters import frozen_weight_matrices
-from lightning_synflow.distributed.collectives import nonzero_counts
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,12 @@ from :mod:`lightning_synflow.analysis.figures` (matplotlib is imported only ther
 - :func:`conservation`: per-neuron and per-layer score conservation (SynFlow paper, Figs. 3-4).
 """
 
-from lightning_synflow.analysis.conservation import ConservationResult, LayerScore, NeuronConservation, conservation
+from lightning_synflow.analysis.conservation import (
+    ConservationResult,
+    LayerScore,
+    NeuronConservation,
+    conservation,
+)
 from lightning_synflow.analysis.critical import (
     CriticalCompressionResult,
     CriticalRun,
@@ -22,8 +27,16 @@ from lightning_synflow.analysis.critical import (
     exact_one_shot_log10,
     max_compression_log10,
 )
-from lightning_synflow.analysis.effective import EffectiveSparsityReport, effective_masks, effective_sparsity_report
-from lightning_synflow.analysis.isometry import IsometryResult, approximate_isometry, isometry_penalty
+from lightning_synflow.analysis.effective import (
+    EffectiveSparsityReport,
+    effective_masks,
+    effective_sparsity_report,
+)
+from lightning_synflow.analysis.isometry import (
+    IsometryResult,
+    approximate_isometry,
+    isometry_penalty,
+)
 from lightning_synflow.analysis.jacobian import (
     SingularValueStats,
     input_output_jacobians,

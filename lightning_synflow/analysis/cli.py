@@ -34,8 +34,6 @@ from typing import Any, Optional
 
 import torch
 
-from lightning_synflow.pruning import compute_masks
-from lightning_synflow.scorers.base import available_scorers
 from lightning_synflow.analysis import (
     approximate_isometry,
     conservation,
@@ -45,6 +43,8 @@ from lightning_synflow.analysis import (
     singular_value_stats,
 )
 from lightning_synflow.models import MODELS, get_model
+from lightning_synflow.pruning import compute_masks
+from lightning_synflow.scorers.base import available_scorers
 
 DATA_FREE = ("synflow", "magnitude", "random")
 

@@ -36,12 +36,12 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_synflow.parameters import select_prunable
 from lightning_synflow.distributions import Global
+from lightning_synflow.parameters import select_prunable
 from lightning_synflow.plan import resolve_distribution
 from lightning_synflow.pruning import compute_masks, compute_scores
-from lightning_synflow.selection.topk import select
 from lightning_synflow.scorers.base import Scorer, get_scorer
+from lightning_synflow.selection.topk import select
 
 SEARCHES: tuple[str, ...] = ("bisect", "grid", "full")
 

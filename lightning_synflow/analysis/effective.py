@@ -35,7 +35,6 @@ from lightning_synflow.pruning import compute_scores
 from lightning_synflow.report import SparsityReport, sparsity_report
 from lightning_synflow.scorers.base import ExampleInput
 
-
 _MAXPOOLS = {nn.MaxPool1d: nn.AvgPool1d, nn.MaxPool2d: nn.AvgPool2d, nn.MaxPool3d: nn.AvgPool3d}
 
 

@@ -28,7 +28,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_synflow.distributed.sharding import block_of, is_sharded, like, local, sharded_dims
+from lightning_synflow.distributed.sharding import (
+    block_of,
+    is_sharded,
+    like,
+    local,
+    sharded_dims,
+)
 
 #: The sub-directory of a distributed checkpoint that holds the masks.
 MASKS_DIR = "pruning_masks"

@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lightning_synflow.selection import topk
 from lightning_synflow.distributed.sharding import Block, is_sharded, local, with_owners
+from lightning_synflow.selection import topk
 from lightning_synflow.validation import check_positive_int
 
 #: Largest buffer a broadcast uses: 64 MiB of weights, or the masks of 64 Mi weights (8 MiB packed).

@@ -19,8 +19,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
-from lightning_synflow.model_state import overwritten
 from lightning_synflow.distributed.sharding import is_sharded, like, local
+from lightning_synflow.model_state import overwritten
 
 
 def is_sharded_model(masks: Mapping[str, Tensor]) -> bool:

@@ -25,11 +25,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_synflow.distributions import Budget, Distribution
-from lightning_synflow.selection.topk import _bracket, compress, true_positions
-from lightning_synflow.selection.selector import Selector, select_within
-from lightning_synflow.distributed.collectives import Collectives, ProcessGroupCollectives, global_counts
+from lightning_synflow.distributed.collectives import (
+    Collectives,
+    ProcessGroupCollectives,
+    global_counts,
+)
 from lightning_synflow.distributed.sharding import Block, blocks_of, like, local
+from lightning_synflow.distributions import Budget, Distribution
+from lightning_synflow.selection.selector import Selector, select_within
+from lightning_synflow.selection.topk import _bracket, compress, true_positions
 
 #: Scores sampled per narrowing step, over all ranks.
 SAMPLE_SIZE = 1 << 14

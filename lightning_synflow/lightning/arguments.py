@@ -13,11 +13,16 @@ from typing import Annotated, Any, Union
 from annotated_types import Predicate
 
 from lightning_synflow.distributions import Distribution, get_distribution
-from lightning_synflow.selection.granularity import get_granularity
+from lightning_synflow.parameters import selection_list
 from lightning_synflow.schedules import Schedule, resolve_density
 from lightning_synflow.scorers.base import Scorer, get_scorer
-from lightning_synflow.parameters import selection_list
-from lightning_synflow.validation import check_bool, check_int, check_number, check_shape
+from lightning_synflow.selection.granularity import get_granularity
+from lightning_synflow.validation import (
+    check_bool,
+    check_int,
+    check_number,
+    check_shape,
+)
 
 
 def _checked(check: Callable[[Any], Any]) -> Predicate:

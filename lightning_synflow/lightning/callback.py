@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lightning_synflow.distributions import Distribution
 from lightning_synflow.lightning.arguments import (
     Compression,
     DistributionArgument,
@@ -54,7 +55,6 @@ from lightning_synflow.lightning.checkpointing import (
     warn_if_settings_differ,
 )
 from lightning_synflow.lightning.diagnostics import PruningDiagnostics, log_metrics
-from lightning_synflow.distributions import Distribution
 from lightning_synflow.lightning.fit_pruning import (
     SHARDED_DEFAULTS,
     check_selection,
@@ -67,11 +67,11 @@ from lightning_synflow.lightning.fit_pruning import (
     traced_input,
 )
 from lightning_synflow.lightning.isolation import restored_on_failure
+from lightning_synflow.lightning.spawn import carry_state_back
+from lightning_synflow.lightning.strategies import check_strategy, is_sharded_strategy
 from lightning_synflow.masks import BoundMasks, check_masks
 from lightning_synflow.plan import resolve_plan
 from lightning_synflow.scorers.base import Scorer
-from lightning_synflow.lightning.spawn import carry_state_back
-from lightning_synflow.lightning.strategies import check_strategy, is_sharded_strategy
 
 
 @carry_state_back

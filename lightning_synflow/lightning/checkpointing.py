@@ -30,13 +30,18 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_synflow.selection.channels import channel_mask_differences, shrink_
+from lightning_synflow.distributed.checkpoint import (
+    from_full_packed,
+    full_packed,
+    load_masks_beside,
+    save_masks_beside,
+)
+from lightning_synflow.distributed.sharding import is_sharded
 from lightning_synflow.lightning.isolation import preserved_attributes, preserved_rng
+from lightning_synflow.lightning.trainer_data import given_example_input
 from lightning_synflow.masks import check_masks
 from lightning_synflow.parameters import select_prunable
-from lightning_synflow.distributed.checkpoint import from_full_packed, full_packed, load_masks_beside, save_masks_beside
-from lightning_synflow.distributed.sharding import is_sharded
-from lightning_synflow.lightning.trainer_data import given_example_input
+from lightning_synflow.selection.channels import channel_mask_differences, shrink_
 
 #: The callback arguments that say which tensors are prunable, stored beside the masks.
 SELECTION_KEYS = ("include_types", "exclude_types", "include_names", "exclude_names", "include_frozen")

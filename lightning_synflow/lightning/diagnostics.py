@@ -38,14 +38,22 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.utils.prune import BasePruningMethod
 
-from lightning_synflow.analysis import effective_sparsity_report, jacobian_singular_values, singular_value_stats
+from lightning_synflow.analysis import (
+    effective_sparsity_report,
+    jacobian_singular_values,
+    singular_value_stats,
+)
 from lightning_synflow.analysis.figures import plot_singular_values
 from lightning_synflow.lightning.isolation import preserved_attributes, preserved_rng
+from lightning_synflow.lightning.strategies import check_strategy, is_sharded_strategy
+from lightning_synflow.lightning.trainer_data import (
+    example_input,
+    first_batch_input,
+    setup_training_data,
+)
 from lightning_synflow.parameters import select_prunable
 from lightning_synflow.report import sparsity_report
 from lightning_synflow.scorers.base import ExampleInput
-from lightning_synflow.lightning.strategies import check_strategy, is_sharded_strategy
-from lightning_synflow.lightning.trainer_data import example_input, first_batch_input, setup_training_data
 from lightning_synflow.validation import check_bool, check_int, check_shape
 
 __all__ = ["PruningDiagnostics", "log_metrics", "nonzero_masks"]

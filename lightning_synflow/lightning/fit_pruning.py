@@ -22,18 +22,30 @@ from torch import Tensor, nn
 
 from lightning_synflow.ablations import reinitialize
 from lightning_synflow.analysis import approximate_isometry
-from lightning_synflow.selection.channels import shrink_
-from lightning_synflow.distributed.collectives import broadcast_masks, broadcast_tensors_
+from lightning_synflow.distributed.collectives import (
+    broadcast_masks,
+    broadcast_tensors_,
+)
 from lightning_synflow.lightning.diagnostics import log_metrics
-from lightning_synflow.selection.granularity import Channels
 from lightning_synflow.lightning.isolation import preserved_attributes, preserved_rng
-from lightning_synflow.parameters import frozen_weight_matrices, select_prunable, unmatched_selection
+from lightning_synflow.lightning.strategies import is_sharded_strategy
+from lightning_synflow.lightning.trainer_data import (
+    example_input,
+    setup_training_data,
+    training_batches,
+    training_step_loss,
+)
+from lightning_synflow.parameters import (
+    frozen_weight_matrices,
+    select_prunable,
+    unmatched_selection,
+)
 from lightning_synflow.plan import PruningPlan
 from lightning_synflow.pruning import prune_masks
 from lightning_synflow.report import sparsity_report
 from lightning_synflow.scorers.base import Scorer, available_scorers, get_scorer
-from lightning_synflow.lightning.strategies import is_sharded_strategy
-from lightning_synflow.lightning.trainer_data import example_input, setup_training_data, training_batches, training_step_loss
+from lightning_synflow.selection.channels import shrink_
+from lightning_synflow.selection.granularity import Channels
 
 #: What a sharded strategy cannot prune with (whole tensors on one process), and the values it can.
 SHARDED_DEFAULTS = {"isometry_steps": 0, "reinit": False, "shuffle": False, "granularity": "weight"}

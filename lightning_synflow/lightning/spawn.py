@@ -15,7 +15,9 @@ from typing import Any, Protocol
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.strategies.launchers.multiprocessing import (
+    _MultiProcessingLauncher,
+)
 
 _KEY = "lightning_synflow"
 _CARRIED: list[type] = []

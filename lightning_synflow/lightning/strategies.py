@@ -8,8 +8,16 @@ way; both are refused, as is XLA, which is untested.
 
 from __future__ import annotations
 
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
-from lightning.pytorch.strategies import SingleDeviceStrategy, SingleDeviceXLAStrategy, Strategy, XLAStrategy
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceStrategy,
+    SingleDeviceXLAStrategy,
+    Strategy,
+    XLAStrategy,
+)
 
 SUPPORTED = (
     "a single device, DDP (strategy='ddp', 'ddp_spawn', 'ddp_notebook', 'ddp_find_unused_parameters_true'), or"

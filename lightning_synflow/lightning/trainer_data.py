@@ -14,7 +14,6 @@ from itertools import islice
 from typing import Any, Optional
 
 import torch
-
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature

@@ -10,7 +10,13 @@ from collections.abc import Callable
 
 from torch import nn
 
-from lightning_synflow.models.cifar_resnet import resnet18, resnet20, resnet32, resnet56, resnet110
+from lightning_synflow.models.cifar_resnet import (
+    resnet18,
+    resnet20,
+    resnet32,
+    resnet56,
+    resnet110,
+)
 from lightning_synflow.models.cifar_vgg import vgg11_bn, vgg13_bn, vgg16_bn, vgg19_bn
 
 #: Name -> constructor ``(num_classes=10, **kw) -> nn.Module``.

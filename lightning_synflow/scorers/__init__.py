@@ -1,5 +1,6 @@
 """Scorers by name (``"synflow"``, ``"snip"``, ...); a user's own by subclassing :class:`Scorer`."""
 
+from lightning_synflow._moved import renamed_attributes
 from lightning_synflow.scorers.base import (
     IncrementalScorer,
     LivingWeights,
@@ -12,7 +13,6 @@ from lightning_synflow.scorers.base import (
     register_scorer,
 )
 from lightning_synflow.scorers.baselines import Magnitude, Random
-from lightning_synflow._moved import renamed_attributes
 from lightning_synflow.scorers.erk import ERKRandom, UniformRandom
 from lightning_synflow.scorers.force import FORCE, IterSNIP
 from lightning_synflow.scorers.grasp import GraSP, GraSPAbs

@@ -9,8 +9,14 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from lightning_synflow.distributed.sharding import (
+    Block,
+    block_of,
+    is_sharded,
+    like,
+    local,
+)
 from lightning_synflow.scorers.base import Scorer, ScoringContext, register_scorer
-from lightning_synflow.distributed.sharding import Block, block_of, is_sharded, like, local
 from lightning_synflow.validation import check_seed
 
 

@@ -14,9 +14,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lightning_synflow.scorers.base import LossFn, ScoringContext
+from lightning_synflow.distributed.scoring import (
+    is_sharded_model,
+    masked_loss_gradients,
+)
 from lightning_synflow.model_state import preserved_buffers
-from lightning_synflow.distributed.scoring import is_sharded_model, masked_loss_gradients
+from lightning_synflow.scorers.base import LossFn, ScoringContext
 from lightning_synflow.validation import check_choice
 
 Mode = Literal["train", "eval"]

@@ -12,7 +12,12 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lightning_synflow.scorers.base import Scorer, ScoringContext, register_scorer
-from lightning_synflow.scorers.functional import Mode, batch_loss, check_mode, masked_state
+from lightning_synflow.scorers.functional import (
+    Mode,
+    batch_loss,
+    check_mode,
+    masked_state,
+)
 from lightning_synflow.validation import check_number
 
 

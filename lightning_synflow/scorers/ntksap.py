@@ -34,8 +34,18 @@ from torch.func import functional_call
 from torch.nn.modules.batchnorm import _NormBase
 from torch.utils._pytree import tree_leaves
 
-from lightning_synflow.scorers.base import ExampleInput, Scorer, ScoringContext, register_scorer
-from lightning_synflow.validation import check_choice, check_int, check_number, check_seed
+from lightning_synflow.scorers.base import (
+    ExampleInput,
+    Scorer,
+    ScoringContext,
+    register_scorer,
+)
+from lightning_synflow.validation import (
+    check_choice,
+    check_int,
+    check_number,
+    check_seed,
+)
 
 NTKSAPMode = Literal["calibrated", "train", "eval"]
 NTKSAP_MODES: tuple[str, ...] = ("calibrated", "train", "eval")

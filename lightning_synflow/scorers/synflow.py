@@ -38,6 +38,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils._pytree import tree_leaves
 
+from lightning_synflow.distributed.scoring import is_sharded_model
+from lightning_synflow.distributed.sharding import is_sharded, like, local
+from lightning_synflow.model_state import overwritten
 from lightning_synflow.scorers.base import (
     ExampleInput,
     IncrementalScorer,
@@ -45,9 +48,6 @@ from lightning_synflow.scorers.base import (
     ScoringContext,
     register_scorer,
 )
-from lightning_synflow.model_state import overwritten
-from lightning_synflow.distributed.scoring import is_sharded_model
-from lightning_synflow.distributed.sharding import is_sharded, like, local
 from lightning_synflow.validation import check_choice
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}

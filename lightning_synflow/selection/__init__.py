@@ -1,1 +1,7 @@
-"""Selection: which units survive a round. Exact top-k within a budget, the living set narrowed round by round, N:M groups, coupled channels and `shrink`, 2:4 weights for GPU kernels; each turns kept units into masks."""
+"""What a pruning round keeps: the selectors and the one loop over a budget's rankings.
+
+The selector contract and :func:`~lightning_synflow.selection.selector.select_within` (:mod:`.selector`),
+exact top-k within a budget (:mod:`.topk`), the living weights narrowed round by round (:mod:`.alive`), N:M
+groups (:mod:`.granularity`), coupled channels and ``shrink`` (:mod:`.channels`), and 2:4 weights for GPU
+kernels (:mod:`.semi_structured`). Each selector turns the units it keeps into masks.
+"""

@@ -22,8 +22,13 @@ import torch
 from torch import Tensor
 
 from lightning_synflow.distributions import Budget
-from lightning_synflow.selection.topk import choose_extremes, compress, extract_extremes, true_positions
 from lightning_synflow.selection.selector import Selector, select_within
+from lightning_synflow.selection.topk import (
+    choose_extremes,
+    compress,
+    extract_extremes,
+    true_positions,
+)
 
 #: Keep flat indices of the living weights once at most this fraction of all weights is alive.
 COMPACT_BELOW = 0.125

@@ -45,8 +45,8 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from lightning_synflow.distributions import ERK, Budget, Distribution, GroupERK
 from lightning_synflow.model_state import preserved_model_state
-from lightning_synflow.selection.topk import top_k_beyond
 from lightning_synflow.selection.selector import Selector, select_within
+from lightning_synflow.selection.topk import top_k_beyond
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _LAYERS = (*_CONVS, nn.Linear)
@@ -525,7 +525,6 @@ class ChannelSelector(ChannelRanking):
     kept channels' weights, biases and normalisation parameters (:func:`channel_masks`)."""
 
     label = "channels"
-    incremental = True
 
     def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], example_input: Any, names: Sequence[str], *, monotone: bool) -> None:
         super().__init__({g.name: torch.ones(g.size, dtype=torch.bool) for g in groups}, monotone=monotone)

@@ -31,9 +31,9 @@ from torch import Tensor, nn
 
 from lightning_synflow.distributions import Budget, Distribution
 from lightning_synflow.parameters import check_weight_norm
-from lightning_synflow.selection.topk import top_k_beyond
-from lightning_synflow.selection.selector import Selector, select_within
 from lightning_synflow.schedules import resolve_density
+from lightning_synflow.selection.selector import Selector, select_within
+from lightning_synflow.selection.topk import top_k_beyond
 
 
 @dataclass(frozen=True)

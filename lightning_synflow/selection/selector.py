@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import MutableMapping, Sequence
-from typing import Optional
+from typing import Callable, Optional
 
 from torch import Tensor, nn
 
@@ -45,7 +45,7 @@ class Selector(ABC):
     #: Whether an incremental scorer may carry its state from round to round with this selector.
     incremental: bool = True
     #: Sums a tensor over the processes that hold the units (sharded selection); None in one process.
-    all_reduce: Optional[object] = None
+    all_reduce: Optional[Callable[[Tensor], Tensor]] = None
     #: A word for the progress bar ("channels", "2:4"); empty for single weights.
     label: str = ""
 

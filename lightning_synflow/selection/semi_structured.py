@@ -23,8 +23,11 @@ PATTERN = NM(2, 4)
 
 def _backend() -> type:
     """The class ``to_sparse_semi_structured`` builds (its dtype and shape limits)."""
-    from torch.sparse import SparseSemiStructuredTensor, SparseSemiStructuredTensorCUSPARSELT
-    from torch.sparse import SparseSemiStructuredTensorCUTLASS
+    from torch.sparse import (
+        SparseSemiStructuredTensor,
+        SparseSemiStructuredTensorCUSPARSELT,
+        SparseSemiStructuredTensorCUTLASS,
+    )
 
     return SparseSemiStructuredTensorCUTLASS if SparseSemiStructuredTensor._FORCE_CUTLASS else SparseSemiStructuredTensorCUSPARSELT
 
