@@ -33,7 +33,7 @@ from lightning_synflow.scorers.base import (
     LossFn,
     Scorer,
     ScoringContext,
-    available_scorers,
+    check_scores_shards,
     cross_entropy_loss,
     get_scorer,
 )
@@ -323,11 +323,7 @@ def _traced_input(context: ScoringContext) -> Any:
 
 def _check_sharded(scorer: Scorer, model: nn.Module, plan: Optional[PruningPlan] = None) -> None:
     """Raise, before any work, for what a sharded model cannot be pruned with."""
-    if not scorer.supports_sharding:
-        raise ValueError(
-            f"scorer {scorer!r} cannot score a sharded model (DTensor parameters); scorers that can:"
-            f" {[n for n in available_scorers() if get_scorer(n).supports_sharding]}"
-        )
+    check_scores_shards(scorer, "DTensor parameters")
     if plan is not None and plan.shuffle:
         raise ValueError("`shuffle` moves kept positions within whole tensors, which a sharded model never holds; got shuffle=True")
     if plan is not None and plan.granularity is not None:

@@ -43,7 +43,7 @@ from lightning_synflow.parameters import (
 from lightning_synflow.plan import PruningPlan
 from lightning_synflow.pruning import prune_masks
 from lightning_synflow.report import sparsity_report
-from lightning_synflow.scorers.base import Scorer, available_scorers, get_scorer
+from lightning_synflow.scorers.base import Scorer, check_scores_shards
 from lightning_synflow.selection.channels import shrink_
 from lightning_synflow.selection.granularity import Channels
 
@@ -61,12 +61,7 @@ def check_sharded(strategy: Any, settings: Mapping[str, Any], plan: PruningPlan)
             f" which {type(strategy).__name__} never holds; set {', '.join(f'{k}={SHARDED_DEFAULTS[k]!r}' for k in given)}"
             f" to prune a sharded model"
         )
-    if not plan.scorer.supports_sharding:
-        raise ValueError(
-            f"PruneAtInit(scorer={plan.scorer!r}) cannot score a sharded model under"
-            f" {type(strategy).__name__}; scorers that can: "
-            f"{[n for n in available_scorers() if get_scorer(n).supports_sharding]}"
-        )
+    check_scores_shards(plan.scorer, f"under {type(strategy).__name__}")
 
 
 def check_selection(pl_module: LightningModule, selection: Mapping[str, Any]) -> None:

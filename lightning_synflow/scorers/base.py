@@ -200,3 +200,13 @@ def get_scorer(scorer: Union[str, Scorer]) -> Scorer:
     raise ValueError(
         f"`scorer` must be one of {available_scorers()} or a lightning_synflow.Scorer instance, got {scorer!r}"
     )
+
+
+def check_scores_shards(scorer: Scorer, where: str) -> None:
+    """Raise, naming the scorers that can, unless ``scorer`` scores sharded models (``where``: the model's or
+    strategy's layout, for the message)."""
+    if not scorer.supports_sharding:
+        raise ValueError(
+            f"scorer {scorer!r} cannot score a sharded model ({where}); scorers that can:"
+            f" {[n for n in available_scorers() if get_scorer(n).supports_sharding]}"
+        )
