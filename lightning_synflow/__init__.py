@@ -16,7 +16,7 @@ from lightning_synflow.lightning.diagnostics import PruningDiagnostics
 from lightning_synflow.masks import BoundMasks, apply_masks, check_masks
 from lightning_synflow.parameters import DEFAULT_PRUNABLE_TYPES, select_prunable
 from lightning_synflow.plan import PruningPlan, resolve_plan
-from lightning_synflow.pruning import compute_masks, compute_scores
+from lightning_synflow.pruning import compute_masks, compute_scores, prune_masks
 from lightning_synflow.report import SparsityReport, TensorSparsity, sparsity_report
 from lightning_synflow.schedules import density_schedule, num_kept, resolve_density
 from lightning_synflow.scorers import (
@@ -98,6 +98,7 @@ __all__ = [
     "load_shrunk",
     "shrink_to_checkpoint",
     "num_kept",
+    "prune_masks",
     "register_scorer",
     "reinitialize",
     "resolve_density",

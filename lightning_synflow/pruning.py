@@ -265,8 +265,10 @@ def prune_masks(
     masks: Optional[Mapping[str, Tensor]] = None,
     progress: bool = False,
 ) -> dict[str, Tensor]:
-    """:func:`compute_masks` for a resolved :class:`~lightning_synflow.plan.PruningPlan` (what
-    :class:`~lightning_synflow.PruneAtInit` calls); the other arguments as there."""
+    """Prune as ``plan`` (:func:`~lightning_synflow.resolve_plan`) says and return the masks; the model is not
+    changed. :func:`compute_masks` is this after resolving its arguments, and
+    :class:`~lightning_synflow.PruneAtInit` calls it with the plan it built once. Other arguments as in
+    :func:`compute_masks`."""
     current = _initial_masks(model, parameters, masks)
     sharded = any(is_sharded(m) for m in current.values())
     if sharded:
