@@ -143,7 +143,7 @@ MUTATIONS = (
     Mutation(
         "ranking: ties kept at the later position", "lightning_synflow/selection/topk.py",
         (("chosen[ties[-need:] if lowest else ties[:need]] = True", "chosen[ties[:need] if lowest else ties[-need:]] = True"),),
-        ("tests/test_ranking.py",),
+        ("tests/test_topk.py",),
         "ties go to the earlier tensor and lower index",
     ),
     Mutation(
@@ -161,7 +161,7 @@ MUTATIONS = (
     Mutation(
         "ranking: kept count rounds down", "lightning_synflow/schedules.py",
         (("return min(total, math.floor(density * total + 0.5))", "return min(total, math.floor(density * total))"),),
-        ("tests/test_schedules.py", "tests/test_ranking.py"),
+        ("tests/test_schedules.py", "tests/test_topk.py"),
         "round(d * N) weights kept",
     ),
     Mutation(
