@@ -54,7 +54,12 @@ _moved.install()  # old module paths keep importing, with a warning
 
 __version__ = "0.1.0"
 
-__getattr__ = renamed_attributes(__name__, {"ERK": "lightning_synflow.ERKRandom", "Uniform": "lightning_synflow.UniformRandom"})
+# The old names of the random baselines stay here without a warning: jsonargparse looks up
+# ``lightning_synflow.ERK`` to shorten the class path of the distribution ``distributions.ERK``, and that
+# look-up must not warn a user who never used the old name (``scorers.ERK`` and ``scorers.erk.ERK`` warn).
+__getattr__ = renamed_attributes(
+    __name__, {"ERK": "lightning_synflow.ERKRandom", "Uniform": "lightning_synflow.UniformRandom"}, warn=False
+)
 
 __all__ = [
     "DEFAULT_PRUNABLE_TYPES",

@@ -57,7 +57,7 @@ class _Alias(importlib.abc.Loader):
         warnings.warn(
             f"{self.old} moved to {self.new}; import it from there (the old path will be removed)",
             DeprecationWarning,
-            stacklevel=4,
+            stacklevel=3,  # the importing line (the import system's own frames are skipped)
         )
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
@@ -95,16 +95,17 @@ def install() -> None:
         sys.meta_path.insert(0, _MovedFinder())
 
 
-def renamed_attributes(module: str, renamed: dict[str, str]) -> Callable[[str], object]:
+def renamed_attributes(module: str, renamed: dict[str, str], *, warn: bool = True) -> Callable[[str], object]:
     """A module ``__getattr__`` that gives each old name of ``renamed`` (old name -> the new object's dotted
-    path) the object at that path, with one :class:`DeprecationWarning`: ``from module import OLD``, a YAML
-    ``class_path: module.OLD`` and objects pickled under the old name keep working."""
+    path) the object at that path, with a :class:`DeprecationWarning` (unless ``warn`` is false): ``from module
+    import OLD``, a YAML ``class_path: module.OLD`` and objects pickled under the old name keep working."""
 
     def __getattr__(name: str) -> object:
         if name not in renamed:
             raise AttributeError(f"module {module!r} has no attribute {name!r}")
         where, _, attribute = renamed[name].rpartition(".")
-        warnings.warn(f"{module}.{name} is now {renamed[name]}", DeprecationWarning, stacklevel=2)
+        if warn:
+            warnings.warn(f"{module}.{name} is now {renamed[name]}", DeprecationWarning, stacklevel=2)
         return getattr(importlib.import_module(where), attribute)
 
     return __getattr__

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from lightning_synflow._moved import renamed_attributes
 from lightning_synflow.distributed.collectives import nonzero_counts
 from lightning_synflow.distributed.sharding import local
 
@@ -76,3 +77,7 @@ class BoundMasks:
         nonzero = sum(nonzero_counts(dict(zip(self.names, self.params))).values())
         total = sum(p.numel() for p in self.params)
         return nonzero / total if total else 1.0
+
+
+#: Names this module had before the wings, now elsewhere.
+__getattr__ = renamed_attributes(__name__, {"check_weight_norm": "lightning_synflow.parameters.check_weight_norm"})

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from lightning_synflow._moved import renamed_attributes
 from lightning_synflow.distributed.collectives import ProcessGroupCollectives
 from lightning_synflow.distributed.scoring import check_no_casting
 from lightning_synflow.distributed.selection import ShardedSelector
@@ -332,3 +333,7 @@ def _check_sharded(scorer: Scorer, model: nn.Module, plan: Optional[PruningPlan]
         raise ValueError(f"granularity {plan.granularity_name!r} is not supported on a sharded model")
     if scorer.needs_input or scorer.needs_data:  # runs the model
         check_no_casting(model)
+
+
+#: Names this module had before the wings, now elsewhere.
+__getattr__ = renamed_attributes(__name__, {"resolve_distribution": "lightning_synflow.plan.resolve_distribution"})

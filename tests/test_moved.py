@@ -140,10 +140,13 @@ def test_the_random_baselines_old_names_still_work_and_warn():
     from lightning_synflow import scorers
     from lightning_synflow.scorers import erk
 
-    for module in (lightning_synflow, scorers, erk):
+    for module in (scorers, erk):
         for old, new in (("ERK", "ERKRandom"), ("Uniform", "UniformRandom")):
             with pytest.warns(DeprecationWarning, match=rf"{module.__name__}\.{old} is now {module.__name__}\.{new}"):
                 assert getattr(module, old) is getattr(erk, new)
+    with warnings.catch_warnings():  # jsonargparse probes these to shorten distributions.ERK's class path
+        warnings.simplefilter("error")
+        assert (lightning_synflow.ERK, lightning_synflow.Uniform) == (erk.ERKRandom, erk.UniformRandom)
     with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
         lightning_synflow.Nope
 
@@ -153,3 +156,51 @@ def test_the_checkpoint_helpers_still_import_from_the_callback_module():
     from lightning_synflow.callback import load_shrunk, shrink_to_checkpoint
 
     assert (load_shrunk, shrink_to_checkpoint) == (checkpointing.load_shrunk, checkpointing.shrink_to_checkpoint)
+
+
+def test_a_distribution_class_path_dumps_without_a_warning():
+    """``class_path: lightning_synflow.distributions.ERK`` (a current name) parses and dumps without any warning."""
+    from jsonargparse import ArgumentParser
+
+    from lightning_synflow.distributions import Distribution
+
+    parser = ArgumentParser()
+    parser.add_argument("--d", type=Distribution)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        dumped = parser.dump(parser.parse_args(["--d", '{"class_path": "lightning_synflow.distributions.ERK"}']))
+    assert "lightning_synflow.distributions.ERK" in dumped
+
+
+def test_a_callback_pickled_before_the_plan_unpickles_to_the_same_plan():
+    """A PruneAtInit pickled by the release that kept the plan's fields as attributes of their own."""
+    import pickle
+
+    from lightning_synflow import PruneAtInit
+
+    for kwargs in (dict(scorer="synflow", sparsity=0.8), dict(scorer="magnitude", granularity="2:4"),
+                   dict(scorer="erk", sparsity=0.5, granularity="channel")):
+        callback = PruneAtInit(**kwargs)
+        state = callback.__getstate__()
+        plan = state.pop("plan")
+        state.update(scorer=plan.scorer, density=plan.density, iterations=plan.iterations, schedule=plan.schedule,
+                     distribution=plan.distribution, invert=plan.invert, shuffle=plan.shuffle,
+                     pattern=plan.granularity, granularity=plan.granularity_name)
+        old = PruneAtInit.__new__(PruneAtInit)
+        old.__setstate__(state)
+        assert repr(pickle.loads(pickle.dumps(old)).plan) == repr(plan)  # scorers compare by identity
+
+
+@pytest.mark.parametrize("module, name, now", [
+    ("lightning_synflow.pruning", "resolve_distribution", "lightning_synflow.plan"),
+    ("lightning_synflow.masks", "check_weight_norm", "lightning_synflow.parameters"),
+    ("lightning_synflow.selection.topk", "budget_groups", "lightning_synflow.selection.selector"),
+    ("lightning_synflow.distributed.selection", "kept_counts", "lightning_synflow.distributed.collectives"),
+    ("lightning_synflow.distributed.scoring", "preserved_buffers", "lightning_synflow.model_state"),
+])
+def test_public_names_that_moved_between_modules_still_resolve_with_a_warning(module, name, now):
+    import importlib
+
+    new = getattr(importlib.import_module(now), "nonzero_counts" if name == "kept_counts" else name)
+    with pytest.warns(DeprecationWarning, match=rf"{module}\.{name} is now {now}\."):
+        assert getattr(importlib.import_module(module), name) is new

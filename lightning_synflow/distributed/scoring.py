@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
+from lightning_synflow._moved import renamed_attributes
 from lightning_synflow.distributed.sharding import is_sharded, like, local
 from lightning_synflow.model_state import overwritten
 
@@ -152,3 +153,7 @@ def masked_loss_gradients(
     grads = {n: torch.zeros_like(p) if p.grad is None else p.grad for n, p in zip(masks, targets)}
     weights = {n: like(p, local(p).detach() * local(masks[n])) for n, p in zip(masks, targets)}
     return weights, grads
+
+
+#: Names this module had before the wings, now elsewhere.
+__getattr__ = renamed_attributes(__name__, {"preserved_buffers": "lightning_synflow.model_state.preserved_buffers"})

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_synflow._moved import renamed_attributes
 from lightning_synflow.distributed.collectives import (
     Collectives,
     ProcessGroupCollectives,
@@ -261,3 +262,7 @@ class _Cutoff:
             else:
                 hi = mid - 1
         return tensor, lo
+
+
+#: Names this module had before the wings, now elsewhere.
+__getattr__ = renamed_attributes(__name__, {"kept_counts": "lightning_synflow.distributed.collectives.nonzero_counts"})

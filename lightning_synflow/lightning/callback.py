@@ -70,8 +70,11 @@ from lightning_synflow.lightning.isolation import restored_on_failure
 from lightning_synflow.lightning.spawn import carry_state_back
 from lightning_synflow.lightning.strategies import check_strategy, is_sharded_strategy
 from lightning_synflow.masks import BoundMasks, check_masks
-from lightning_synflow.plan import resolve_plan
+from lightning_synflow.plan import PruningPlan, resolve_plan
 from lightning_synflow.scorers.base import Scorer
+
+#: The plan's fields that a ``PruneAtInit`` pickled before the plan existed holds as attributes.
+_PLAN_FIELDS = ("scorer", "density", "iterations", "schedule", "distribution", "invert", "shuffle")
 
 
 @carry_state_back
@@ -510,6 +513,10 @@ class PruneAtInit(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         owner = state["_owner"]
+        if "plan" not in state:  # pickled by a version that kept the plan's fields as attributes of their own
+            fields = {k: state.pop(k) for k in _PLAN_FIELDS}
+            state.pop("granularity")
+            state["plan"] = PruningPlan(granularity=state.pop("pattern"), **fields)
         self.__dict__.update(state, _owner=None if owner is None else weakref.ref(owner))
 
     # ------------------------------------------------------------------ helpers

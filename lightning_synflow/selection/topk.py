@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_synflow._moved import renamed_attributes
 from lightning_synflow.distributions import Budget, DistributionSpec, get_distribution
 from lightning_synflow.selection.selector import Selector, select_within
 
@@ -292,3 +293,7 @@ def select_masks(
     shapes = {n: tuple(s.shape) for n, s in scores.items()}
     alive = None if candidates is None else {n: int(torch.count_nonzero(candidates[n])) for n in scores}
     return select(scores, get_distribution(distribution, density).budget(shapes, density, alive), candidates)
+
+
+#: Names this module had before the wings, now elsewhere.
+__getattr__ = renamed_attributes(__name__, {"budget_groups": "lightning_synflow.selection.selector.budget_groups"})
