@@ -248,14 +248,15 @@ def top_k_beyond(
 
 
 class WeightSelector(Selector):
-    """Single weights ranked afresh each round (every weight competes again: FORCE), or among ``candidates``
-    only when ``monotone``. Masks start as ``masks``."""
+    """Single weights ranked afresh each round (every weight competes again: FORCE) or, when ``monotone``,
+    among those ``masks`` keep (:func:`select`). Masks start as ``masks``."""
+
+    incremental = False  # the loop's monotone weights are an AliveSet's; this one ranks afresh
 
     def __init__(self, masks: Mapping[str, Tensor], *, monotone: bool) -> None:
         self.names = list(masks)
         self.shapes = {n: tuple(m.shape) for n, m in masks.items()}
         self.monotone = monotone
-        self.incremental = False
         self.masks = dict(masks)
 
     def alive_counts(self) -> dict[str, int]:
