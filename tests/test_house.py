@@ -43,3 +43,19 @@ def test_a_cycle_is_found(tmp_path):
     house = json.loads(proc.stdout)
     assert house["cycles"] == [["a", "b"]]
     assert house["lazy_arrows"] == ["b -> a"]
+
+
+def test_the_wings_import_downward_only():
+    """The folders show the architecture: no wing imports a wing declared above it, no wing-level cycle, and
+    no module inside the package imports the package's façade (its __init__)."""
+    house = _house()
+    assert house["unranked_wings"] == [], "a new folder needs its place in tools/house.py's WING_ORDER"
+    assert house["upward_arrows"] == {} and house["wing_cycles"] == []
+    assert house["modules_importing_facade"] == []
+
+
+def test_only_the_lightning_wing_imports_lightning_and_the_callback_stays_small():
+    house = _house()
+    assert house["lightning_importers"] and all(m.startswith("lightning.") for m in house["lightning_importers"])
+    # the life cycle and nothing else (issue 25: about ten of the package's modules; it was 21)
+    assert len(house["callback_imports"]) <= 11, house["callback_imports"]
