@@ -36,7 +36,7 @@ gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # Deliberate bugs of the core, put one at a time into a copy of the code: each must fail the tests it names
-# (tools/mutation_check.py; about 15 min on 2 cores). Not part of `make test`.
+# (tools/mutation_check.py; about 5-8 min on 2 cores). Not part of `make test`.
 mutation-check: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) tools/mutation_check.py
 
