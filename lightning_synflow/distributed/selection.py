@@ -33,7 +33,7 @@ from lightning_synflow.distributed.collectives import (
 )
 from lightning_synflow.distributed.sharding import Block, blocks_of, like, local
 from lightning_synflow.distributions import Budget, Distribution
-from lightning_synflow.selection.selector import Selector, select_within
+from lightning_synflow.selection.selector import Selector, select_within, starting_masks
 from lightning_synflow.selection.topk import _bracket, compress, true_positions
 
 #: Scores sampled per narrowing step, over all ranks.
@@ -105,8 +105,7 @@ def select_sharded(
 ) -> dict[str, Tensor]:
     """This rank's masks (shaped like its local ``scores``) keeping, within each ranking of ``budget``, exactly
     its count of the highest scores among ``candidates`` (every weight if None) over all ranks."""
-    start = {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()} if candidates is None else candidates
-    selector = ShardedSelector({n: start[n] for n in scores}, blocks, collectives, monotone=candidates is not None)
+    selector = ShardedSelector(starting_masks(scores, candidates), blocks, collectives, monotone=candidates is not None)
     select_within(selector, dict(scores), budget)
     return selector.pieces
 

@@ -45,7 +45,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from lightning_synflow.distributions import ERK, Budget, Distribution, GroupERK
 from lightning_synflow.model_state import preserved_model_state
-from lightning_synflow.selection.selector import Selector, select_within
+from lightning_synflow.selection.selector import Selector, select_within, starting_masks
 from lightning_synflow.selection.topk import top_k_beyond
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -576,8 +576,7 @@ def select_channels(
 ) -> dict[str, Tensor]:
     """Per group, the channels kept, as :class:`ChannelRanking` keeps them, within each ranking of ``budget``
     exactly its count among ``candidates`` (every channel if None)."""
-    start = {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()} if candidates is None else candidates
-    selector = ChannelRanking({n: start[n] for n in scores}, monotone=candidates is not None)
+    selector = ChannelRanking(starting_masks(scores, candidates), monotone=candidates is not None)
     select_within(selector, dict(scores), budget)
     return selector.kept
 

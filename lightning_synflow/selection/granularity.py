@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from lightning_synflow.distributions import Budget, Distribution
 from lightning_synflow.parameters import check_weight_norm
 from lightning_synflow.schedules import resolve_density
-from lightning_synflow.selection.selector import Selector, select_within
+from lightning_synflow.selection.selector import Selector, select_within, starting_masks
 from lightning_synflow.selection.topk import top_k_beyond
 
 
@@ -197,8 +197,7 @@ def select_pattern(
     """Masks keeping, within each ranking of ``budget``, exactly its count: the ``n`` best candidates of every
     group of ``m``, then the best candidates left. Every group must have ``n`` candidates and every count
     must cover the groups' ``n`` each."""
-    start = {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()} if candidates is None else candidates
-    selector = PatternSelector({n: start[n] for n in scores}, pattern, monotone=candidates is not None)
+    selector = PatternSelector(starting_masks(scores, candidates), pattern, monotone=candidates is not None)
     select_within(selector, dict(scores), budget)
     return selector.masks
 

@@ -15,9 +15,10 @@ per tensor for per-tensor counts); every selection in the package goes through i
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Callable, Optional
 
+import torch
 from torch import Tensor, nn
 
 from lightning_synflow.distributions import Budget, Distribution
@@ -87,6 +88,16 @@ def budget_groups(names: Sequence[str], budget: Budget) -> list[tuple[list[int],
     if missing:
         raise ValueError(f"the budget has no count for {missing}")
     return [([i], budget[n]) for i, n in enumerate(names)]
+
+
+def starting_masks(
+    scores: Mapping[str, Tensor], candidates: Optional[Mapping[str, Tensor]]
+) -> dict[str, Tensor]:
+    """What a one-shot selection starts from: the ``candidates``, or every unit of ``scores`` when there are
+    none (then nothing restricts the ranking: the selector is not monotone)."""
+    if candidates is None:
+        return {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()}
+    return {n: candidates[n] for n in scores}
 
 
 def select_within(selector: Selector, scores: MutableMapping[str, Tensor], budget: Budget) -> None:

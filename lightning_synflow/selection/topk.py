@@ -27,7 +27,7 @@ from torch import Tensor
 
 from lightning_synflow._moved import renamed_attributes
 from lightning_synflow.distributions import Budget, DistributionSpec, get_distribution
-from lightning_synflow.selection.selector import Selector, select_within
+from lightning_synflow.selection.selector import Selector, select_within, starting_masks
 
 #: Sampled scores per selection; the bracket's rank error shrinks as 1/sqrt of this.
 _SAMPLE_SIZE = 1 << 14
@@ -272,8 +272,7 @@ def select(
 ) -> dict[str, Tensor]:
     """Masks keeping, within each ranking of ``budget``, exactly its count of the highest scores among
     ``candidates`` (every weight if None); ties to the earlier tensor, then the lower flat index."""
-    start = {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()} if candidates is None else candidates
-    selector = WeightSelector({n: start[n] for n in scores}, monotone=candidates is not None)
+    selector = WeightSelector(starting_masks(scores, candidates), monotone=candidates is not None)
     select_within(selector, scores, budget)
     return selector.masks
 
